@@ -1,0 +1,79 @@
+"""Label values, segment names, colours and standard terminology shared by every output.
+
+Labelmap conventions (fixed, relied on by the CLI contract):
+
+* lungs labelmap: 0 background, 1 right lung, 2 left lung
+* infection labelmap: 0 none, 1 ground-glass opacity (GGO), 2 consolidation
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RIGHT_LUNG = 1
+LEFT_LUNG = 2
+GGO = 1
+CONSOLIDATION = 2
+
+LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
+INFECTION_NAMES = {GGO: "ggo", CONSOLIDATION: "consolidation"}
+
+
+@dataclass(frozen=True)
+class CodedTerm:
+    """A DICOM coded concept (code value, coding scheme designator, code meaning)."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def slicer_string(self) -> str:
+        """Slicer terminology field format: ``scheme^value^meaning``."""
+        return f"{self.scheme}^{self.value}^{self.meaning}"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One output segment: which labelmap/value it comes from and how it is shown and coded."""
+
+    key: str
+    name: str
+    source: str  # "lungs" or "infection"
+    label: int
+    color: tuple[float, float, float]  # RGB in 0..1
+    opacity_3d: float
+    category: CodedTerm
+    type: CodedTerm
+    modifier: CodedTerm | None = None
+
+
+_ANATOMICAL_STRUCTURE = CodedTerm("123037004", "SCT", "Anatomical Structure")
+_MORPH_ABNORMAL = CodedTerm("49755003", "SCT", "Morphologically Altered Structure")
+_LUNG = CodedTerm("39607008", "SCT", "Lung")
+
+SEGMENTS: tuple[SegmentSpec, ...] = (
+    SegmentSpec(
+        "right_lung", "Right lung", "lungs", RIGHT_LUNG, (0.502, 0.682, 0.502), 0.3,
+        _ANATOMICAL_STRUCTURE, _LUNG, CodedTerm("24028007", "SCT", "Right"),
+    ),
+    SegmentSpec(
+        "left_lung", "Left lung", "lungs", LEFT_LUNG, (0.537, 0.659, 0.835), 0.3,
+        _ANATOMICAL_STRUCTURE, _LUNG, CodedTerm("7771000", "SCT", "Left"),
+    ),
+    SegmentSpec(
+        "ggo", "Ground-glass opacity", "infection", GGO, (0.984, 0.808, 0.259), 1.0,
+        _MORPH_ABNORMAL, CodedTerm("45047004", "SCT", "Ground glass opacity"),
+    ),
+    SegmentSpec(
+        "consolidation", "Consolidation", "infection", CONSOLIDATION, (0.863, 0.196, 0.184), 1.0,
+        _MORPH_ABNORMAL, CodedTerm("95436008", "SCT", "Lung consolidation"),
+    ),
+)
+
+
+def segment(key: str) -> SegmentSpec:
+    """Look a segment spec up by its key."""
+    for spec in SEGMENTS:
+        if spec.key == key:
+            return spec
+    raise KeyError(key)
