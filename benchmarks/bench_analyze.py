@@ -1,0 +1,103 @@
+"""Benchmark ``covidct analyze``: seconds per stage and peak memory, printed as a table.
+
+Each case runs in a fresh child process so that its peak resident memory (ru_maxrss) is its own.
+
+    python benchmarks/bench_analyze.py                      # phantom + RICORD + LIDC, auto method
+    python benchmarks/bench_analyze.py --method classical   # the classical method only
+    python benchmarks/bench_analyze.py --cases phantom --device cuda
+
+Real-data cases are skipped when ../shared/data (or $COVIDCT_SHARED_DATA) is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("COVIDCT_SHARED_DATA", REPO.parent / "shared" / "data"))
+CASES = {
+    "phantom": None,
+    "ricord": DATA / "ricord_1a_covid_chest_ct" / "dicom",
+    "lidc-0001": DATA / "lidc_idri_chest_ct" / "LIDC-IDRI-0001.nii.gz",
+}
+
+
+def run_case(name: str, method: str, device: str, write: bool) -> dict:
+    """Child-process body: analyse one case and return timings (and the output writing time)."""
+    from CovidCTLib.pipeline import analyze, write_outputs
+
+    if name == "phantom":
+        from CovidCTLib.phantom import make_phantom
+
+        source = make_phantom().ct
+    else:
+        source = CASES[name]
+    started = time.perf_counter()
+    result = analyze(source, method=method, device=device)
+    timings = dict(result.report["timing_s"])
+    if write:
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            write_outputs(result, folder, reports=False)
+            timings["write"] = time.perf_counter() - t0
+    timings["wall"] = time.perf_counter() - started
+    return {
+        "case": name,
+        "size": "x".join(str(s) for s in result.ct.image.GetSize()),
+        "method": result.method,
+        "timings": timings,
+        "infection_percent": result.report["infection"]["percent_of_lungs"],
+        "lungs_ml": result.report["lungs"]["total_ml"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--method", default="auto", choices=("auto", "classical", "model"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--no-write", action="store_true", help="do not time writing the output files")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(args.child, args.method, args.device, not args.no_write)))
+        return
+    rows = []
+    for name in args.cases:
+        if CASES[name] is not None and not CASES[name].exists():
+            print(f"skipping {name}: {CASES[name]} not found", file=sys.stderr)
+            continue
+        command = [sys.executable, __file__, "--child", name, "--method", args.method, "--device", args.device]
+        if args.no_write:
+            command.append("--no-write")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            print(f"{name} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
+            continue
+        peak_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024.0
+        row = json.loads(completed.stdout.strip().splitlines()[-1])
+        row["peak_mb"] = peak_mb
+        rows.append(row)
+    stages = ["load", "lungs", "infection", "classify", "quantify", "write", "total", "wall"]
+    header = f"| case | size | method | {' | '.join(s + ' s' for s in stages)} | peak MB | lungs mL | infection % |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for row in rows:
+        cells = [f"{row['timings'][s]:.2f}" if s in row["timings"] else "-" for s in stages]
+        print(f"| {row['case']} | {row['size']} | {row['method']} | {' | '.join(cells)} | {row['peak_mb']:.0f} | "
+              f"{row['lungs_ml']:.0f} | {row['infection_percent']:.1f} |")
+    print(f"\nmachine: {os.cpu_count()} CPU cores; peak MB = max resident set size of the child process so far "
+          "(ru_maxrss of children is a running maximum: run one case per call for exact per-case peaks)")
+
+
+if __name__ == "__main__":
+    main()
