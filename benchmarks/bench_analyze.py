@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,17 @@ def run_case(name: str, method: str, device: str, write: bool) -> dict:
     }
 
 
+def run_child(command: list[str]) -> tuple[str, str, int, float]:
+    """Run a child process; return its stdout, stderr, exit code and its own peak RSS in MB (wait4)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), process.returncode, usage.ru_maxrss / 1024.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -78,13 +88,11 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", name, "--method", args.method, "--device", args.device]
         if args.no_write:
             command.append("--no-write")
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.returncode != 0:
-            print(f"{name} failed:\n{completed.stderr[-2000:]}", file=sys.stderr)
+        stdout, stderr, returncode, peak_mb = run_child(command)
+        if returncode != 0:
+            print(f"{name} failed:\n{stderr[-2000:]}", file=sys.stderr)
             continue
-        peak_mb = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024.0
-        row = json.loads(completed.stdout.strip().splitlines()[-1])
+        row = json.loads(stdout.strip().splitlines()[-1])
         row["peak_mb"] = peak_mb
         rows.append(row)
     stages = ["load", "lungs", "infection", "classify", "quantify", "write", "total", "wall"]
@@ -95,8 +103,7 @@ def main() -> None:
         cells = [f"{row['timings'][s]:.2f}" if s in row["timings"] else "-" for s in stages]
         print(f"| {row['case']} | {row['size']} | {row['method']} | {' | '.join(cells)} | {row['peak_mb']:.0f} | "
               f"{row['lungs_ml']:.0f} | {row['infection_percent']:.1f} |")
-    print(f"\nmachine: {os.cpu_count()} CPU cores; peak MB = max resident set size of the child process so far "
-          "(ru_maxrss of children is a running maximum: run one case per call for exact per-case peaks)")
+    print(f"\nmachine: {os.cpu_count()} CPU cores; peak MB = maximum resident set size of the case's own process")
 
 
 if __name__ == "__main__":
