@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_factory import hu_phantom, rotation, write_series
 
-from CovidCTLib.errors import InputError, NotCTError, OutputExistsError
+from CovidCTLib.errors import GeometryError, InputError, NotCTError, OutputExistsError
 from CovidCTLib.io import load_ct, write_image, write_labelmap
 from CovidCTLib.volume import same_geometry
 
@@ -216,3 +216,134 @@ def test_real_lidc_nifti(shared_data: Path) -> None:
     assert ct.intensity == "HU"
     assert ct.image.GetSize() == (240, 240, 133)
     assert ct.array.min() <= -1000
+
+
+# ---------------------------------------------------------------- refusals: every bad input, a clear message
+
+
+def test_missing_path_and_empty_inputs(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist; check the path"):
+        load_ct(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="empty"):
+        load_ct(tmp_path / "empty")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="No readable DICOM.*Point to a folder"):
+        load_ct(junk)
+    (tmp_path / "zero.nii.gz").write_bytes(b"")
+    with pytest.raises(InputError, match="empty file"):
+        load_ct(tmp_path / "zero.nii.gz")
+    (tmp_path / "scan.xyz").write_text("x")
+    with pytest.raises(InputError, match="unsupported file type.*NIfTI"):
+        load_ct(tmp_path / "scan.xyz")
+
+
+def test_not_ct_and_localizer(tmp_path: Path) -> None:
+    write_series(tmp_path / "mr", hu_phantom(), modality="MR")
+    with pytest.raises(NotCTError, match="modality MR.*CT only"):
+        load_ct(tmp_path / "mr")
+    mr_file = next((tmp_path / "mr").iterdir())
+    with pytest.raises(NotCTError, match="modality MR"):
+        load_ct(mr_file)
+    write_series(tmp_path / "scout", hu_phantom((1, 32, 40)), image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
+    with pytest.raises(NotCTError, match="localizer.*load the axial CT series"):
+        load_ct(tmp_path / "scout")
+    single = write_series(tmp_path / "single", hu_phantom((1, 32, 40)))[0]
+    with pytest.raises(NotCTError, match="single CT image.*segment-slices"):
+        load_ct(single)
+    assert load_ct(single, require_3d=False).image.GetSize() == (40, 32, 1)
+
+
+def test_too_few_slices(tmp_path: Path) -> None:
+    write_series(tmp_path / "thin", hu_phantom((5, 32, 40)))
+    with pytest.raises(NotCTError, match="only 5 slice.*at least 10"):
+        load_ct(tmp_path / "thin")
+    assert load_ct(tmp_path / "thin", require_3d=False).image.GetSize()[2] == 5
+    image = sitk.GetImageFromArray(hu_phantom((4, 32, 40)))
+    path = write_image(image, tmp_path / "thin.nii.gz")
+    with pytest.raises(NotCTError, match="only 4 slice"):
+        load_ct(path)
+
+
+def test_corrupt_files(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "trunc", hu_phantom())
+    data = files[4].read_bytes()
+    files[4].write_bytes(data[: len(data) - 1500])  # cut inside the pixel data
+    with pytest.raises(InputError, match=f"{files[4].name}.*truncated, corrupt.*Re-export"):
+        load_ct(tmp_path / "trunc")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "x.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
+    with pytest.raises(InputError, match="cannot be read.*Re-copy"):
+        load_ct(garbage)
+    with pytest.raises(InputError, match="cannot be read as DICOM.*Re-copy"):
+        load_ct(garbage / "x.dcm")
+    bad_nii = tmp_path / "bad.nii.gz"
+    bad_nii.write_bytes(np.random.default_rng(1).bytes(5000))
+    with pytest.raises(InputError, match="corrupt.*Re-copy"):
+        load_ct(bad_nii)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):  # ITK pads truncated NIfTI silently: we must not
+        good = write_image(oblique_image(), tmp_path / f"good{suffix}")
+        data = good.read_bytes()
+        cut = tmp_path / f"cut{suffix}"
+        cut.write_bytes(data[: int(len(data) * 0.8)])
+        with pytest.raises(InputError, match="(truncated|corrupt).*Re-copy"):
+            load_ct(cut)
+        assert load_ct(good).image.GetSize() == (40, 32, 12)
+
+
+def test_mixed_series_refused(tmp_path: Path) -> None:
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    write_series(tmp_path / "sizes", hu_phantom((8, 32, 40)), series_uid=uid, prefix="a")
+    write_series(tmp_path / "sizes", hu_phantom((8, 30, 40)), series_uid=uid, prefix="b",
+                 origin=(-12.5, 30.25, 100.0))
+    with pytest.raises(GeometryError, match="mixes images with image sizes.*Export each"):
+        load_ct(tmp_path / "sizes")
+    uid2 = "1.2.826.0.1.3680043.8.498.78"
+    write_series(tmp_path / "orient", hu_phantom((8, 32, 40)), series_uid=uid2, prefix="a")
+    write_series(tmp_path / "orient", hu_phantom((8, 32, 40)), series_uid=uid2, prefix="b",
+                 direction=rotation(0, 0, 30), origin=(0.0, 0.0, 100.0))
+    with pytest.raises(GeometryError, match="ImageOrientationPatient"):
+        load_ct(tmp_path / "orient")
+    uid3 = "1.2.826.0.1.3680043.8.498.79"
+    write_series(tmp_path / "dup", hu_phantom((6, 32, 40)), series_uid=uid3, prefix="a")
+    write_series(tmp_path / "dup", hu_phantom((6, 32, 40)), series_uid=uid3, prefix="b")
+    with pytest.raises(GeometryError, match="repeated slice position.*one acquisition"):
+        load_ct(tmp_path / "dup")
+
+
+def test_gantry_tilt_refused(tmp_path: Path) -> None:
+    hu = hu_phantom()
+    n = hu.shape[0]
+    tilt = np.radians(15.0)  # axial slices, positions step along z and drift along y (table vs tilted gantry)
+    positions = np.array([[-12.5, 30.25 + k * 2.5 * np.tan(tilt), 7.75 + k * 2.5] for k in range(n)])
+    write_series(tmp_path / "tilt", hu, positions=positions)
+    with pytest.raises(GeometryError, match="gantry-tilted.*resample/untilt"):
+        load_ct(tmp_path / "tilt")
+
+
+def test_non_uniform_spacing(tmp_path: Path) -> None:
+    files = write_series(tmp_path / "gap", hu_phantom())
+    files[6].unlink()
+    with pytest.raises(GeometryError, match=r"non-uniform slice spacing.*5\.00 mm.*2\.50 mm.*missing"):
+        load_ct(tmp_path / "gap")
+    hu = hu_phantom()
+    jitter = np.random.default_rng(3).uniform(-0.05, 0.05, hu.shape[0])  # 2 % of 2.5 mm: tolerated
+    positions = np.array([[-12.5, 30.25, 7.75 + k * 2.5 + jitter[k]] for k in range(hu.shape[0])])
+    write_series(tmp_path / "jitter", hu, positions=positions)
+    ct = load_ct(tmp_path / "jitter")
+    assert abs(ct.image.GetSpacing()[2] - 2.5) < 0.02
+
+
+def test_huge_volume_refused_from_header_alone(tmp_path: Path) -> None:
+    header = tmp_path / "huge.nhdr"
+    (tmp_path / "huge.raw").write_bytes(b"\0" * 16)
+    header.write_text(
+        "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 2000 2000 1000\n"
+        "space directions: (1,0,0) (0,1,0) (0,0,1)\nkinds: domain domain domain\nendian: little\n"
+        "encoding: raw\nspace origin: (0,0,0)\ndata file: huge.raw\n"
+    )
+    with pytest.raises(InputError, match="4,000,000,000 voxels.*crop it.*resample"):
+        load_ct(header)

@@ -15,6 +15,9 @@ Every decision is recorded in ``CTVolume.notes``.
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +127,54 @@ def _execute(reader: sitk.ImageFileReader, label: str) -> sitk.Image:
         ) from exc
 
 
+def _nifti_expected_bytes(head: bytes) -> int | None:
+    """Header size + voxel bytes a NIfTI-1/2 file must hold, from its first 540 bytes (None if unknown)."""
+    if len(head) < 348:
+        return None
+    for endian in "<>":
+        sizeof_hdr = struct.unpack(endian + "i", head[:4])[0]
+        if sizeof_hdr == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if sizeof_hdr == 540 and len(head) >= 540:
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            vox_offset = struct.unpack(endian + "q", head[168:176])[0]
+            break
+    else:
+        return None
+    n = int(np.prod([max(int(d), 1) for d in dims[1 : 1 + max(0, min(int(dims[0]), 7))]]))
+    return max(vox_offset, sizeof_hdr) + n * max(int(bitpix), 8) // 8
+
+
+def check_nifti_complete(path: Path, label: str) -> None:
+    """Refuse truncated NIfTI files (ITK's NIfTI reader silently pads missing voxel data)."""
+    gz = suffix_of(path) == ".nii.gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            expected = _nifti_expected_bytes(fh.read(540))
+            if expected is None:
+                return  # not a NIfTI header we know; ITK's own check decides
+            if gz:
+                total = 540
+                while chunk := fh.read(1 << 24):
+                    total += len(chunk)
+            else:
+                total = path.stat().st_size
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(
+            f"{label} cannot be read: the compressed data is truncated or corrupt ({exc}). Re-copy or "
+            "re-export the file."
+        ) from exc
+    if total < expected:
+        raise InputError(
+            f"{label} is truncated: it holds {total:,} bytes of the {expected:,} its header announces "
+            "(corrupt or incomplete copy). Re-copy or re-export the file."
+        )
+
+
 def _as_slice_volume(image: sitk.Image) -> sitk.Image:
     """A 2-D image as a 1-slice 3-D image (z spacing 1 mm)."""
     vol = sitk.JoinSeries([image])
@@ -159,6 +210,8 @@ def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = N
         check_slices(n_slices, label)
     if reporter is not None:
         reporter.update("load", 0.3, f"reading {path.name}")
+    if suffix_of(path) in (".nii", ".nii.gz"):
+        check_nifti_complete(path, label)
     image = _execute(reader, label)
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
