@@ -82,6 +82,31 @@ def test_single_dicom_file_loads_its_series(tmp_path: Path) -> None:
     np.testing.assert_array_equal(one.array[0], hu_phantom()[3])
 
 
+def test_localizer_inside_series_is_left_out(tmp_path: Path) -> None:
+    uid = "1.2.826.0.1.3680043.8.498.90"
+    write_series(tmp_path / "s", hu_phantom(), series_uid=uid)
+    write_series(tmp_path / "s", hu_phantom((1, 64, 64)), series_uid=uid, prefix="scout",
+                 image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), origin=(0.0, 0.0, 0.0))
+    ct = load_ct(tmp_path / "s")
+    assert ct.image.GetSize() == (40, 32, 12)
+    assert any("1 scout/localizer" in n for n in ct.notes)
+
+
+def test_progress_reporter_and_cancel(tmp_path: Path) -> None:
+    from CovidCTLib.errors import CancelledError
+    from CovidCTLib.progress import Reporter
+
+    write_series(tmp_path / "s", hu_phantom())
+    events = []
+    load_ct(tmp_path / "s", reporter=Reporter(events.append))
+    assert events[0].fraction == 0.0 and events[-1].fraction == 1.0
+    assert all(e.step == "load" for e in events) and len(events) >= 3
+    cancelled = Reporter()
+    cancelled.cancel.cancel()
+    with pytest.raises(CancelledError):
+        load_ct(tmp_path / "s", reporter=cancelled)
+
+
 def test_multiple_series_picks_largest_and_notes_skipped(tmp_path: Path) -> None:
     write_series(tmp_path / "study" / "a", hu_phantom((12, 32, 40)), series_number=3)
     small_uid = "1.2.826.0.1.3680043.8.498.1"
@@ -322,6 +347,15 @@ def test_gantry_tilt_refused(tmp_path: Path) -> None:
     write_series(tmp_path / "tilt", hu, positions=positions)
     with pytest.raises(GeometryError, match="gantry-tilted.*resample/untilt"):
         load_ct(tmp_path / "tilt")
+    # the usual scanner encoding: tilted image plane, slice positions straight along the table (z)
+    tilted_plane = rotation(-15.0, 0.0, 0.0)
+    straight = np.array([[-12.5, 30.25, 7.75 + k * 2.5] for k in range(n)])
+    write_series(tmp_path / "tilt2", hu, direction=tilted_plane, positions=straight)
+    with pytest.raises(GeometryError, match="about 15.0 degrees"):
+        load_ct(tmp_path / "tilt2")
+    # an oblique but untilted stack (positions along the normal) is fine
+    write_series(tmp_path / "oblique", hu, direction=tilted_plane)
+    assert load_ct(tmp_path / "oblique").image.GetSize()[2] == n
 
 
 def test_non_uniform_spacing(tmp_path: Path) -> None:

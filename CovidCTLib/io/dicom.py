@@ -173,9 +173,13 @@ def choose_series(groups: dict[str, list[SliceHeader]], where: str) -> tuple[lis
         raise NotCTError(
             f"{where} holds no CT series ({reasons}); CovidCT analyses chest CT only - select a CT series."
         )
+    candidates = [[s for s in c if not s.is_localizer] for c in candidates]
     candidates.sort(key=_n_images, reverse=True)
     chosen = candidates[0]
     notes = [f"skipped {_describe(s)}: {why}" for s, why in rejected]
+    n_scouts = sum(s.is_localizer for s in groups[chosen[0].series_uid])
+    if n_scouts:
+        notes.append(f"left out {n_scouts} scout/localizer image(s) found inside the chosen series")
     notes += [
         f"skipped {_describe(s)}: fewer images than the chosen series ({_n_images(chosen)})"
         for s in candidates[1:]
@@ -424,6 +428,10 @@ def build_volume(
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
         metadata["pixel_padding_hu"] = float(padding) * slope + intercept
+        notes.append(
+            f"voxels outside the scanner's field of view hold the DICOM padding value "
+            f"{metadata['pixel_padding_hu']:g} HU (kept as is)."
+        )
     return CTVolume(
         image=image,
         intensity=intensity,
