@@ -10,8 +10,9 @@ What is stood in for (only the Slicer *application shell*, which the wheel does 
 * ``slicer.mrmlScene`` (points at the real test scene), ``slicer.modules`` (empty namespace),
 * ``slicer.ScriptedLoadableModule`` base classes (plain Python / ``unittest.TestCase``;
   ``getParameterNode`` returns a real ``vtkMRMLScriptedModuleNode`` singleton of the scene),
-* ``slicer.parameterNodeWrapper`` (decorator returning the class unchanged; ``WithinRange``/``Choice``
-  record their arguments), and empty ``qt`` / ``ctk`` modules (the widget is never built in CI),
+* ``slicer.parameterNodeWrapper`` (the decorator keeps the class and its annotations, its instances wrap
+  the real parameter node and hold plain attributes; ``WithinRange``/``Choice`` record their arguments),
+  and empty ``qt`` / ``ctk`` modules (the widget is never built in CI),
 * ``slicer.util`` dialog helpers that need a GUI (``confirmOkCancelDisplay`` answers "Cancel" and records
   the question, ``errorDisplay``/``infoDisplay``/``delayDisplay`` record the message).
 """
@@ -137,6 +138,15 @@ def _parameter_node_wrapper() -> types.ModuleType:
         choices: list[Any]
 
     def parameterNodeWrapper(cls: type) -> type:
+        """Keeps the annotations; instances wrap the real node and hold plain attribute values."""
+
+        def wrap(self: Any, parameterNode: Any) -> None:
+            self.parameterNode = parameterNode
+
+        cls.__init__ = wrap
+        for name in cls.__annotations__:
+            if not hasattr(cls, name):
+                setattr(cls, name, None)
         cls.__covidct_standin__ = True
         return cls
 

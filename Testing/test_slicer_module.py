@@ -1,0 +1,226 @@
+"""The Slicer module (CovidCT.py) without the Slicer application: real MRML scene, real engine, real processes.
+
+Only the application shell is stood in for (see Testing/slicer_fixture.py). The module's own self-test
+class ``CovidCTTest`` runs here exactly as in Slicer's "Reload and Test".
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import types
+import unittest
+
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+
+from slicer_fixture import REPO_ROOT, install_app_standins, make_mrml_context  # noqa: E402
+
+from CovidCTLib.mrml import add_volume_from_image  # noqa: E402
+from CovidCTLib.mrml.background import BackgroundAnalysis, analyze_command, read_outputs  # noqa: E402
+
+
+def _engine_available() -> bool:
+    for name in ("CovidCTLib.classical.lungs", "CovidCTLib.classical.infection", "CovidCTLib.quantify"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return False
+    return True
+
+
+needs_engine = pytest.mark.skipif(
+    not _engine_available(), reason="classical engine (classical.lungs/infection, quantify) not installed yet"
+)
+
+
+@pytest.fixture
+def module(monkeypatch):
+    """``import CovidCT`` inside a real scene with the application-shell stand-ins."""
+    context = make_mrml_context()
+    shell = install_app_standins(monkeypatch, context)
+    covidct = importlib.import_module("CovidCT")
+    yield types.SimpleNamespace(module=covidct, scene=context.scene, shell=shell)
+    context.scene.Clear(1)
+
+
+def test_module_description_and_sample_data(module):
+    parent = types.SimpleNamespace()
+    module.module.CovidCT(parent)
+    assert parent.title == "CovidCT"
+    assert parent.categories == ["Chest Imaging"]
+    assert "not a diagnosis" in parent.helpText
+    assert ("startupCompleted()", module.module.registerSampleData) in module.shell.app.connections
+    assert module.module.libraryRoot() == REPO_ROOT
+    # the sample data loader builds the phantom locally (no download)
+    nodes = module.module._loadPhantomSample()
+    assert nodes[0].GetName() == "CovidCTPhantom"
+    assert nodes[0].GetImageData().GetDimensions()[0] > 32
+    assert nodes[0].GetDisplayNode().GetWindow() == pytest.approx(1500)
+
+
+def test_parameter_node_fields(module):
+    annotations = module.module.CovidCTParameterNode.__annotations__
+    for name in ("inputVolume", "method", "device", "computeSurfaces", "smoothing", "baselineVolume", "followupVolume"):
+        assert name in annotations
+    node = module.module.CovidCTLogic().getParameterNode()
+    assert node is not None
+
+
+@pytest.mark.parametrize(
+    "test_name",
+    [
+        pytest.param("test_CovidCT_Phantom", marks=needs_engine),
+        "test_CovidCT_ObliqueGeometry",
+        pytest.param("test_CovidCT_FailureLeavesScene", marks=needs_engine),
+    ],
+)
+def test_module_self_test(module, test_name):
+    """The very CovidCTTest methods that "Reload and Test" runs inside Slicer."""
+    case = module.module.CovidCTTest(test_name)
+    result = unittest.TestResult()
+    case.run(result)
+    problems = [text for _case, text in result.errors + result.failures]
+    assert not problems, "\n".join(problems)
+    assert result.testsRun == 1
+
+
+def test_blocking_mode_refuses_volume_without_data(module):
+    empty = module.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    before = module.scene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="voxel data"):
+        module.module.CovidCTLogic().process(empty, method="classical")
+    assert module.scene.GetNumberOfNodes() == before
+
+
+def test_dependencies_asked_before_install(module, monkeypatch):
+    from CovidCTLib.mrml import dependencies
+
+    monkeypatch.setitem(dependencies.GROUPS, "classical", {"covidct-no-such-package": "covidct_no_such_package"})
+    with pytest.raises(dependencies.DependencyError, match="covidct-no-such-package"):
+        module.module.CovidCTLogic().ensureDependencies("classical", interactive=True)
+    assert module.shell.dialogs and module.shell.dialogs[0][0] == "confirm"
+    assert "covidct-no-such-package" in module.shell.dialogs[0][1]
+    # scripts/tests never install and never ask
+    module.shell.dialogs.clear()
+    with pytest.raises(dependencies.DependencyError):
+        dependencies.ensure_dependencies(["classical"], interactive=False)
+    assert module.shell.dialogs == []
+    # Slicer's own packages are never installed
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: calls.append(a), raising=False)
+    dependencies._pip_install(types.SimpleNamespace(util=slicer.util), ["numpy", "vtk", "SimpleITK", "pydicom"])
+    assert calls == []
+
+
+def test_device_status_does_not_install(module):
+    from CovidCTLib.mrml.dependencies import torch_cuda_status
+
+    status = torch_cuda_status()
+    assert "CPU" in status or "GPU" in status
+
+
+# ---------------------------------------------------------------------------------- background process
+def test_background_error_is_reported(tmp_path):
+    job = BackgroundAnalysis(analyze_command(tmp_path / "missing.nrrd", tmp_path / "out", "classical", "cpu"))
+    job.wait(timeout=120)
+    assert job.returncode == 2
+    assert "does not exist" in job.error_message()
+    assert job.done_event() is None
+
+
+def test_background_cancel_kills_process_tree(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = textwrap.dedent(
+        f"""
+        import json, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print(json.dumps({{"event": "progress", "step": "load", "fraction": 0.1, "message": "working"}}), flush=True)
+        time.sleep(120)
+        """
+    )
+    job = BackgroundAnalysis([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not job.events:
+        job.poll()
+        assert time.monotonic() < deadline, "the test process did not start"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert job.events[0]["step"] == "load"
+    started = time.monotonic()
+    job.cancel(grace_s=2)
+    job.wait(timeout=10)
+    assert time.monotonic() - started < 8
+    assert job.cancelled and job.returncode != 0
+    assert job.error_message() == "Cancelled by the user."
+    for _ in range(50):  # the grandchild is gone too (reaped by init once killed)
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = f"/proc/{pid}/stat"
+    if os.path.exists(stat):  # a zombie is dead
+        with open(stat) as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    return True
+
+
+@needs_engine
+def test_background_analysis_end_to_end(module, tmp_path):
+    """Apply as the panel does: NRRD export, `covidct analyze --json-progress` process, nodes from its output."""
+    logic = module.module.CovidCTLogic()
+    volume, phantom = logic.createPhantomVolume(shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0), seed=4)
+    job = logic.startBackground(volume, method="classical", device="cpu")
+    workdir = job.workdir
+    events = job.runner.wait(timeout=150)
+    fractions = [e["fraction"] for e in events if e.get("event") == "progress"]
+    assert fractions and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    done = job.runner.done_event()
+    assert done is not None
+    _, lungs, infection, report = read_outputs(done["outdir"])
+    nodes = logic.finishBackground(job, volume, surfaces=False)
+    assert not workdir.exists()  # temporary export removed
+    summary = logic.summaryFromTable(nodes["statistics"])
+    assert summary["lungs.total_ml"] == pytest.approx(report["lungs"]["total_ml"])
+    from CovidCTLib.mrml.segmentation import segment_array
+
+    assert int(segment_array(nodes["segmentation"], "left_lung").sum()) == int((lungs == 2).sum())
+    assert int(segment_array(nodes["segmentation"], "ggo").sum()) == int((infection == 1).sum())
+    saved = logic.saveReport(volume, nodes["statistics"], tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["lungs"] == report["lungs"]
+    assert all(p.exists() for p in saved)
+
+
+def test_failed_background_run_adds_nothing(module, tmp_path):
+    logic = module.module.CovidCTLogic()
+    image = __import__("SimpleITK").GetImageFromArray(__import__("numpy").zeros((4, 8, 8), "int16"))
+    volume = add_volume_from_image(module.scene, image, "tiny")
+    job = logic.startBackground(volume, method="classical", device="cpu")
+    job.runner.wait(timeout=120)
+    before = module.scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError):
+        logic.finishBackground(job, volume)
+    assert module.scene.GetNumberOfNodes() == before
+    assert not job.workdir.exists()
+
+
+def test_python_executable_is_this_interpreter():
+    from CovidCTLib.mrml.background import python_executable
+
+    exe = python_executable()
+    out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+    assert out.returncode == 0
