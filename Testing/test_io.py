@@ -77,9 +77,13 @@ def test_single_dicom_file_loads_its_series(tmp_path: Path) -> None:
     ct = load_ct(files[3])
     assert ct.image.GetSize()[2] == 12
     assert any("whole series" in n for n in ct.notes)
-    one = load_ct(files[3], require_3d=False)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    files[3].rename(alone / files[3].name)
+    one = load_ct(alone / files[3].name, require_3d=False)
     assert one.image.GetSize() == (40, 32, 1) and one.intensity == "HU"
     np.testing.assert_array_equal(one.array[0], hu_phantom()[3])
+    np.testing.assert_allclose(one.image.GetOrigin(), (-12.5, 30.25, 7.75 + 3 * 2.5), atol=TOL)
 
 
 def test_localizer_inside_series_is_left_out(tmp_path: Path) -> None:

@@ -491,7 +491,7 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
 
 
 def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = None) -> CTVolume:
-    """Load one DICOM file; with ``require_3d`` the whole series it belongs to (siblings in its folder)."""
+    """Load one DICOM file, or the whole series it belongs to when its siblings are in the same folder."""
     try:
         header = read_header(path)
     except Exception as exc:
@@ -513,7 +513,7 @@ def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = No
         raise NotCTError(f"{path} is a scout/localizer image, not an axial CT; load the axial CT series.")
     notes: list[str] = []
     slices = [header]
-    if require_3d and header.frames == 1:
+    if header.frames == 1:
         siblings = [p for p in _listing(path.parent, recursive=False) if p != path]
         scan = scan_files(siblings, reporter, total=len(siblings))
         same = [h for h in scan.headers if h.series_uid == header.series_uid and not h.is_localizer]

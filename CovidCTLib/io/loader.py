@@ -52,7 +52,8 @@ def load_ct(path: str | os.PathLike, require_3d: bool = True, reporter: Reporter
         path: DICOM folder, DICOM file, ``.nii``/``.nii.gz``, ``.nrrd``/``.nhdr``, ``.mha``/``.mhd``, or a
             PNG/JPEG/BMP/TIFF image.
         require_3d: refuse 2-D images and stacks with fewer than :data:`MIN_SLICES_3D` slices.
-            With ``False`` a single DICOM file loads only that slice.
+            A single DICOM file loads the whole series it belongs to when the other slices of that series
+            (same SeriesInstanceUID) are in the same folder, otherwise just that slice.
         reporter: optional progress reporter (step ``"load"``; also checks cancellation).
 
     Returns:
