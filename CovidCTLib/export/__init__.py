@@ -1,0 +1,1 @@
+"""Standard exports: surface meshes, the legacy point CSV and DICOM SEG."""
