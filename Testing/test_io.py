@@ -145,6 +145,17 @@ def test_volume_roundtrip_every_format(tmp_path: Path, suffix: str) -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), labels)
 
 
+@pytest.mark.parametrize("suffix", [".mhd", ".nhdr"])
+def test_detached_header_formats_load(tmp_path: Path, suffix: str) -> None:
+    image = oblique_image()
+    sitk.WriteImage(image, str(tmp_path / f"ct{suffix}"), useCompression=True)  # header + separate data file
+    ct = load_ct(tmp_path / f"ct{suffix}")
+    assert ct.intensity == "HU"
+    assert_same(ct.image, image)
+    with pytest.raises(InputError, match="single-file formats"):
+        write_image(image, tmp_path / f"out{suffix}")
+
+
 def test_intensity_rule_for_volume_files(tmp_path: Path) -> None:
     base = oblique_image()
     arr = sitk.GetArrayFromImage(base)

@@ -133,3 +133,21 @@ def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
     np.testing.assert_array_equal(full_inf, infection)
     np.testing.assert_allclose(back_ref.GetOrigin(), ref.TransformIndexToPhysicalPoint(offset), atol=TOL)
     np.testing.assert_allclose(back_ref.GetDirection(), ref.GetDirection(), atol=TOL)
+
+
+def test_write_result_seg_nrrd_carries_versions(tmp_path: Path) -> None:
+    from CovidCTLib.io.seg_nrrd import write_result_seg_nrrd
+    from CovidCTLib.results import AnalysisResult
+    from CovidCTLib.volume import CTVolume
+
+    ref = reference_image()
+    lungs, infection = masks()
+    result = AnalysisResult(CTVolume(ref, "HU", "synthetic"), lungs, infection, method="model",
+                            model_versions={"lungs": "unet-1.2"})
+    path = write_result_seg_nrrd(result, tmp_path / "r.seg.nrrd")
+    back_lungs, back_inf, _, meta = read_seg_nrrd(path)
+    np.testing.assert_array_equal(back_lungs, lungs)
+    np.testing.assert_array_equal(back_inf, infection)
+    assert meta["fields"]["CovidCT_model_lungs"] == "unet-1.2"
+    assert meta["fields"]["CovidCT_method"] == "model"
+    assert meta["fields"]["CovidCT_SoftwareVersion"].startswith("CovidCT ")
