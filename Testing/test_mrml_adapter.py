@@ -236,3 +236,51 @@ def test_failure_leaves_scene_unchanged(mrml, phantoms, monkeypatch):
     assert mrml.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
     assert mrml.scene.GetNodesByClass("vtkMRMLTableNode").GetNumberOfItems() == 0
     assert volume.GetDisplayNode().GetWindow() == window  # display untouched on failure
+
+
+RENDER_SCRIPT = """
+import sys
+sys.path.insert(0, {testing!r})
+from slicer_fixture import make_mrml_context
+from CovidCTLib.phantom import make_phantom
+from CovidCTLib.mrml import add_volume_from_image, results_to_mrml
+from CovidCTLib.mrml.render import render_segmentation_png
+context = make_mrml_context()
+phantom = make_phantom(shape=(24, 56, 56), spacing=(6.0, 3.2, 3.2), seed=1)
+volume = add_volume_from_image(context.scene, phantom.ct.image, "ct")
+nodes = results_to_mrml(context.scene, volume, phantom.lungs, phantom.infection, {{}}, surfaces=True)
+render_segmentation_png(nodes["segmentation"], {path!r}, size=(200, 200))
+"""
+
+
+def test_offscreen_render_of_surfaces(tmp_path):
+    """The closed surfaces render offscreen (own process: a missing OpenGL context must not kill pytest)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vtk.util import numpy_support
+
+    path = tmp_path / "scene.png"
+    script = RENDER_SCRIPT.format(testing=str(Path(__file__).parent), path=str(path))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0 and not path.exists() and any(
+        word in run.stderr for word in ("GLX", "EGL", "OpenGL", "X server", "DISPLAY")
+    ):
+        pytest.skip(f"no OpenGL context for offscreen rendering: {run.stderr.strip().splitlines()[-1]}")
+    assert run.returncode == 0, run.stderr
+    reader = vtk.vtkPNGReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    image = reader.GetOutput()
+    assert image.GetDimensions()[:2] == (200, 200)
+    rgb = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:, :3].astype(int)
+    background = np.array([26, 26, 36])
+    drawn = np.abs(rgb - background).sum(axis=1) > 30
+    assert 0.1 < drawn.mean() < 0.9  # the lungs fill a good part of the picture, not all of it
+    # right lung (green) on the viewer's left, left lung (blue) on the right: anterior view
+    xy = rgb.reshape(200, 200, 3)
+    greenish = (xy[:, :, 1] > xy[:, :, 2] + 5) & (xy[:, :, 0] < xy[:, :, 1]) & drawn.reshape(200, 200)
+    bluish = (xy[:, :, 2] > xy[:, :, 1] + 5) & drawn.reshape(200, 200)
+    assert greenish[:, :100].sum() > greenish[:, 100:].sum()
+    assert bluish[:, 100:].sum() > bluish[:, :100].sum()
