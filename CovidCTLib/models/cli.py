@@ -1,0 +1,151 @@
+"""``covidct train | finetune | evaluate  lung | infection | classifier`` subcommands.
+
+``register(subparsers)`` is called by ``CovidCTLib/cli.py``; ``python -m CovidCTLib.models.cli ...`` runs the
+same commands stand-alone. The classifier is delegated to ``CovidCTLib.models.classifier_train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import sys
+from typing import Any
+
+from CovidCTLib.errors import CovidCTError, InputError
+
+SEG_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lung": {"epochs": 30, "batch_size": 16, "lr": 2e-3, "patience": 8},
+    "infection": {"epochs": 40, "batch_size": 16, "lr": 2e-3, "patience": 10},
+}
+
+
+def _add_options(p: argparse.ArgumentParser, action: str) -> None:
+    p.add_argument("task", choices=("lung", "infection", "classifier"))
+    p.add_argument("--data", required=True,
+                   help="training data: comma-separated folders, optionally kind-prefixed "
+                        "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py")
+    p.add_argument("--out", required=True, help="output folder (checkpoints, log, exported model)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (split, sampling, init; default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    p.add_argument("--model", default=None, help="model name or folder (finetune / evaluate; default: shipped)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    # classifier-only options are accepted here and passed through
+    p.add_argument("--arch", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--input-size", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fold", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    if action in ("train", "finetune"):
+        p.add_argument("--epochs", type=int, default=None)
+        p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+        p.add_argument("--steps-per-epoch", type=int, default=None)
+        p.add_argument("--size", type=int, default=128, help="training slice size (default 128)")
+    else:
+        p.add_argument("--split", default="all", choices=("all", "val"),
+                       help="evaluate all slices, or only the grouped validation split of --seed")
+        p.add_argument("--size", type=int, default=128, help=argparse.SUPPRESS)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return "covidct " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "covidct"
+
+
+def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    d = SEG_DEFAULTS[args.task]
+    return {
+        "epochs": args.epochs if args.epochs is not None else d["epochs"],
+        "batch_size": args.batch_size or d["batch_size"],
+        "lr": args.lr if args.lr is not None else d["lr"],
+        "patience": args.patience if args.patience is not None else d["patience"],
+        "seed": args.seed if args.seed is not None else 0,
+        "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size,
+        "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
+        "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
+        "command": _command_line(args),
+    }
+
+
+def _classifier(name: str) -> Any:
+    try:
+        return getattr(importlib.import_module("CovidCTLib.models.classifier_train"), name)
+    except (ImportError, AttributeError) as exc:
+        raise InputError("The COVID classifier trainer is not installed in this build.") from exc
+
+
+def run_train(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+    """``covidct train <task>``."""
+    if args.task == "classifier":
+        _classifier("main_train")(args)
+        return 0
+    from CovidCTLib.models.train_seg import train
+
+    summary = train(args.task, args.data, args.out, **_seg_kwargs(args))
+    print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
+                      "best_dice": summary["best"]}))
+    return 0
+
+
+def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+    """``covidct finetune <task>``: a few epochs from the shipped model on new data."""
+    if args.task == "classifier":
+        _classifier("main_finetune")(args)
+        return 0
+    from CovidCTLib.models.train_seg import MODEL_NAMES, train
+
+    kw = _seg_kwargs(args)
+    if args.epochs is None:
+        kw["epochs"] = 5
+    if args.lr is None:
+        kw["lr"] = 5e-4
+    summary = train(args.task, args.data, args.out, init_from=args.model or MODEL_NAMES[args.task], **kw)
+    print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
+                      "best_dice": summary["best"]}))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+    """``covidct evaluate <task>``: metrics table, per-image CSV."""
+    if args.task == "classifier":
+        _classifier("main_evaluate")(args)
+        return 0
+    from CovidCTLib.models.evaluate import evaluate
+
+    result = evaluate(args.task, args.data, args.out, model=args.model, device=args.device, split=args.split,
+                      seed=args.seed if args.seed is not None else 0,
+                      val_fraction=args.val_fraction if args.val_fraction is not None else 0.2)
+    print(json.dumps(result["summary"], indent=1))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``train``, ``finetune`` and ``evaluate`` to the ``covidct`` argparse sub-parsers."""
+    for action, handler, text in (
+        ("train", run_train, "train a network (lung, infection or classifier) on labelled data"),
+        ("finetune", run_finetune, "continue training a shipped network on new data for a few epochs"),
+        ("evaluate", run_evaluate, "measure a network on labelled data (Dice, IoU, ...; per-image CSV)"),
+    ):
+        p = subparsers.add_parser(action, help=text, description=text + ". Research software, not for diagnosis.")
+        _add_options(p, action)
+        p.set_defaults(handler=handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m CovidCTLib.models.cli train lung --data ... --out ...``."""
+    parser = argparse.ArgumentParser(prog="covidct", description="CovidCT model training (research use only).")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except CovidCTError as exc:
+        print(f"covidct: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Generic, resumable training loop (used by the segmentation trainers; reusable by the classifier).
+
+Per epoch it runs ``steps_per_epoch`` optimiser steps on batches from ``make_batch``, then ``validate``;
+it keeps ``best.pt`` (highest ``monitor`` value), writes ``last.pt`` every epoch (model, optimiser, epoch,
+history, early-stopping counter, RNG state) so ``resume=True`` continues exactly, appends one JSON line per
+epoch to ``log.jsonl`` and stops early after ``patience`` epochs without improvement.
+Learning rate: cosine decay from ``lr`` to ``lr / 20`` over ``epochs``. On CUDA the forward pass runs under
+autocast (mixed precision).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from CovidCTLib.atomic import atomic_path
+from CovidCTLib.errors import InputError
+from CovidCTLib.progress import Reporter
+
+
+@dataclass
+class TrainConfig:
+    """Loop settings."""
+
+    epochs: int = 30
+    steps_per_epoch: int = 50
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    max_steps: int | None = None  # stop after this many optimiser steps in total (smoke runs)
+    monitor: str = "dice"
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu or auto.")
+    return device
+
+
+def _save(obj: Any, path: Path) -> None:
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(obj, tmp)
+
+
+def train_loop(
+    model: torch.nn.Module,
+    make_batch: Callable[[np.random.Generator], Any],
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    validate: Callable[[torch.nn.Module], dict[str, float]],
+    out: Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model`` in place; returns ``{"best": metrics, "best_epoch": n, "history": [...]}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    device = cfg.device
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    start_epoch, history, best, best_epoch, bad, steps_done = 0, [], -math.inf, -1, 0, 0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
+        best_epoch, bad, steps_done = ck["best_epoch"], ck["bad_epochs"], ck.get("steps_done", 0)
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        log(f"resumed from {last} at epoch {start_epoch} (best {cfg.monitor} {best:.4f} at epoch {best_epoch})")
+    elif resume:
+        log(f"--resume given but no {last}; starting from scratch")
+    use_amp = device.startswith("cuda")
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        lr = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * epoch / max(cfg.epochs, 1))))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        model.train()
+        t0, losses = time.time(), []
+        for step in range(cfg.steps_per_epoch):
+            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
+                break
+            batch = make_batch(rng)
+            with torch.autocast("cuda", enabled=use_amp):
+                loss = loss_fn(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            steps_done += 1
+            if reporter is not None:
+                reporter.update("train", (epoch - start_epoch + (step + 1) / cfg.steps_per_epoch)
+                                / max(cfg.epochs - start_epoch, 1), f"epoch {epoch + 1} step {step + 1}")
+        model.eval()
+        with torch.no_grad():
+            metrics = validate(model)
+        score = float(metrics.get(cfg.monitor, -math.inf))
+        improved = score > best
+        if improved:
+            best, best_epoch, bad = score, epoch, 0
+            _save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, out / "best.pt")
+        else:
+            bad += 1
+        row = {"epoch": epoch + 1, "lr": round(lr, 6), "loss": float(np.mean(losses)) if losses else None,
+               "seconds": round(time.time() - t0, 1), "steps": steps_done, **metrics, "best": improved}
+        history.append(row)
+        with (out / "log.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        log(json.dumps(row))
+        _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
+               "best": best, "best_epoch": best_epoch, "bad_epochs": bad, "steps_done": steps_done,
+               "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)},
+              last)
+        if bad >= cfg.patience:
+            log(f"early stop: no {cfg.monitor} improvement for {bad} epochs")
+            break
+        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
+            break
+    if (out / "best.pt").is_file():
+        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+    return {"best": best, "best_epoch": best_epoch + 1, "history": history, "last_epoch": epoch + 1}
