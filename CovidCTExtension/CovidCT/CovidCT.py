@@ -186,8 +186,12 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(0, self._updateDeviceStatus)
 
     def cleanup(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
         if self._job is not None:
             self._job.cancel()
+            self._job.cleanup()
+            self._job = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -233,8 +237,6 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if method == "model":
                 label += ": " + (", ".join(models) if models else "none installed")
             combo.addItem(label, method)
-        if not models:
-            combo.model().item(2).setEnabled(False)
 
     def onMethodChanged(self, index: int) -> None:
         if self._parameterNode is not None and index >= 0:
@@ -344,19 +346,21 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.showTable(self._parameterNode.statisticsTable)
 
     def onSaveReport(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(None, "Save the CovidCT report into")
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Save the CovidCT report into")
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Saving the report failed.", waitCursor=True):
-            paths = self.logic.saveReport(self._parameterNode.inputVolume, self._parameterNode.statisticsTable, folder)
+            paths = self.logic.saveReport(
+                self._parameterNode.inputVolume, self._parameterNode.statisticsTable, folder, interactive=True
+            )
             self._setStatus("Report saved: " + ", ".join(p.name for p in paths))
 
     def onExport(self) -> None:
-        folder = qt.QFileDialog.getExistingDirectory(None, "Export the CovidCT results into")
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Export the CovidCT results into")
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            paths = self.logic.exportResults(self._parameterNode.inputVolume, folder)
+            paths = self.logic.exportResults(self._parameterNode.inputVolume, folder, interactive=True)
             self._setStatus(f"Exported {len(paths)} files to {folder}")
 
     def onCompare(self) -> None:
@@ -601,7 +605,24 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             method=str(report.get("method", "")),
         )
 
-    def saveReport(self, inputVolume, statisticsTable, folder) -> list[Path]:
+    def _reportsAvailable(self, interactive: bool) -> bool:
+        """True when the HTML/PDF report writer is installed (its packages installed on first use)."""
+        from CovidCTLib.mrml.dependencies import is_importable
+
+        if not is_importable("CovidCTLib.report.html_pdf"):
+            return False
+        if interactive:
+            self._ensureGroup("report")
+        from CovidCTLib.mrml.dependencies import missing_packages
+
+        return not missing_packages(["report"])
+
+    def _ensureGroup(self, group: str) -> None:
+        from CovidCTLib.mrml.dependencies import ensure_dependencies
+
+        ensure_dependencies([group], interactive=True)
+
+    def saveReport(self, inputVolume, statisticsTable, folder, interactive: bool = False) -> list[Path]:
         """report.json + report.csv, and report.html/.pdf when the report module is installed."""
         from CovidCTLib.report.report_json import write_report_csv, write_report_json
 
@@ -611,26 +632,21 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             write_report_json(result.report, folder / "report.json", overwrite=True),
             write_report_csv(result.report, folder / "report.csv", overwrite=True),
         ]
-        try:
-            from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report
-        except ImportError:
-            logging.info("CovidCT: HTML/PDF report module not installed; wrote report.json and report.csv")
+        if not self._reportsAvailable(interactive):
+            logging.info("CovidCT: HTML/PDF report not available; wrote report.json and report.csv")
             return paths
-        paths.append(Path(write_html_report(result, folder / "report.html") or folder / "report.html"))
-        paths.append(Path(write_pdf_report(result, folder / "report.pdf") or folder / "report.pdf"))
-        return paths
+        from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report
 
-    def exportResults(self, inputVolume, folder) -> list[Path]:
+        write_html_report(result, folder / "report.html")
+        write_pdf_report(result, folder / "report.pdf")
+        return [*paths, folder / "report.html", folder / "report.pdf"]
+
+    def exportResults(self, inputVolume, folder, interactive: bool = False) -> list[Path]:
         """Every engine output (labelmaps, seg.nrrd, reports, STL surfaces) into ``folder``."""
         from CovidCTLib.pipeline import write_outputs
 
         result = self.resultFor(inputVolume)
-        try:
-            import CovidCTLib.report.html_pdf  # noqa: F401
-
-            reports = True
-        except ImportError:
-            reports = False
+        reports = self._reportsAvailable(interactive)
         written = write_outputs(result, folder, overwrite=True, reports=reports, dicom_seg=False, surfaces="stl")
         return list(written.values())
 

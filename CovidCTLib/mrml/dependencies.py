@@ -15,7 +15,7 @@ from CovidCTLib.errors import CovidCTError
 
 #: pip requirement -> import name, per feature.
 GROUPS: dict[str, dict[str, str]] = {
-    "classical": {"scipy": "scipy", "scikit-image": "skimage", "tqdm": "tqdm"},
+    "classical": {"scipy": "scipy", "scikit-image": "skimage"},
     "model": {"torch": "torch", "monai": "monai"},
     "report": {"matplotlib": "matplotlib", "reportlab": "reportlab"},
 }
