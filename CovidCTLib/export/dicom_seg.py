@@ -1,0 +1,165 @@
+"""DICOM Segmentation (SEG) export of the four segments, referencing the source CT series.
+
+Written with highdicom as a BINARY segmentation with four segments (right lung, left lung, ground-glass,
+consolidation); segments may overlap (infection lies inside the lungs), which DICOM SEG allows because each
+segment has its own frames. The SEG:
+
+* references every source CT slice and shares its Study Instance UID, Frame of Reference and patient module
+  (DICOM requires the SEG to belong to the same patient/study; identifiers therefore are copied from the
+  source by design: share it only where the source CT may be shared);
+* codes each segment with :data:`CovidCTLib.labels.SEGMENTS` (category, type and, for the lungs, the
+  laterality modifier), its display colour and algorithm identification (name ``CovidCT``, version,
+  method and model versions);
+* says in its series description and content description that it is research software, not a diagnosis.
+
+3D Slicer loads it through the DICOM module with the QuantitativeReporting extension (DCMQI).
+Only possible when the input was a DICOM series (``CTVolume.dicom_files`` lists its slice files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+
+from CovidCTLib.atomic import check_writable, write_with
+from CovidCTLib.errors import CovidCTError, InputError
+from CovidCTLib.labels import SEGMENTS, CodedTerm
+from CovidCTLib.version import __version__
+
+SERIES_DESCRIPTION = "CovidCT segmentation - research, not for diagnosis"
+CONTENT_DESCRIPTION = "Research software output, not a diagnosis"
+
+
+def _code(term: CodedTerm) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=term.value, scheme_designator=term.scheme, meaning=term.meaning)
+
+
+def _model_string(result) -> str:
+    models = ";".join(f"{name}={version}" for name, version in sorted(result.model_versions.items()))
+    return models or "none"
+
+
+def _algorithm(result) -> hd.AlgorithmIdentificationSequence:
+    family = codes.cid7162.ArtificialIntelligence if result.method == "model" else codes.cid7162.HistogramAnalysis
+    return hd.AlgorithmIdentificationSequence(
+        name="CovidCT",
+        family=family,
+        version=__version__,
+        source="CovidCT research software (not for diagnosis)",
+        parameters={"method": str(result.method), "models": _model_string(result)[:64]},
+    )
+
+
+# Type 2 attributes highdicom copies from the source; some real series omit them (empty is valid DICOM)
+_TYPE2_DEFAULTS = {
+    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "", "StudyDate": "",
+    "StudyTime": "", "ReferringPhysicianName": "", "AccessionNumber": "", "StudyID": "",
+}
+
+
+def _complete(ds: pydicom.Dataset) -> pydicom.Dataset:
+    for keyword, value in _TYPE2_DEFAULTS.items():
+        if keyword not in ds:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def _slice_order(result, datasets: list[pydicom.Dataset]) -> list[int]:
+    """For each z index of the volume, the position in ``datasets`` of the slice at that location."""
+    image = result.ct.image
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    normal = direction[:, 2]
+    origin = np.asarray(image.GetOrigin())
+    spacing_z = image.GetSpacing()[2]
+    size_z = image.GetSize()[2]
+    order = [-1] * size_z
+    for position, ds in enumerate(datasets):
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+        k = (ipp - origin) @ normal / spacing_z
+        index = int(round(k))
+        if abs(k - index) > 0.05 or not 0 <= index < size_z or order[index] != -1:
+            raise InputError(
+                f"DICOM slice {getattr(ds, 'filename', position)} does not match the loaded volume geometry; "
+                "the DICOM SEG cannot reference it. Re-run the analysis on the original DICOM folder."
+            )
+        order[index] = position
+    if -1 in order:
+        raise InputError("Some slices of the loaded volume have no DICOM file; the DICOM SEG cannot be made.")
+    return order
+
+
+def build_dicom_seg(result) -> hd.seg.Segmentation:
+    """The highdicom Segmentation object for an AnalysisResult loaded from DICOM."""
+    files = list(result.ct.dicom_files)
+    if not files:
+        raise CovidCTError(
+            "A DICOM SEG needs a DICOM input series; this scan was not loaded from DICOM. "
+            "Use the .seg.nrrd or labelmap outputs instead."
+        )
+    try:
+        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise InputError(
+            f"Cannot re-read the source DICOM files for the DICOM SEG ({exc}); keep them in place."
+        ) from exc
+    order = _slice_order(result, datasets)
+    sources = [_complete(datasets[i]) for i in order]
+    lungs = np.asarray(result.lungs)
+    infection = np.asarray(result.infection)
+    masks = [(lungs if s.source == "lungs" else infection) == s.label for s in SEGMENTS]
+    pixel_array = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+
+    algorithm = _algorithm(result)
+    lung_region = hd.sr.CodedConcept("39607008", "SCT", "Lung")
+    descriptions = []
+    for number, spec in enumerate(SEGMENTS, start=1):
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=spec.name,
+            segmented_property_category=_code(spec.category),
+            segmented_property_type=_code(spec.type),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=f"CovidCT {spec.key}",
+            tracking_uid=hd.UID(),
+            anatomic_regions=[lung_region] if spec.source == "infection" else None,
+            display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in spec.color)),
+        )
+        if spec.modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                _code(spec.modifier)
+            ]
+        descriptions.append(description)
+
+    first = sources[0]
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="CovidCT",
+        manufacturer_model_name="CovidCT",
+        software_versions=f"CovidCT {__version__}",
+        device_serial_number="0",
+        content_description=CONTENT_DESCRIPTION,
+        content_label="COVIDCT",
+        series_description=SERIES_DESCRIPTION,
+        omit_empty_frames=True,
+    )
+
+
+def write_dicom_seg(result, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write the DICOM SEG of ``result`` to ``path`` (atomically); see the module docstring."""
+    target = Path(path)
+    check_writable(target, overwrite)
+    seg = build_dicom_seg(result)
+    return write_with(target, lambda tmp: seg.save_as(tmp, enforce_file_format=True), overwrite)
