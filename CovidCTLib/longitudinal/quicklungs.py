@@ -1,0 +1,122 @@
+"""A quick HU-threshold lung and infection segmentation for 2-D slices (and quick 3-D masks).
+
+Used by ``compare`` for single HU slices (the 3-D classical segmenter needs a volume) and by tests that need
+a lung mask quickly. Method (documented thresholds):
+
+* lungs: voxels below ``-400 HU``; connected air regions touching the in-plane image border (outside air,
+  table gaps) are removed; components smaller than 2 % of the largest (trachea, bowel gas) are dropped;
+  each lung is closed (5 mm) and its holes filled so that dense lesions inside the lung are kept; the
+  result is split into right (label 1) and left (label 2) at the lungs' mid-line along the patient's
+  left-right axis (LPS +x is the patient's left);
+* infection, inside the lungs: ground-glass ``-750 <= HU < -300`` (label 1), consolidation
+  ``-300 <= HU <= 100`` (label 2), after removing components smaller than 10 mm^2 (2-D) / 20 mm^3 (3-D)
+  and the 2 mm rim along the lung wall (partial volume).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+LUNG_MAX_HU = -400.0
+#: air regions whose median is below this are pure gas (bowel, outside air), not aerated lung parenchyma
+GAS_MEDIAN_HU = -930.0
+BODY_MIN_HU = -500.0
+GGO_RANGE = (-750.0, -300.0)
+CONSOLIDATION_RANGE = (-300.0, 100.0)
+
+
+def _in_plane_border_labels(labels: np.ndarray) -> set[int]:
+    border = set(np.unique(labels[..., 0, :])) | set(np.unique(labels[..., -1, :]))
+    border |= set(np.unique(labels[..., :, 0])) | set(np.unique(labels[..., :, -1]))
+    return border - {0}
+
+
+def quick_lungs(ct: sitk.Image) -> np.ndarray:
+    """Lung labelmap (z, y, x) uint8, 1 right / 2 left, for a HU image (a 1-slice volume works too)."""
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    squeeze = hu.ndim == 2
+    if squeeze:
+        hu = hu[None]
+    spacing = np.array(ct.GetSpacing()[::-1] if not squeeze else (1.0, *ct.GetSpacing()[::-1]), float)
+    if len(spacing) == 3 and hu.shape[0] == 1:
+        spacing[0] = max(spacing[0], 1.0)
+    air = hu < LUNG_MAX_HU
+    structure = ndimage.generate_binary_structure(3, 1)
+    labels, count = ndimage.label(air, structure)
+    lungs = np.zeros(hu.shape, bool)
+    if count:
+        drop = _in_plane_border_labels(labels)
+        sizes = ndimage.sum_labels(air, labels, np.arange(1, count + 1))
+        keep = [i + 1 for i in range(count) if (i + 1) not in drop]
+        if keep:
+            medians = ndimage.median(hu, labels, keep)
+            keep = [k for k, m in zip(keep, np.atleast_1d(medians), strict=True) if m >= GAS_MEDIAN_HU]
+        if keep:
+            largest = max(sizes[k - 1] for k in keep)
+            keep = [k for k in keep if sizes[k - 1] >= 0.02 * largest]
+            lungs = np.isin(labels, keep)
+    if lungs.any():
+        radius = np.maximum(1, np.round(5.0 / spacing)).astype(int)
+        if hu.shape[0] == 1:
+            radius[0] = 0
+        ball = np.ones(tuple(2 * r + 1 for r in radius), bool)
+        lungs = ndimage.binary_closing(np.pad(lungs, [(r, r) for r in radius]), ball)
+        lungs = lungs[tuple(slice(r, s - r) for r, s in zip(radius, lungs.shape, strict=True))]
+        for z in range(lungs.shape[0]):
+            lungs[z] = ndimage.binary_fill_holes(lungs[z])
+    out = np.zeros(hu.shape, np.uint8)
+    if lungs.any():
+        # patient left-right axis: the image axis whose direction is closest to LPS x
+        dim = ct.GetDimension()
+        direction = np.array(ct.GetDirection()).reshape(dim, dim)
+        axis_xyz = int(np.argmax(np.abs(direction[0])))
+        sign = np.sign(direction[0, axis_xyz]) or 1.0
+        array_axis = 2 - axis_xyz if not squeeze else (2 if axis_xyz == 0 else 1)
+        coords = np.nonzero(lungs)[array_axis].astype(float)
+        mid = 0.5 * (np.percentile(coords, 2) + np.percentile(coords, 98))
+        index = np.arange(hu.shape[array_axis]).reshape([-1 if a == array_axis else 1 for a in range(3)])
+        left = (index - mid) * sign > 0  # LPS +x is the patient's left
+        out[lungs & ~left] = 1
+        out[lungs & left] = 2
+    return out[0] if squeeze else out
+
+
+def quick_infection(ct: sitk.Image, lungs: np.ndarray) -> np.ndarray:
+    """Infection labelmap inside ``lungs`` (same shape), 1 ground-glass / 2 consolidation (HU thresholds)."""
+    hu = sitk.GetArrayFromImage(ct).astype(np.float32)
+    inside = lungs > 0
+    spacing = np.array(ct.GetSpacing()[::-1], float)
+    if inside.ndim == 3 and inside.shape[0] == 1:
+        core = np.stack([ndimage.binary_erosion(inside[0], iterations=max(1, int(round(2.0 / spacing[-1]))))])
+        min_size = 10.0 / (spacing[-1] * spacing[-2])
+    elif inside.ndim == 2:
+        core = ndimage.binary_erosion(inside, iterations=max(1, int(round(2.0 / spacing[-1]))))
+        min_size = 10.0 / (spacing[-1] * spacing[-2])
+    else:
+        core = ndimage.binary_erosion(inside, iterations=max(1, int(round(2.0 / spacing[-1]))))
+        min_size = 20.0 / float(np.prod(spacing))
+    out = np.zeros(inside.shape, np.uint8)
+    out[core & (hu >= GGO_RANGE[0]) & (hu < GGO_RANGE[1])] = 1
+    out[core & (hu >= CONSOLIDATION_RANGE[0]) & (hu <= CONSOLIDATION_RANGE[1])] = 2
+    labels, count = ndimage.label(out > 0)
+    if count:
+        sizes = ndimage.sum_labels(out > 0, labels, np.arange(1, count + 1))
+        small = np.isin(labels, np.nonzero(sizes < min_size)[0] + 1)
+        out[small] = 0
+    return out
+
+
+def quick_body(ct: sitk.Image) -> np.ndarray:
+    """Body mask (same shape as the image array): the largest region above -500 HU, holes filled per slice."""
+    hu = sitk.GetArrayFromImage(ct)
+    body = hu > BODY_MIN_HU
+    labels, count = ndimage.label(body)
+    if count == 0:
+        return body.astype(np.uint8)
+    sizes = ndimage.sum_labels(body, labels, np.arange(1, count + 1))
+    body = labels == (int(np.argmax(sizes)) + 1)
+    if body.ndim == 2:
+        return ndimage.binary_fill_holes(body).astype(np.uint8)
+    return np.stack([ndimage.binary_fill_holes(s) for s in body]).astype(np.uint8)
