@@ -133,6 +133,34 @@ def test_background_error_is_reported(tmp_path):
     assert job.returncode == 2
     assert "does not exist" in job.error_message()
     assert job.done_event() is None
+    job.cleanup()
+    assert not job.logdir.exists()
+
+
+def test_background_reads_split_lines_and_much_output(tmp_path):
+    """Events written in pieces arrive whole; a process writing far more than a pipe buffer never blocks."""
+    script = textwrap.dedent(
+        """
+        import json, sys, time
+        sys.stderr.write("x" * 300000 + "\\n")
+        for i in range(2000):
+            print(json.dumps({"event": "progress", "step": "s", "fraction": i / 2000, "message": "m" * 50}))
+        sys.stdout.write('{"event": "done", ')
+        sys.stdout.flush()
+        time.sleep(0.5)
+        sys.stdout.write('"outdir": "o", "report": "r"}\\n')
+        """
+    )
+    job = BackgroundAnalysis([sys.executable, "-c", script], logdir=tmp_path / "log")
+    seen = []
+    while not job.finished:
+        seen.extend(job.poll())
+        time.sleep(0.02)
+    assert job.returncode == 0
+    assert len([e for e in job.events if e["event"] == "progress"]) == 2000
+    assert job.done_event() == {"event": "done", "outdir": "o", "report": "r"}
+    assert all(e["event"] in ("progress", "done") for e in job.events)  # no half line became a "log" event
+    assert job.error_message() is None
 
 
 def test_background_cancel_kills_process_tree(tmp_path):
@@ -165,6 +193,7 @@ def test_background_cancel_kills_process_tree(tmp_path):
             break
         time.sleep(0.1)
     assert not _alive(child)
+    job.cleanup()
 
 
 def _alive(pid: int) -> bool:

@@ -527,7 +527,9 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         try:
             inputPath = workdir / "input.nrrd"
             sitk.WriteImage(image_from_volume_node(inputVolume), str(inputPath), True)
-            runner = BackgroundAnalysis(analyze_command(inputPath, workdir / "out", method, device))
+            runner = BackgroundAnalysis(
+                analyze_command(inputPath, workdir / "out", method, device), logdir=workdir / "log"
+            )
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise

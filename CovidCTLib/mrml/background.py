@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -71,82 +70,86 @@ def analyze_command(
 
 
 class BackgroundAnalysis:
-    """One running engine process; events are read by a thread and handed out by :meth:`poll`."""
+    """One running engine process, followed by polling its output files (no threads, no pipes).
 
-    def __init__(self, command: Sequence[str], cwd: str | os.PathLike | None = None) -> None:
+    stdout (the JSON event lines) and stderr go to files in ``logdir``; :meth:`poll` reads the complete
+    lines added since the last call. Nothing here needs Python threads (which only run intermittently
+    inside Slicer's embedded interpreter) and a chatty process can never block on a full pipe.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        cwd: str | os.PathLike | None = None,
+        logdir: str | os.PathLike | None = None,
+    ) -> None:
         self.command = list(command)
         self.events: list[dict[str, Any]] = []
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.returncode: int | None = None
         self.cancelled = False
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.started = time.monotonic()
+        self._own_logdir = logdir is None
+        self.logdir = Path(logdir) if logdir is not None else Path(tempfile.mkdtemp(prefix="covidct-job-"))
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = self.logdir / "events.jsonl"
+        self.stderr_path = self.logdir / "stderr.txt"
+        self._offset = 0
+        self._partial = b""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LIBRARY_ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONIOENCODING"] = "utf-8"
         kwargs: dict[str, Any] = {}
         if os.name == "nt":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            bufsize=1,
-            cwd=cwd,
-            env=env,
-            **kwargs,
-        )
-        self._threads = [
-            threading.Thread(target=self._read_stdout, daemon=True),
-            threading.Thread(target=self._read_stderr, daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    def _read_stdout(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = {"event": "log", "message": line}
-            if not isinstance(event, dict):
-                event = {"event": "log", "message": line}
-            self._queue.put(event)
-
-    def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            if line.strip():
-                self.stderr_tail.append(line.rstrip())
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                self.command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd, env=env, **kwargs
+            )
 
     @property
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def _read_new_lines(self) -> list[str]:
+        with open(self.stdout_path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        self._offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        return [line.decode("utf-8", errors="replace").strip() for line in lines]
+
     def poll(self) -> list[dict[str, Any]]:
-        """New events since the last call; sets :attr:`returncode` once the process and its output ended."""
+        """New events since the last call; sets :attr:`returncode` once the process has ended."""
+        code = self.process.poll()  # before reading, so that nothing written before the exit is missed
         new: list[dict[str, Any]] = []
-        while True:
+        lines = self._read_new_lines()
+        if code is not None and self._partial:
+            lines.append(self._partial.decode("utf-8", errors="replace").strip())
+            self._partial = b""
+        for line in lines:
+            if not line:
+                continue
             try:
-                new.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        code = self.process.poll()
-        if code is not None and not any(t.is_alive() for t in self._threads):
-            while not self._queue.empty():
-                new.append(self._queue.get_nowait())
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            new.append(event if isinstance(event, dict) else {"event": "log", "message": line})
+        if code is not None:
             self.returncode = code
+            text = self.stderr_path.read_text(encoding="utf-8", errors="replace") if self.stderr_path.exists() else ""
+            self.stderr_tail.extend(line for line in text.splitlines() if line.strip())
         self.events.extend(new)
         return new
+
+    def cleanup(self) -> None:
+        """Remove the log folder when this object created it (after the process ended)."""
+        if self._own_logdir and not self.running:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
     @property
     def finished(self) -> bool:
