@@ -53,7 +53,14 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    return "covidct " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "covidct"
+    """The equivalent ``covidct`` command (for the manifest), rebuilt from the parsed options."""
+    parts = ["covidct", getattr(args, "seg_action", "train"), args.task]
+    for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
+                "val_fraction", "seed", "max_steps", "model"):
+        value = getattr(args, key, None)
+        if value is not None and not (key == "size" and value == 128):
+            parts += [f"--{key.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,7 +139,7 @@ def register(subparsers: Any) -> None:
     ):
         p = subparsers.add_parser(action, help=text, description=text + ". Research software, not for diagnosis.")
         _add_options(p, action)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, seg_action=action)
 
 
 def main(argv: list[str] | None = None) -> int:

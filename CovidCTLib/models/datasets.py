@@ -276,11 +276,11 @@ def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | N
 def grouped_split(groups: list[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split slice indices into train / validation by group (never by slice), per source prefix.
 
-    Within each source (text before ``/`` in the group name) groups are shuffled with ``seed`` and taken
+    Within each source (text before ``/`` in the group name) groups are shuffled with a generator seeded
+    by ``seed`` (fresh for every source, so a source's split does not depend on the other sources) and taken
     into validation until ``val_fraction`` of that source's slices is reached (at least one group when the
     source has two or more). Returns (train indices, validation indices).
     """
-    rng = np.random.default_rng(seed)
     by_source: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for i, g in enumerate(groups):
         by_source[g.split("/")[0]][g].append(i)
@@ -290,7 +290,7 @@ def grouped_split(groups: list[str], val_fraction: float = 0.2, seed: int = 0) -
         names = sorted(gmap)
         if len(names) < 2:
             continue
-        rng.shuffle(names)
+        np.random.default_rng(seed).shuffle(names)  # one fresh generator per source: stable splits
         total = sum(len(v) for v in gmap.values())
         taken = 0
         for name in names:

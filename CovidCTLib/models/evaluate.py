@@ -1,0 +1,202 @@
+"""``covidct evaluate lung|infection``: run the installed (or a given) model through the public inference
+path on labelled data at the data's own resolution and write metrics.
+
+Outputs in ``out``: ``per_image.csv`` (one row per slice: source, id, group, Dice, IoU, precision, recall,
+specificity, accuracy, pixel counts) and ``metrics.json`` (per source: pooled and mean-per-image metrics;
+for multiclass data also GGO / consolidation Dice), each with the model version and the research-only
+statement. ``split="val"`` keeps only the grouped validation split of ``seed`` (the one training used).
+
+8-bit data (png256, medseg) goes through :func:`CovidCTLib.models.inference.segment_slice_images` (the
+infection task runs the lung model first, as users' 2-D images do); HU volumes (``lidc-synth``, ``nifti``)
+through ``segment_lungs_model`` / ``segment_infection_model`` (infection inside the model's lungs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from CovidCTLib.atomic import write_text_atomic
+from CovidCTLib.errors import InputError
+from CovidCTLib.models import inference
+from CovidCTLib.models.datasets import _nifti_pairs, detect_kind, grouped_split
+from CovidCTLib.models.metrics import confusion, mask_metrics, mean_metrics, pooled_metrics
+from CovidCTLib.version import DISCLAIMER, __version__
+
+Item = dict[str, Any]
+
+
+def _gray(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def _items_png256(root: Path) -> list[Item]:
+    with (root / "index.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{"source": "png256", "id": r["index"], "group": f"png256/{r['inferred_group']}",
+             "image": root / r["ct"], "lung": root / r["lung_mask"], "inf": root / r["infection_mask"]}
+            for r in rows]
+
+
+def _items_medseg(root: Path) -> list[Item]:
+    out = []
+    for p in sorted((root / "Imgs").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
+        out.append({"source": "medseg", "id": p.stem, "group": f"medseg/{p.stem}", "image": p, "lung": None,
+                    "inf": root / "GT_multiclass" / f"{p.stem}.png", "multiclass": True})
+    return out
+
+
+def _eval_2d(task: str, items: list[Item], rows: list[dict[str, Any]], batch: int = 32) -> None:
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        images = [_gray(it["image"]) for it in chunk]
+        preds = inference.segment_slice_images("lung" if task == "lung" else "lesion-type", images)
+        for it, pred in zip(chunk, preds, strict=True):
+            truth_path = it["lung"] if task == "lung" else it["inf"]
+            truth = np.asarray(Image.open(truth_path))
+            if truth.ndim == 3:
+                truth = truth[..., 0]
+            truth_lab = np.clip(truth, 0, 2) if it.get("multiclass") else (truth > 127).astype(np.uint8)
+            rows.append(_row(it, pred, truth_lab, bool(it.get("multiclass")) and task != "lung"))
+
+
+def _row(it: Item, pred: np.ndarray, truth: np.ndarray, multiclass: bool) -> dict[str, Any]:
+    counts = confusion(pred > 0, truth > 0)
+    row: dict[str, Any] = {"source": it["source"], "id": it["id"], "group": it["group"],
+                           **{k: round(v, 5) for k, v in mask_metrics(pred > 0, truth > 0).items()},
+                           "truth_px": int((truth > 0).sum()), "pred_px": int((pred > 0).sum()),
+                           "_counts": counts}
+    if multiclass:
+        for c, name in ((1, "ggo"), (2, "cons")):
+            row[f"_counts_{name}"] = confusion(pred == c, truth == c)
+    return row
+
+
+def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path) -> None:
+    from CovidCTLib.models.normalization import orient_lps
+    from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
+    from CovidCTLib.volume import CTVolume
+
+    cases: list[tuple[str, sitk.Image, np.ndarray | None, np.ndarray | None]] = []
+    if kind == "lidc-synth":
+        for f in sorted(root.glob("*.nii.gz")):
+            image = orient_lps(sitk.ReadImage(str(f)))
+            hu = sitk.GetArrayFromImage(image).astype(np.float32)
+            name = f.name.split(".")[0]
+            npz = cache / f"eval-synth-{name}-{seed}.npz"
+            if npz.is_file():
+                d = np.load(npz)
+                out, inf, lung = d["hu"], d["inf"], d["lung"]
+            else:
+                lung = lung_mask_for(image, hu, image.GetSpacing()[::-1])
+                out, inf = insert_lesions(hu, lung, image.GetSpacing()[::-1], seed=10_000 + seed)
+                cache.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(npz, hu=out.astype(np.int16), inf=inf, lung=lung)
+            img = sitk.GetImageFromArray(out.astype(np.int16))
+            img.CopyInformation(image)
+            cases.append((f"synth/{name}", img, lung, inf))
+    else:
+        for img_p, mask_p, case in _nifti_pairs(root):
+            img = sitk.ReadImage(str(img_p))
+            lab = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_p)))
+            cases.append((f"nifti/{case}", img, lab > 0 if task == "lung" else None,
+                          np.clip(lab, 0, 2) if task != "lung" else None))
+    for group, img, lung, inf in cases:
+        arr = sitk.GetArrayFromImage(img)
+        ct = CTVolume(img, "HU" if float(arr.min()) < -500 else "8bit", group)
+        lungs_pred = inference.segment_lungs_model(ct)
+        if task == "lung":
+            pred, truth = lungs_pred > 0, lung
+        else:
+            pred, truth = inference.segment_infection_model(ct, lungs_pred), inf
+        for z in range(arr.shape[0]):
+            if truth[z].any() or pred[z].any():
+                it = {"source": group.split("/")[0], "id": f"{group}#{z}", "group": group}
+                rows.append(_row(it, pred[z].astype(np.uint8), truth[z].astype(np.uint8), task != "lung"))
+
+
+def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for src in sorted({r["source"] for r in rows}):
+        sel = [r for r in rows if r["source"] == src]
+        counts = [r["_counts"] for r in sel]
+        per = [{k: r[k] for k in ("dice", "iou", "precision", "recall", "specificity", "f1", "accuracy")}
+               for r in sel]
+        entry: dict[str, Any] = {
+            "n_images": len(sel),
+            "pooled": {k: round(v, 4) for k, v in pooled_metrics(counts).items()},
+            "mean_per_image": {k: round(v, 4) for k, v in mean_metrics(per, counts).items()},
+        }
+        for name in ("ggo", "cons"):
+            key = f"_counts_{name}"
+            if any(key in r for r in sel):
+                entry[f"dice_{name}_pooled"] = round(pooled_metrics([r[key] for r in sel if key in r])["dice"], 4)
+        summary[src] = entry
+    return summary
+
+
+def evaluate(
+    task: str,
+    data: str,
+    out: str | Path,
+    model: str | None = None,
+    device: str = "auto",
+    split: str = "all",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """Evaluate the lung / infection model on ``data`` (comma-separated, kind-prefixed like training)."""
+    if task not in ("lung", "infection"):
+        raise InputError(f"unknown task {task!r}")
+    name = inference.LUNG_MODEL if task == "lung" else inference.INFECTION_MODEL
+    if model:
+        inference.use_model_folder(name, model)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for spec in [s.strip() for s in data.split(",") if s.strip()]:
+        kind, _, path_s = spec.partition(":") if spec.split(":", 1)[0] in (
+            "png256", "medseg", "lidc-synth", "nifti", "nifti-binary") else ("", "", spec)
+        root = Path(path_s)
+        if not root.exists():
+            raise InputError(f"--data {root} does not exist.")
+        kind = kind or detect_kind(root)
+        if kind in ("png256", "medseg"):
+            items = _items_png256(root) if kind == "png256" else _items_medseg(root)
+            if task == "lung" and kind == "medseg":
+                raise InputError("medseg data has no lung masks; evaluate the lung model on png256 or nifti data.")
+            if split == "val":
+                _, va = grouped_split([it["group"] for it in items], val_fraction, seed)
+                items = [items[i] for i in va]
+            _eval_2d(task, items, rows)
+        else:
+            before = len(rows)
+            _eval_volumes(task, root, kind, rows, seed, out / "cache")
+            if split == "val":
+                groups = [r["group"] for r in rows[before:]]
+                _, va = grouped_split(groups, val_fraction, seed)
+                keep = set(va.tolist())
+                rows[before:] = [r for i, r in enumerate(rows[before:]) if i in keep]
+    if not rows:
+        raise InputError("No labelled slices to evaluate in --data.")
+    summary = _summarise(rows)
+    versions = inference.models_available()
+    result = {"task": task, "data": data, "split": split, "seed": seed, "models": versions,
+              "software_version": __version__, "summary": summary, "disclaimer": DISCLAIMER}
+    cols = ["source", "id", "group", "dice", "iou", "precision", "recall", "specificity", "accuracy",
+            "truth_px", "pred_px"]
+    buf = io.StringIO()
+    buf.write(f"# {DISCLAIMER} Models: {versions}. CovidCT {__version__}.\n")
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "per_image.csv", buf.getvalue())
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,277 @@
+"""Run the shipped lung and infection networks on CT volumes and 2-D images.
+
+* Device: ``auto`` picks CUDA when available, else CPU; on CUDA the forward pass runs under autocast.
+* Volumes are reoriented to LPS (radiological display, as the training slices) without resampling, every
+  axial slice is normalised (:mod:`CovidCTLib.models.normalization`), resized to the network size, run in
+  batches, and the class probabilities are resized back (bilinear) before the arg-max, so the labelmaps
+  are on the CT's own voxel grid. Results are mapped back to the original axis order.
+* Lungs: largest 3-D components kept, holes filled per slice, then right (1) / left (2) from
+  ``CovidCTLib.classical.lungs.split_right_left``. Infection: only slices containing lung go through the
+  infection network; output is restricted to the lungs.
+* Progress via ``reporter.update`` (which also checks cancellation) after every batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage as ndi
+
+from CovidCTLib.errors import InputError, ModelError
+from CovidCTLib.models import registry
+from CovidCTLib.models.normalization import normalize_slice, orient_lps
+from CovidCTLib.progress import Reporter
+from CovidCTLib.volume import CTVolume
+
+LUNG_MODEL = "lung-attunet"
+INFECTION_MODEL = "infection-unet"
+BATCH = 16
+_CACHE: dict[tuple[str, str], registry.LoadedModel] = {}
+_LOCK = threading.Lock()
+_FOLDERS: dict[str, Path] = {}
+
+
+def use_model_folder(name: str, folder: str | Path | None) -> None:
+    """Use the model in ``folder`` (holding manifest.json) instead of the installed ``name`` (None resets)."""
+    with _LOCK:
+        for key in [k for k in _CACHE if k[0] == name]:
+            del _CACHE[key]
+        if folder is None:
+            _FOLDERS.pop(name, None)
+            return
+        folder = Path(folder)
+        if not (folder / "manifest.json").is_file():
+            raise ModelError(f"{folder} holds no manifest.json; give a model folder such as <out>/model/{name}.")
+        _FOLDERS[name] = folder
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu.")
+    return str(device)
+
+
+def get_model(name: str, device: str = "auto") -> registry.LoadedModel:
+    """Load (once per process and device) a verified registry model."""
+    dev = pick_device(device)
+    with _LOCK:
+        key = (name, dev)
+        if key not in _CACHE:
+            folder = _FOLDERS.get(name)
+            if folder is not None:
+                loaded = registry.load_model(folder.name, dev, root=folder.parent)
+            else:
+                loaded = registry.load_model(name, dev)
+            _CACHE[key] = loaded
+        return _CACHE[key]
+
+
+def models_available() -> dict[str, str]:
+    """``{"lung": "lung-attunet 1.0.0", "infection": ...}`` for the installed models whose checksum verifies."""
+    out: dict[str, str] = {}
+    for task, name in (("lung", LUNG_MODEL), ("infection", INFECTION_MODEL)):
+        folder = _FOLDERS.get(name)
+        try:
+            manifest, _ = registry.verify(folder.name, folder.parent) if folder else registry.verify(name)
+        except ModelError:
+            continue
+        out[task] = f"{name} {manifest['version']}"
+    return out
+
+
+def _predict_probs(
+    model: registry.LoadedModel,
+    inputs: list[np.ndarray],
+    out_shapes: list[tuple[int, int]],
+    reporter: Reporter | None = None,
+    step: str = "model",
+) -> list[np.ndarray]:
+    """Run ``inputs`` (each ``(C, S, S)`` float32) in batches; return class probabilities ``(K, h, w)``."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    dev = model.device
+    use_amp = dev.startswith("cuda")
+    results: list[np.ndarray] = []
+    n = len(inputs)
+    for start in range(0, n, BATCH):
+        chunk = np.stack(inputs[start:start + BATCH]).astype(np.float32)
+        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
+            logits = model.module(torch.from_numpy(chunk).to(dev))
+        probs = torch.softmax(logits.float(), dim=1)
+        for j in range(probs.shape[0]):
+            h, w = out_shapes[start + j]
+            p = probs[j:j + 1]
+            if (h, w) != tuple(p.shape[-2:]):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            results.append(p[0].cpu().numpy())
+        if reporter is not None:
+            reporter.update(step, min(start + BATCH, n) / max(n, 1), f"{min(start + BATCH, n)}/{n} slices")
+    return results
+
+
+def _clean_lungs(mask: np.ndarray) -> np.ndarray:
+    """Keep the large 3-D components (>= 10 % of the largest, at most 2) and fill holes per slice."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndi.sum(mask, lab, range(1, n + 1))
+    order = np.argsort(sizes)[::-1][:2]
+    keep = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
+    out = np.isin(lab, keep)
+    for z in range(out.shape[0]):
+        if out[z].any():
+            out[z] = ndi.binary_fill_holes(out[z])
+    return out
+
+
+def _oriented(ct: CTVolume) -> tuple[sitk.Image, str]:
+    original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.image.GetDirection())
+    return orient_lps(ct.image), original
+
+
+def _back(array_lps: np.ndarray, oriented: sitk.Image, original: str, ct: CTVolume) -> np.ndarray:
+    img = sitk.GetImageFromArray(array_lps.astype(np.uint8))
+    img.CopyInformation(oriented)
+    back = sitk.GetArrayFromImage(sitk.DICOMOrient(img, original))
+    if back.shape != ct.shape:
+        raise ModelError("Internal orientation mapping failed; please report this with the input's geometry.")
+    return back
+
+
+def _split_sides(mask: np.ndarray, ct: CTVolume) -> np.ndarray:
+    from CovidCTLib.classical.lungs import split_right_left
+
+    return split_right_left(mask, ct).astype(np.uint8)
+
+
+def _volume_slices(ct: CTVolume) -> tuple[np.ndarray, sitk.Image, str]:
+    if ct.image.GetDimension() == 2:
+        arr = sitk.GetArrayFromImage(ct.image)[None]
+        return arr, ct.image, ""
+    oriented, original = _oriented(ct)
+    return sitk.GetArrayFromImage(oriented), oriented, original
+
+
+def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
+    """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
+    model = get_model(LUNG_MODEL, device)
+    arr, _, _ = _volume_slices(ct)
+    size = model.input_size
+    inputs = [normalize_slice(s, ct.intensity, None, size)[None] for s in arr]
+    probs = _predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs")
+    return np.stack([p[1] for p in probs]).astype(np.float32)
+
+
+def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
+    """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split)."""
+    arr, oriented, original = _volume_slices(ct)
+    prob = lung_probability(ct, device, reporter)
+    if ct.image.GetDimension() != 3:
+        return _split_sides((prob >= 0.5).reshape(ct.shape), ct)
+    mask = _clean_lungs(prob >= 0.5) if ct.is_3d else prob >= 0.5
+    return _split_sides(_back(mask.astype(np.uint8), oriented, original, ct) > 0, ct)
+
+
+def segment_infection_model(
+    ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None
+) -> np.ndarray:
+    """Infection labelmap ``(z, y, x)`` uint8: 1 ground-glass, 2 consolidation, always inside ``lungs``."""
+    lungs = np.asarray(lungs)
+    shape = ct.shape if ct.image.GetDimension() == 3 else (1, *ct.shape[1:])
+    if lungs.reshape(-1).size != int(np.prod(shape)):
+        raise InputError(f"lung labelmap shape {lungs.shape} does not match the CT {ct.shape} (z, y, x).")
+    lungs = lungs.reshape(shape)
+    model = get_model(INFECTION_MODEL, device)
+    arr, oriented, original = _volume_slices(ct)
+    if ct.image.GetDimension() == 3:
+        lung_img = sitk.GetImageFromArray((lungs > 0).astype(np.uint8))
+        lung_img.CopyInformation(ct.image)
+        lung_o = sitk.GetArrayFromImage(orient_lps(lung_img)) > 0
+    else:
+        lung_o = lungs > 0
+    out = np.zeros(arr.shape, np.uint8)
+    zs = [z for z in range(arr.shape[0]) if lung_o[z].any()]
+    size = model.input_size
+    inputs = []
+    for z in zs:
+        img = normalize_slice(arr[z], ct.intensity, None, size)
+        lm = normalize_slice(lung_o[z].astype(np.float32), "8bit", False, size) > 0.5
+        inputs.append(np.stack([img, lm.astype(np.float32)]))
+    probs = _predict_probs(model, inputs, [arr.shape[1:]] * len(zs), reporter, "infection")
+    for z, p in zip(zs, probs, strict=True):
+        out[z] = np.where(lung_o[z], p.argmax(0), 0).astype(np.uint8)
+    if ct.image.GetDimension() == 3:
+        out = _back(out, oriented, original, ct)
+    return out.reshape(lungs.shape)
+
+
+def _as_gray(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].astype(np.float32).mean(-1)
+    if a.ndim != 2:
+        raise InputError(f"expected a 2-D grey or colour image, got shape {a.shape}")
+    return a
+
+
+def segment_slice_images(
+    task: str, images: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None
+) -> list[np.ndarray]:
+    """Segment 8-bit axial CT images (display orientation); each result has its image's size.
+
+    ``task``: ``lung`` (0/1), ``infection`` (0/1) or ``lesion-type`` (0 none, 1 GGO, 2 consolidation).
+    Infection needs lungs: the lung network runs first and infection is kept inside its mask.
+    """
+    if task not in ("lung", "infection", "lesion-type"):
+        raise InputError(f"unknown task {task!r}; use lung, infection or lesion-type.")
+    grays = [_as_gray(im) for im in images]
+    lung_model = get_model(LUNG_MODEL, device)
+    lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
+    lprobs = _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")
+    lungs = [(p[1] >= 0.5) for p in lprobs]
+    lungs = [_clean_2d(m) for m in lungs]
+    if task == "lung":
+        return [m.astype(np.uint8) for m in lungs]
+    inf_model = get_model(INFECTION_MODEL, device)
+    size = inf_model.input_size
+    iin = []
+    for g, m in zip(grays, lungs, strict=True):
+        lm = normalize_slice(m.astype(np.float32), "8bit", False, size) > 0.5
+        iin.append(np.stack([normalize_slice(g, "8bit", False, size), lm.astype(np.float32)]))
+    iprobs = _predict_probs(inf_model, iin, [g.shape for g in grays], reporter, "infection")
+    out = []
+    for p, m in zip(iprobs, lungs, strict=True):
+        lab = np.where(m, p.argmax(0), 0).astype(np.uint8)
+        out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
+    return out
+
+
+def _clean_2d(mask: np.ndarray) -> np.ndarray:
+    """Drop specks smaller than 2 % of the largest lung component; fill holes."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    sizes = ndi.sum(mask, lab, range(1, n + 1))
+    keep = [i + 1 for i in range(n) if sizes[i] >= 0.02 * sizes.max()]
+    return ndi.binary_fill_holes(np.isin(lab, keep))
+
+
+def model_info() -> dict[str, Any]:
+    """Manifests of the installed segmentation models (for reports)."""
+    info: dict[str, Any] = {}
+    for name in (LUNG_MODEL, INFECTION_MODEL):
+        try:
+            info[name] = registry.read_manifest(name)
+        except ModelError:
+            continue
+    return info

@@ -1,0 +1,195 @@
+"""Lung / infection networks: losses, augmentation, data split, synthetic lesions, metrics, smoke training
+with resume on phantom slices, and inference with the shipped models (skipped until they are shipped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from CovidCTLib.models import metrics
+from CovidCTLib.models.augment import AugmentConfig, augment_batch
+from CovidCTLib.models.datasets import grouped_split, load_nifti_pairs
+from CovidCTLib.models.losses import focal_tversky_loss, partial_label_infection_loss
+from CovidCTLib.models.synthetic_lesions import insert_lesions
+from CovidCTLib.phantom import make_phantom
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def _probs(fg: torch.Tensor) -> torch.Tensor:
+    """Two-class probabilities from a foreground probability map (B, H, W)."""
+    return torch.stack([1 - fg, fg], 1)
+
+
+def test_focal_tversky_known_values() -> None:
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    target[0, :5] = 1  # 50 foreground pixels
+    perfect = focal_tversky_loss(_probs(target.float()), target, smooth=0.0)
+    assert float(perfect) == pytest.approx(0.0, abs=1e-6)
+    wrong = focal_tversky_loss(_probs(1 - target.float()), target, smooth=0.0)
+    assert float(wrong) == pytest.approx(1.0, abs=1e-6)
+    # half the target found, nothing extra: TI = 25 / (25 + 0.7 * 25) -> (1 - TI) ** 0.75
+    half = target.clone().float()
+    half[0, :, 5:] = 0
+    ti = 25 / (25 + 0.7 * 25)
+    assert float(focal_tversky_loss(_probs(half), target, smooth=0.0)) == pytest.approx((1 - ti) ** 0.75, rel=1e-5)
+
+
+def test_focal_tversky_penalises_misses_more_than_extras() -> None:
+    target = torch.zeros(1, 20, 20, dtype=torch.long)
+    target[0, 5:15, 5:15] = 1  # 100 px
+    miss = target.clone().float()
+    miss[0, 5:10, 5:15] = 0  # 50 false negatives
+    extra = target.clone().float()
+    extra[0, 0:5, 5:15] = 1  # 50 false positives
+    assert float(focal_tversky_loss(_probs(miss), target)) > float(focal_tversky_loss(_probs(extra), target))
+
+
+def test_focal_tversky_gradient_points_to_target() -> None:
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[:, 4:12, 4:12] = 1
+    logits = torch.zeros(2, 2, 16, 16, requires_grad=True)
+    loss = focal_tversky_loss(torch.softmax(logits, 1), target)
+    loss.backward()
+    grad = logits.grad
+    assert torch.isfinite(grad).all()
+    fg = target.bool()
+    # raising the lung logit lowers the loss inside the target and raises it outside
+    assert float(grad[:, 1][fg].mean()) < 0 < float(grad[:, 1][~fg].mean())
+
+
+def test_partial_label_loss_binary_ignores_class_multiclass_does_not() -> None:
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 1
+    as_ggo = torch.full((1, 3, 8, 8), -4.0)
+    as_ggo[:, 0] = 4.0
+    as_ggo[0, 1, 2:6, 2:6], as_ggo[0, 0, 2:6, 2:6] = 4.0, -4.0
+    as_cons = as_ggo[:, [0, 2, 1]]
+    binary = torch.tensor([False])
+    a = partial_label_infection_loss(as_ggo, target, binary)
+    b = partial_label_infection_loss(as_cons, target, binary)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    multi = torch.tensor([True])
+    assert float(partial_label_infection_loss(as_cons, target, multi)) > float(
+        partial_label_infection_loss(as_ggo, target, multi)) + 0.5
+
+
+# ------------------------------------------------------------------------------------ data, augmentation
+def test_augment_moves_image_and_mask_together() -> None:
+    mask = torch.zeros(4, 1, 32, 32, dtype=torch.long)
+    mask[:, :, 8:20, 4:14] = 1
+    image = mask.float()
+    cfg = AugmentConfig(p_intensity=0.0, p_hflip=0.5, p_vflip=0.5)
+    img2, mask2 = augment_batch(image, mask, cfg, torch.Generator().manual_seed(1))
+    assert img2.shape == image.shape and mask2.shape == mask.shape
+    assert set(mask2.unique().tolist()) <= {0, 1}
+    agree = ((img2 > 0.5).long() == mask2).float().mean()
+    assert float(agree) > 0.97
+    img3, _ = augment_batch(torch.rand(4, 1, 32, 32), mask, AugmentConfig(), torch.Generator().manual_seed(2))
+    assert float(img3.min()) >= 0.0 and float(img3.max()) <= 1.0
+
+
+def test_grouped_split_never_splits_a_group() -> None:
+    groups = [f"a/{i // 10}" for i in range(100)] + [f"b/{i // 5}" for i in range(40)]
+    tr, va = grouped_split(groups, 0.2, seed=3)
+    assert len(tr) + len(va) == 140 and len(va) > 0
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    assert {groups[i].split("/")[0] for i in va} == {"a", "b"}
+    tr2, va2 = grouped_split(groups, 0.2, seed=3)
+    assert np.array_equal(va, va2)
+
+
+def test_synthetic_lesions_inside_lung_and_denser() -> None:
+    ph = make_phantom((24, 80, 80), lesions=False, seed=1)
+    hu = ph.ct.array.astype(np.float32)
+    lung = (ph.lungs > 0).astype(np.uint8)
+    out, inf = insert_lesions(hu, lung, ph.ct.spacing_zyx, seed=4)
+    assert inf.any() and not (inf[lung == 0]).any()
+    assert set(np.unique(inf).tolist()) <= {0, 1, 2}
+    assert (out[inf > 0] > hu[inf > 0] + 50).mean() > 0.9
+    assert np.array_equal(out[lung == 0], hu[lung == 0])
+    if (inf == 2).any():
+        assert np.median(out[inf == 2]) > -250
+
+
+def test_metrics_known_counts() -> None:
+    truth = np.zeros((10, 10), bool)
+    truth[:5] = True
+    pred = np.zeros((10, 10), bool)
+    pred[:4] = True
+    pred[9, :5] = True
+    m = metrics.mask_metrics(pred, truth)
+    assert m["dice"] == pytest.approx(2 * 40 / (45 + 50))
+    assert m["recall"] == pytest.approx(0.8) and m["precision"] == pytest.approx(40 / 45)
+    assert m["specificity"] == pytest.approx(45 / 50) and m["accuracy"] == pytest.approx(85 / 100)
+    assert m["iou"] == pytest.approx(40 / 55)
+    pooled = metrics.pooled_metrics([metrics.confusion(pred, truth), metrics.confusion(truth, truth)])
+    assert pooled["dice"] == pytest.approx(2 * 90 / (95 + 100))
+    assert metrics.roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+
+
+# --------------------------------------------------------------------------------- smoke training + resume
+def _phantom_folder(root: Path, n: int = 2) -> Path:
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for seed in range(n):
+        ph = make_phantom((16, 64, 64), seed=seed)
+        sitk.WriteImage(ph.ct.image, str(root / "images" / f"case{seed}.nii.gz"))
+        mask = sitk.GetImageFromArray(ph.lungs.astype(np.uint8))
+        mask.CopyInformation(ph.ct.image)
+        sitk.WriteImage(mask, str(root / "masks" / f"case{seed}.nii.gz"))
+    return root
+
+
+def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.cli import main
+
+    data = _phantom_folder(tmp_path / "data")
+    ss = load_nifti_pairs(data, "lung", size=64)
+    assert len(ss) > 0 and ss.img.shape[1:] == (64, 64) and ss.lung.any()
+    out = tmp_path / "run"
+    args = ["train", "lung", "--data", f"nifti:{data}", "--out", str(out), "--epochs", "2", "--steps-per-epoch",
+            "1", "--batch-size", "2", "--size", "64", "--val-fraction", "0.5", "--threads", "1"]
+    assert main(args) == 0
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "dice" in json.loads(lines[-1])
+    manifest = registry.read_manifest("lung-attunet", out / "model")
+    assert manifest["input"]["size"] == 64 and "covidct train lung" in manifest["training"]["command"]
+    registry.load_model("lung-attunet", root=out / "model")
+    assert main([*args[:6], "--epochs", "3", *args[8:], "--resume"]) == 0
+    lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+    assert "resumed from" in (out / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------------------ shipped models
+def _shipped() -> dict[str, str]:
+    from CovidCTLib.models.inference import models_available
+
+    return models_available()
+
+
+def test_inference_on_phantom_with_shipped_models() -> None:
+    available = _shipped()
+    if "lung" not in available:
+        pytest.skip("lung model not shipped")
+    from CovidCTLib.models.inference import segment_infection_model, segment_lungs_model
+
+    ph = make_phantom((40, 128, 128), seed=2)
+    lungs = segment_lungs_model(ph.ct, device="cpu")
+    assert lungs.shape == ph.ct.shape and lungs.dtype == np.uint8
+    assert set(np.unique(lungs).tolist()) == {0, 1, 2}
+    dice = metrics.mask_metrics(lungs > 0, ph.lungs > 0)["dice"]
+    assert dice > 0.8, dice
+    side_agree = (lungs[(lungs > 0) & (ph.lungs > 0)] == ph.lungs[(lungs > 0) & (ph.lungs > 0)]).mean()
+    assert side_agree > 0.95
+    if "infection" in available:
+        inf = segment_infection_model(ph.ct, lungs, device="cpu")
+        assert inf.shape == ph.ct.shape and not inf[lungs == 0].any()
+        assert set(np.unique(inf).tolist()) <= {0, 1, 2}
