@@ -1,0 +1,68 @@
+"""Block down-sampling and nearest up-sampling used to run heavy morphology on a coarse grid."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def block_factors(
+    spacing_zyx: tuple[float, float, float],
+    target_mm: tuple[float, float, float],
+    shape: tuple[int, int, int] | None = None,
+    max_voxels: int = 4_000_000,
+) -> tuple[int, ...]:
+    """Integer block sizes so that ``spacing * factor`` is close to the target spacing; with ``shape`` the
+    in-plane factors grow until the coarse grid has at most ``max_voxels`` voxels."""
+    f = [max(1, int(round(t / s))) for s, t in zip(spacing_zyx, target_mm, strict=True)]
+    if shape is not None:
+        def count() -> int:
+            return int(np.prod([-(-n // k) for n, k in zip(shape, f, strict=True)]))
+
+        while count() > max_voxels and max(f[1], f[2]) < 16:
+            f[1] += 1
+            f[2] += 1
+    return tuple(f)
+
+
+def block_mean(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Mean over ``factors``-sized blocks (edge-padded), as float32."""
+    if all(f == 1 for f in factors):
+        return np.asarray(array, dtype=np.float32)
+    pads = [(0, (-n) % f) for n, f in zip(array.shape, factors, strict=True)]
+    a = np.pad(array, pads, mode="edge") if any(p[1] for p in pads) else array
+    nz, ny, nx = (n // f for n, f in zip(a.shape, factors, strict=True))
+    fz, fy, fx = factors
+    return a.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def block_max(mask: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Logical OR over blocks (a coarse voxel is set when any fine voxel is)."""
+    if all(f == 1 for f in factors):
+        return mask.astype(bool, copy=True)
+    pads = [(0, (-n) % f) for n, f in zip(mask.shape, factors, strict=True)]
+    a = np.pad(mask, pads) if any(p[1] for p in pads) else mask
+    nz, ny, nx = (n // f for n, f in zip(a.shape, factors, strict=True))
+    fz, fy, fx = factors
+    return a.reshape(nz, fz, ny, fy, nx, fx).any(axis=(1, 3, 5))
+
+
+def upsample_nearest(
+    coarse: np.ndarray,
+    factors: tuple[int, ...],
+    fine_shape: tuple[int, ...],
+    fine_box: tuple[slice, ...] | None = None,
+) -> np.ndarray:
+    """Repeat each coarse voxel ``factors`` times; optionally return only the fine-grid box ``fine_box``."""
+    box = fine_box or tuple(slice(0, n) for n in fine_shape)
+    out = coarse
+    for axis, (f, s) in enumerate(zip(factors, box, strict=True)):
+        idx = np.arange(s.start, s.stop) // f
+        out = np.take(out, idx, axis=axis)
+    return out
+
+
+def fine_box_of(coarse_box: tuple[slice, ...], factors: tuple[int, ...], fine_shape: tuple[int, ...]) -> tuple:
+    """The fine-grid box covered by a coarse-grid box."""
+    return tuple(
+        slice(s.start * f, min(s.stop * f, n)) for s, f, n in zip(coarse_box, factors, fine_shape, strict=True)
+    )

@@ -1,0 +1,646 @@
+"""Classical lung segmentation on HU volumes: threshold, outside-air removal, airway removal, right/left split,
+filling of dense lesions, and refinement at full resolution.
+
+Method (all heavy morphology on a coarse grid of about 2.5 x 2 x 2 mm, then refined at full resolution):
+
+1. Block-mean down-sampling; air-like voxels ``HU < threshold_hu`` (default -320 HU).
+2. Outside air: 2-D components touching the in-plane image border (every axial slice) and 3-D components
+   touching the in-plane border are removed; lung candidates are the remaining 3-D components that are
+   not pure gas (mean above -960 HU) and at least ``min_component_fraction`` of the largest one. Pure-gas
+   pockets wrapped in soft tissue (stomach, bowel), which partial volume across a thin diaphragm can join
+   to a lung, are cut away.
+3. Airways: the trachea is found in the upper slices as a small, compact air region near the midline and
+   tracked slice by slice towards the feet; at the carina it splits into the main bronchi, each followed
+   until it merges with a large lung region. The tracked airway (dilated by one coarse voxel) is removed.
+4. Right/left split: components are assigned to a side by their centroid relative to the body midline
+   (direction-aware: patient right is -x in LPS). When the lungs touch (anterior/posterior junction) the
+   mask is eroded (Euclidean distance threshold) until both sides separate, and every voxel then takes the
+   side of the nearest seed. If they never separate, the body midline plane is used.
+5. Lesion filling, per lung: 3-D hole filling, then per axial slice: 2-D hole filling, and a convex-hull
+   completion that accepts only hull regions that are dense soft tissue (mean -300..+150 HU, little fat)
+   and not on the mediastinal side (this recovers consolidation lying against the pleura, which a threshold
+   cuts out, without filling the heart or aortic concavities), then a small closing.
+6. Full resolution: the coarse interior is kept, and the boundary band is re-decided by the threshold at the
+   original resolution; the coarse airway mask is removed again.
+
+Known limits: a lung that is almost entirely consolidated (no aerated part in a slice) cannot be recovered;
+the horizontal stretch of a main bronchus that merges with the lung in the same slice stays in the mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import convex_hull_image, disk
+
+from CovidCTLib.classical.grid import block_factors, block_mean, fine_box_of, upsample_nearest
+from CovidCTLib.classical.orientation import left_axis, superior_axis
+from CovidCTLib.errors import AnalysisError, InputError
+from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
+from CovidCTLib.progress import Reporter
+from CovidCTLib.volume import CTVolume
+
+_STRUCT_2D = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class LungParameters:
+    """Tunable settings of the classical lung segmentation (defaults suit adult chest CT).
+
+    Attributes:
+        threshold_hu: voxels below this are air-like (lung, airways, outside air).
+        coarse_spacing_mm: target spacing ``(z, y, x)`` of the coarse grid used for morphology.
+        min_component_fraction: lung candidates must be at least this fraction of the largest lung-like
+            air component.
+        gas_mean_hu: air components whose mean (coarse) HU is below this are gas (stomach, bowel), not lung.
+        min_lung_ml: below this total the result is refused (no lung found).
+        trachea_area_mm2: plausible trachea cross-section range.
+        hull_medial_fraction: a convex-hull region is accepted only if its centroid is at least this fraction
+            of the lung centroid's distance away from the midline (rejects heart/aorta concavities).
+        closing_radius_mm: final per-slice closing radius.
+        max_split_erosion_mm: deepest erosion tried to separate touching lungs.
+        lumen_hu / lumen_reach_mm: after tracking, the bronchial lumen (below ``lumen_hu``) is followed for at
+            most ``lumen_reach_mm`` to remove the bronchi where they enter the lung.
+        gas_pocket_ml: pure-gas regions at least this big that are wrapped in soft tissue (stomach, bowel,
+            trachea) are cut away even when partial volume joins them to the lungs.
+    """
+
+    threshold_hu: float = -320.0
+    coarse_spacing_mm: tuple[float, float, float] = (2.5, 2.0, 2.0)
+    min_component_fraction: float = 0.03
+    gas_mean_hu: float = -960.0
+    min_lung_ml: float = 20.0
+    trachea_area_mm2: tuple[float, float] = (40.0, 900.0)
+    hull_medial_fraction: float = 0.7
+    closing_radius_mm: float = 3.0
+    max_split_erosion_mm: float = 30.0
+    lumen_hu: float = -950.0
+    lumen_reach_mm: float = 15.0
+    gas_pocket_ml: float = 5.0
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+class _Canon:
+    """View arrays with the cranio-caudal axis first and index 0 the most superior slice."""
+
+    def __init__(self, image) -> None:
+        self.sup_axis, self.sup_sign = superior_axis(image)
+        lr_axis, self.lr_sign = left_axis(image)
+        order = [self.sup_axis] + [a for a in range(3) if a != self.sup_axis]
+        self.lr_axis = order.index(lr_axis) if lr_axis != self.sup_axis else 2  # axis in canonical 3-D order
+        self.order = order
+
+    def to(self, a: np.ndarray) -> np.ndarray:
+        c = np.moveaxis(a, self.sup_axis, 0)
+        return c[::-1] if self.sup_sign > 0 else c
+
+    def back(self, c: np.ndarray) -> np.ndarray:
+        c = c[::-1] if self.sup_sign > 0 else c
+        return np.moveaxis(c, 0, self.sup_axis)
+
+    def spacing(self, spacing_zyx: tuple[float, ...]) -> tuple[float, float, float]:
+        return tuple(float(spacing_zyx[a]) for a in self.order)  # type: ignore[return-value]
+
+
+def _body_midline(hu_c: np.ndarray, lr_axis: int) -> float:
+    """Centre of the body along the right-left axis (canonical index units)."""
+    body = hu_c > -500
+    other = tuple(a for a in range(3) if a != lr_axis)
+    profile = body.sum(axis=other).astype(float)
+    if profile.sum() == 0:
+        return (hu_c.shape[lr_axis] - 1) / 2.0
+    return float((profile * np.arange(profile.size)).sum() / profile.sum())
+
+
+def _remove_outside_air(air: np.ndarray) -> np.ndarray:
+    """Drop air touching the in-plane border (canonical array: axis 0 = slices), per slice and in 3-D."""
+    inside = air.copy()
+    for z in range(air.shape[0]):
+        sl = inside[z]
+        if not sl.any():
+            continue
+        lab, n = ndimage.label(sl)
+        if n == 0:
+            continue
+        border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        border = border[border > 0]
+        if border.size:
+            sl[np.isin(lab, border)] = False
+    lab, n = ndimage.label(inside)
+    if n:
+        faces = np.concatenate([lab[:, 0].ravel(), lab[:, -1].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()])
+        border = np.unique(faces)
+        border = border[border > 0]
+        if border.size:
+            inside[np.isin(lab, border)] = False
+    return inside
+
+
+def _lung_candidates(inside: np.ndarray, hu: np.ndarray, params: LungParameters, voxel_ml: float) -> np.ndarray:
+    """Air components inside the body that look like lung: large, and not pure gas (stomach, bowel)."""
+    lab, n = ndimage.label(inside)
+    if n == 0:
+        raise AnalysisError(
+            "No air-filled lung region was found inside the body. Check that the input is a chest CT in "
+            "Hounsfield units covering the lungs."
+        )
+    idx = lab.ravel()
+    sizes = np.bincount(idx, minlength=n + 1).astype(float)
+    sizes[0] = 0
+    mean_hu = np.bincount(idx, weights=hu.ravel(), minlength=n + 1) / np.maximum(sizes, 1)
+    # lung parenchyma contains vessels and interstitium: its mean is well above pure gas (-1000 HU)
+    lung_like = mean_hu > params.gas_mean_hu
+    lung_like[0] = False
+    if not lung_like.any() or sizes[lung_like].max() * voxel_ml < params.min_lung_ml:
+        largest = sizes.max() * voxel_ml
+        raise AnalysisError(
+            f"No lung-like air region was found (largest air region inside the body: {largest:.1f} mL). "
+            "Check that the input is a chest CT in Hounsfield units covering the lungs."
+        )
+    largest = sizes[lung_like].max()
+    keep = lung_like & (sizes >= params.min_component_fraction * largest)
+    return keep[lab]
+
+
+def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...],
+                 params: LungParameters) -> np.ndarray:
+    """Pure-gas regions wrapped in soft tissue (stomach, bowel, trachea) joined to the lungs by partial volume.
+
+    Gas (coarse HU below ``lumen_hu``) components of at least ``gas_pocket_ml`` are removed when most of
+    their one-voxel shell is soft tissue; emphysematous bullae are wrapped in lung and are kept.
+    """
+    gas = candidates & (hu < params.lumen_hu)
+    out = np.zeros_like(candidates)
+    lab, n = ndimage.label(gas)
+    if n == 0:
+        return out
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(lab.ravel())
+    for k in np.flatnonzero(sizes * voxel_ml >= params.gas_pocket_ml):
+        if k == 0:
+            continue
+        box = ndimage.find_objects((lab == k).astype(np.uint8))[0]
+        box = tuple(slice(max(0, b.start - 1), min(n_, b.stop + 1)) for b, n_ in zip(box, lab.shape, strict=True))
+        comp = lab[box] == k
+        shell = ndimage.binary_dilation(comp) & ~comp
+        tissue = np.count_nonzero(shell & (hu[box] >= params.threshold_hu))
+        if tissue >= 0.5 * max(np.count_nonzero(shell), 1):
+            out[box] |= comp
+    return out
+
+
+def _track_airways(mask: np.ndarray, spacing: tuple[float, float, float], midline: float, lr_axis: int,
+                   params: LungParameters) -> np.ndarray:
+    """Trachea + main bronchi by slice-to-slice tracking from the top (canonical array)."""
+    px_mm2 = spacing[1] * spacing[2]
+    lo, hi = params.trachea_area_mm2
+    airway = np.zeros_like(mask)
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    if zs.size == 0:
+        return airway
+    z_first, z_last = int(zs[0]), int(zs[-1])
+    search_end = z_first + max(3, int(0.35 * (z_last - z_first + 1)))
+    lr_in_plane = lr_axis - 1
+    body_half_width = mask.shape[lr_axis] / 2.0
+    trachea_area = None
+    prev = None
+    for z in range(z_first, z_last + 1):
+        sl = mask[z]
+        lab, n = ndimage.label(sl, structure=_STRUCT_2D)
+        if n == 0:
+            if prev is not None:
+                break
+            continue
+        areas = np.bincount(lab.ravel())
+        if prev is None:
+            if z > search_end:
+                break
+            coords = np.indices(sl.shape)[lr_in_plane]
+            cx = np.bincount(lab.ravel(), weights=coords.ravel()) / np.maximum(areas, 1)
+            best, best_d = 0, np.inf
+            for k in range(1, n + 1):
+                area_mm2 = areas[k] * px_mm2
+                d = abs(cx[k] - midline)
+                if lo <= area_mm2 <= hi and d < 0.15 * body_half_width * 2 and d < best_d:
+                    best, best_d = k, d
+            if best:
+                prev = lab == best
+                trachea_area = areas[best]
+                airway[z] = prev
+            continue
+        hit = np.unique(lab[prev])
+        hit = hit[hit > 0]
+        accepted = [k for k in hit if areas[k] <= 2.5 * trachea_area]
+        if not accepted:
+            break
+        cur = np.isin(lab, accepted)
+        airway[z] = cur
+        prev = cur
+    # a plausible trachea runs over several slices; a one-slice hit is noise
+    if np.count_nonzero(airway.any(axis=(1, 2))) * spacing[0] < 10.0:
+        airway[:] = False
+    return airway
+
+
+def _grow_airways(airway: np.ndarray, hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...],
+                  lumen_hu: float, reach_mm: float) -> np.ndarray:
+    """Follow the bronchial lumen (very low HU) from the tracked airway for at most ``reach_mm``."""
+    if not airway.any():
+        return airway
+    box = ndimage.find_objects(airway.astype(np.uint8))[0]
+    steps = max(1, int(round(reach_mm / min(spacing))))
+    box = tuple(slice(max(0, s.start - steps), min(n, s.stop + steps)) for s, n in
+                zip(box, airway.shape, strict=True))
+    allowed = mask[box] & (hu[box] < lumen_hu)
+    grown = airway[box].copy()
+    for _ in range(steps):
+        nxt = ndimage.binary_dilation(grown) & (allowed | grown)
+        if np.array_equal(nxt, grown):
+            break
+        grown = nxt
+    out = airway.copy()
+    out[box] |= grown
+    return out
+
+
+def _sides(lab: np.ndarray, n: int, coords: np.ndarray, midline: float, lr_sign: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per component (index 0 unused): size, side (RIGHT_LUNG / LEFT_LUNG by its centroid vs the midline)
+    and the fraction of its voxels on the patient-left side of the midline."""
+    idx = lab.ravel()
+    sizes = np.bincount(idx, minlength=n + 1).astype(float)
+    sizes[0] = 0
+    towards_left = np.broadcast_to((coords - midline) * lr_sign, lab.shape).ravel()
+    mean_pos = np.bincount(idx, weights=towards_left, minlength=n + 1) / np.maximum(sizes, 1)
+    frac_left = np.bincount(idx, weights=towards_left > 0, minlength=n + 1) / np.maximum(sizes, 1)
+    side = np.where(mean_pos > 0, LEFT_LUNG, RIGHT_LUNG).astype(np.uint8)
+    side[0] = 0
+    return sizes, side, frac_left
+
+
+def _split(mask: np.ndarray, spacing: tuple[float, float, float], midline: float, lr_axis: int,
+           lr_sign: int, max_erosion_mm: float) -> np.ndarray:
+    """Right (1) / left (2) labels for a binary lung mask (canonical array).
+
+    Components are given the side of their centroid; while a large component straddles the midline
+    (touching lungs) the mask is eroded deeper (Euclidean distance threshold). Voxels outside the seeds
+    take the side of the nearest seed voxel; when no erosion separates the lungs, the midline plane splits.
+    """
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    if not mask.any():
+        return out
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    m = mask[box]
+    lr_mid = midline - box[lr_axis].start
+    shape = [1, 1, 1]
+    shape[lr_axis] = -1
+    coords = np.arange(m.shape[lr_axis], dtype=np.float32).reshape(shape)
+    seeds = None
+    dist = None
+    level = 0.0
+    while level <= max_erosion_mm:
+        core = m if dist is None else dist > level
+        lab, n = ndimage.label(core)
+        if n:
+            sizes, side, frac_left = _sides(lab, n, coords, lr_mid, lr_sign)
+            total = sizes.sum()
+            significant = sizes >= 0.02 * total
+            vol_r = sizes[(side == RIGHT_LUNG) & significant].sum()
+            vol_l = sizes[(side == LEFT_LUNG) & significant].sum()
+            straddle = significant & (frac_left > 0.2) & (frac_left < 0.8) & (sizes > 0.2 * total)
+            if vol_r >= 0.1 * total and vol_l >= 0.1 * total and not straddle.any():
+                seeds = np.where(significant[lab], side[lab], 0).astype(np.uint8)
+                break
+        if dist is None:
+            dist = ndimage.distance_transform_edt(m, sampling=spacing)
+        level += max(1.5 * min(spacing), 1.0)
+    if seeds is None or not seeds.any():
+        sub = np.where(m, np.where((coords - lr_mid) * lr_sign > 0, LEFT_LUNG, RIGHT_LUNG), 0)
+        out[box] = sub
+        return out
+    if np.array_equal(seeds > 0, m):
+        out[box] = seeds
+        return out
+    _, idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
+    nearest = seeds[tuple(idx)]
+    out[box] = np.where(m, nearest, 0)
+    return out
+
+
+def _behind_lung(lung: np.ndarray, lab: np.ndarray, n: int, centre: tuple[float, float],
+                 spacing: tuple[float, ...], bins: int = 180) -> np.ndarray:
+    """Per component: fraction of its pixels seen from the lung centroid *behind* aerated lung.
+
+    A pleural lesion lies outside the aerated lung along rays from the centroid (lung first, then lesion);
+    a concavity that the lung wraps around (diaphragm dome) is met before any lung.
+    """
+    gy, gx = np.indices(lung.shape)
+    dy, dx = (gy - centre[0]) * spacing[0], (gx - centre[1]) * spacing[1]
+    radius = np.hypot(dy, dx)
+    angle_bin = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    r_in = np.full(bins, np.inf)
+    np.minimum.at(r_in, angle_bin[lung], radius[lung])
+    behind = (radius > r_in[angle_bin]).ravel()
+    idx = lab.ravel()
+    count = np.bincount(idx, minlength=n + 1).astype(float)
+    return np.bincount(idx, weights=behind, minlength=n + 1) / np.maximum(count, 1)
+
+
+def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...],
+               bins: int = 180) -> np.ndarray:
+    """Extend accepted pleural regions out to the interpolated pleura.
+
+    The convex hull closes a pleural lesion with a straight chord; the real pleura bulges outwards. In
+    polar coordinates around the lung centroid the outline radius is interpolated linearly across the
+    angular range of the lesion (from the aerated outline on both sides), and dense non-fat, non-bone
+    tissue inside that radius is added.
+    """
+    yy, xx = np.nonzero(lung)
+    if yy.size < 8:
+        return np.zeros_like(lung)
+    cy, cx = yy.mean(), xx.mean()
+    gy, gx = np.indices(lung.shape)
+    dy, dx = (gy - cy) * spacing[0], (gx - cx) * spacing[1]
+    radius = np.hypot(dy, dx)
+    angle_bin = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    r_out = np.zeros(bins)
+    np.maximum.at(r_out, angle_bin[lung], radius[lung])
+    lab, n = ndimage.label(accepted, structure=_STRUCT_2D)
+    cap = np.zeros_like(lung)
+    for k in range(1, n + 1):
+        occupied = np.zeros(bins, dtype=bool)
+        occupied[np.unique(angle_bin[lab == k])] = True
+        if occupied.all() or occupied.sum() > bins // 2:
+            continue
+        # the arc is the complement of the largest circular gap of unoccupied bins
+        rolled = np.roll(occupied, -int(np.argmax(occupied)))  # starts with an occupied bin
+        free = np.flatnonzero(~rolled)
+        if free.size == 0:
+            continue
+        runs = np.split(free, np.flatnonzero(np.diff(free) > 1) + 1)
+        gap = max(runs, key=len)
+        shift = int(np.argmax(occupied))
+        start = (gap[-1] + 1 + shift) % bins  # first occupied bin after the gap
+        length = bins - len(gap)
+        before, after = (start - 1) % bins, (start + length) % bins
+        r1, r2 = r_out[before], r_out[after]
+        if r1 <= 0 or r2 <= 0:
+            continue
+        arc = (np.arange(length + 2) + start - 1) % bins
+        r_interp = np.zeros(bins)
+        r_interp[arc] = np.linspace(r1, r2, length + 2)
+        in_arc = np.zeros(bins, dtype=bool)
+        in_arc[arc] = True
+        cap |= in_arc[angle_bin] & (radius <= r_interp[angle_bin]) & (hu > -300) & (hu < 150)
+    return cap & ~lung
+
+
+def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane: int,
+                     spacing: tuple[float, ...], params: LungParameters) -> np.ndarray:
+    """Dense regions between one lung slice and its convex hull that look like pleural lesions.
+
+    A hull region is accepted when it is soft-tissue dense (mean -300..+150 HU, at most 40 % fat-like
+    -200..-40 HU voxels, a share that partial-volume edges alone reach), does
+    not lie towards the mediastinum (direction from the lung centroid within 60 degrees of medial, or
+    centroid closer to the midline than ``hull_medial_fraction`` of the lung's distance: heart, aorta and
+    diaphragm-dome concavities), and is then extended out to the interpolated pleura.
+    """
+    ly, lx = (float(c.mean()) for c in np.nonzero(filled))
+    if not filled[int(round(ly)), int(round(lx))]:
+        # crescent-shaped slice (lung base around the diaphragm dome): the hull would take the dome
+        return np.zeros_like(filled)
+    hull = convex_hull_image(filled)
+    added = hull & ~filled
+    if not added.any():
+        return added
+    # separate regions that only touch at a hull vertex (e.g. the heart concavity and a posterior lesion)
+    core = ndimage.binary_opening(added)
+    lab, n = ndimage.label(core)
+    if n == 0:
+        return np.zeros_like(added)
+    idx = lab.ravel()
+    area = np.bincount(idx, minlength=n + 1).astype(float)
+    mean_hu = np.bincount(idx, weights=hu.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    fat = np.bincount(idx, weights=((hu > -200) & (hu < -40)).ravel(), minlength=n + 1)
+    gy, gx = np.indices(added.shape)
+    cy = np.bincount(idx, weights=gy.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    cx = np.bincount(idx, weights=gx.ravel(), minlength=n + 1) / np.maximum(area, 1)
+    d = np.stack([(cy - ly) * spacing[0], (cx - lx) * spacing[1]], axis=1)
+    lung_c = (ly, lx)[lr_in_plane]
+    medial = np.zeros(2)
+    medial[lr_in_plane] = 1.0 if mid > lung_c else -1.0
+    cos_medial = (d @ medial) / np.maximum(np.linalg.norm(d, axis=1), 1e-6)
+    comp_c = (cy, cx)[lr_in_plane]
+    ok = (
+        (cos_medial <= 0.5)
+        & (np.abs(comp_c - mid) >= params.hull_medial_fraction * abs(lung_c - mid))
+        & (mean_hu > -300) & (mean_hu < 150)
+        & (fat <= 0.4 * area)
+    )
+    ok[0] = False
+    if ok.any():
+        ok &= _behind_lung(filled, lab, n, (ly, lx), spacing) >= 0.6
+    if not ok.any():
+        return np.zeros_like(added)
+    accepted = ndimage.binary_dilation(ok[lab], structure=_STRUCT_2D) & added
+    return accepted | _polar_cap(filled, accepted, hu, spacing)
+
+
+def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, spacing: tuple[float, ...],
+               params: LungParameters) -> np.ndarray:
+    """Fill holes and pleural dense lesions of one lung (canonical arrays)."""
+    if not lung.any():
+        return lung
+    box = ndimage.find_objects(lung.astype(np.uint8))[0]
+    # margin in-plane so that the hull and the closing have room
+    pad = 6
+    box = (box[0],) + tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in
+                            zip(box[1:], lung.shape[1:], strict=True))
+    sub = ndimage.binary_fill_holes(lung[box])
+    h = hu[box]
+    lr_in_plane = lr_axis - 1
+    mid = midline - box[lr_axis].start
+    radius = max(1, int(round(params.closing_radius_mm / min(spacing[1], spacing[2]))))
+    selem = disk(radius)
+    for z in range(sub.shape[0]):
+        sl = sub[z]
+        if not sl.any():
+            continue
+        filled = ndimage.binary_fill_holes(sl)
+        if np.count_nonzero(filled) >= 8:
+            filled |= _pleural_lesions(filled, h[z], mid, lr_in_plane, spacing[1:], params)
+        closed = ndimage.binary_closing(np.pad(filled, radius + 1), structure=selem)[
+            radius + 1:-radius - 1, radius + 1:-radius - 1
+        ]
+        sub[z] = ndimage.binary_fill_holes(closed)
+    out = np.zeros_like(lung)
+    out[box] = sub
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- public API
+def _check_hu(ct: CTVolume) -> None:
+    if ct.intensity != "HU":
+        raise InputError(
+            f"{ct.source} is not in Hounsfield units; the classical lung segmentation needs a CT volume in HU "
+            "(DICOM series, NIfTI or NRRD). Use a trained model for 8-bit images."
+        )
+    if not ct.is_3d:
+        raise InputError(f"{ct.source} is a single slice; the classical 3-D lung segmentation needs a volume.")
+
+
+def _coarse(ct: CTVolume, params: LungParameters) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    import SimpleITK as sitk
+
+    hu = sitk.GetArrayViewFromImage(ct.image)
+    factors = block_factors(ct.spacing_zyx, params.coarse_spacing_mm, ct.shape)
+    return hu, block_mean(hu, factors), factors
+
+
+def segment_lungs_classical(
+    ct: CTVolume, reporter: Reporter | None = None, params: LungParameters | None = None
+) -> np.ndarray:
+    """Segment the lungs of a HU chest CT: uint8 ``(z, y, x)`` with 1 = right lung, 2 = left lung.
+
+    The mask includes intrapulmonary vessels and lesions (also dense consolidation against the pleura) and
+    excludes the trachea and main bronchi. Raises :class:`AnalysisError` when no lung is found.
+    """
+    params = params or LungParameters()
+    _check_hu(ct)
+    step = "lungs"
+    if reporter:
+        reporter.update(step, 0.0, "Lung segmentation: thresholding")
+    hu, hu_lr, factors = _coarse(ct, params)
+    spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
+    canon = _Canon(ct.image)
+    hu_c = canon.to(hu_lr)
+    sp_c = canon.spacing(spacing_lr)
+    voxel_ml_lr = float(np.prod(spacing_lr)) / 1000.0
+
+    inside = _remove_outside_air(hu_c < params.threshold_hu)
+    candidates = _lung_candidates(inside, hu_c, params, voxel_ml_lr)
+    gas = _gas_pockets(candidates, hu_c, sp_c, params)
+    if gas.any():
+        candidates = _lung_candidates(candidates & ~ndimage.binary_dilation(gas), hu_c, params, voxel_ml_lr)
+    midline = _body_midline(hu_c, canon.lr_axis)
+    if reporter:
+        reporter.update(step, 0.25, "Lung segmentation: removing the airways")
+    airway = _track_airways(candidates, sp_c, midline, canon.lr_axis, params)
+    airway = _grow_airways(airway, hu_c, candidates, sp_c, params.lumen_hu, params.lumen_reach_mm)
+    airway_block = ndimage.binary_dilation(airway, iterations=1) if airway.any() else airway
+    lungs_air = candidates & ~airway_block
+    lab, n = ndimage.label(lungs_air)
+    if n:
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        lungs_air = (sizes >= 0.005 * sizes.sum())[lab]
+    if reporter:
+        reporter.update(step, 0.45, "Lung segmentation: separating right and left")
+    sides = _split(lungs_air, sp_c, midline, canon.lr_axis, canon.lr_sign, params.max_split_erosion_mm)
+    if reporter:
+        reporter.update(step, 0.6, "Lung segmentation: filling lesions")
+    labels_c = np.zeros(sides.shape, dtype=np.uint8)
+    for value in (RIGHT_LUNG, LEFT_LUNG):
+        filled = _fill_lung(sides == value, hu_c, midline, canon.lr_axis, sp_c, params)
+        labels_c[filled & (labels_c == 0)] = value
+    labels_c[airway_block] = 0
+    if reporter:
+        reporter.update(step, 0.85, "Lung segmentation: refining at full resolution")
+    labels_lr = np.ascontiguousarray(canon.back(labels_c))
+    airway_lr = np.ascontiguousarray(canon.back(airway_block))
+    result = _refine_full_resolution(hu, labels_lr, hu_lr, airway_lr, factors, params.threshold_hu)
+    total_ml = np.count_nonzero(result) * ct.voxel_volume_ml
+    if total_ml < params.min_lung_ml:
+        raise AnalysisError(
+            f"Only {total_ml:.1f} mL of lung was found; the scan may not cover the chest or may not be in HU."
+        )
+    if reporter:
+        reporter.update(step, 1.0, f"Lungs: {total_ml:.0f} mL")
+    return result
+
+
+def _refine_full_resolution(hu: np.ndarray, labels_lr: np.ndarray, hu_lr: np.ndarray, airway_lr: np.ndarray,
+                            factors: tuple[int, ...], threshold_hu: float) -> np.ndarray:
+    """Full-resolution labels from the coarse result.
+
+    Kept: the coarse interior (eroded by one coarse voxel), every coarse voxel that was added by filling
+    (dense lesions: not air-like on the coarse grid), and in the one-coarse-voxel band around the lungs
+    the fine voxels below the threshold. The coarse airway mask is removed.
+    """
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    any_lung = labels_lr > 0
+    if not any_lung.any():
+        return out
+    core = ndimage.binary_erosion(any_lung) | (any_lung & (hu_lr >= threshold_hu))
+    grown = ndimage.grey_dilation(labels_lr, size=(3, 3, 3))
+    extended = np.where(any_lung, labels_lr, grown).astype(np.uint8)
+    if all(f == 1 for f in factors):
+        keep = core | ((np.asarray(hu) < threshold_hu) & (extended > 0))
+        keep &= ~airway_lr
+        out[keep] = extended[keep]
+        return out
+    box_lr = ndimage.find_objects((extended > 0).astype(np.uint8))[0]
+    fine_box = fine_box_of(box_lr, factors, hu.shape)
+    rel = _shift(fine_box, box_lr, factors)
+    ext_f = upsample_nearest(extended[box_lr], factors, hu.shape, rel)
+    core_f = upsample_nearest(core[box_lr], factors, hu.shape, rel)
+    air_f = upsample_nearest(airway_lr[box_lr], factors, hu.shape, rel)
+    keep = core_f | ((np.asarray(hu[fine_box]) < threshold_hu) & (ext_f > 0))
+    keep &= ~air_f
+    out[fine_box] = np.where(keep, ext_f, 0)
+    return out
+
+
+def _shift(fine_box: tuple[slice, ...], box_lr: tuple[slice, ...], factors: tuple[int, ...]) -> tuple[slice, ...]:
+    """Fine box expressed relative to the start of the coarse box (for upsampling a cropped coarse array)."""
+    return tuple(
+        slice(fb.start - cb.start * f, fb.stop - cb.start * f)
+        for fb, cb, f in zip(fine_box, box_lr, factors, strict=True)
+    )
+
+
+def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float = 30.0) -> np.ndarray:
+    """Split a binary lung mask (any non-zero = lung) into 1 = right / 2 = left using the image direction.
+
+    Used by the trained-model path. Works on a coarse grid (about 2.5 x 2 x 2 mm) and transfers the sides
+    to every full-resolution voxel by the nearest coarse label.
+    """
+    mask = np.asarray(lung_mask) > 0
+    if mask.shape != ct.shape:
+        raise InputError(f"lung mask shape {mask.shape} does not match the CT {ct.shape} (z, y, x)")
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    if not mask.any():
+        return out
+    import SimpleITK as sitk
+
+    factors = block_factors(ct.spacing_zyx, LungParameters().coarse_spacing_mm, ct.shape)
+    mask_lr = block_mean(mask.astype(np.uint8), factors) >= 0.5
+    if not mask_lr.any():
+        mask_lr = block_mean(mask.astype(np.uint8), factors) > 0
+    spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
+    canon = _Canon(ct.image)
+    hu = sitk.GetArrayViewFromImage(ct.image) if ct.intensity == "HU" else None
+    if hu is not None:
+        midline = _body_midline(canon.to(block_mean(hu, factors)), canon.lr_axis)
+    else:
+        m_c = canon.to(mask_lr)
+        other = tuple(a for a in range(3) if a != canon.lr_axis)
+        profile = m_c.sum(axis=other).astype(float)
+        midline = float((profile * np.arange(profile.size)).sum() / max(profile.sum(), 1.0))
+    sides_c = _split(canon.to(mask_lr), canon.spacing(spacing_lr), midline, canon.lr_axis, canon.lr_sign,
+                     max_erosion_mm)
+    sides_lr = np.ascontiguousarray(canon.back(sides_c))
+    if all(f == 1 for f in factors):
+        if np.array_equal(sides_lr > 0, mask):
+            return sides_lr
+        _, idx = ndimage.distance_transform_edt(sides_lr == 0, return_indices=True)
+        return np.where(mask, sides_lr[tuple(idx)], 0).astype(np.uint8)
+    _, idx = ndimage.distance_transform_edt(sides_lr == 0, sampling=spacing_lr, return_indices=True)
+    nearest = sides_lr[tuple(idx)]
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box_lr = tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(box, factors, strict=True))
+    fine = upsample_nearest(nearest[box_lr], factors, mask.shape, _shift(box, box_lr, factors))
+    out[box] = np.where(mask[box], fine, 0)
+    return out
