@@ -15,6 +15,9 @@ What is stood in for (only the Slicer *application shell*, which the wheel does 
   and empty ``qt`` / ``ctk`` modules (the widget is never built in CI),
 * ``slicer.util`` dialog helpers that need a GUI (``confirmOkCancelDisplay`` answers "Cancel" and records
   the question, ``errorDisplay``/``infoDisplay``/``delayDisplay`` record the message).
+* optionally (:func:`install_widget_standins`) the Qt widgets of the panel: ``slicer.util.loadUI`` builds one
+  plain attribute object per widget named in the real ``CovidCT.ui``, ``qt.QTimer`` is fired by the test,
+  ``qt.QFileDialog`` answers a given folder. The Widget's own code runs unchanged against them.
 """
 
 from __future__ import annotations
@@ -78,8 +81,20 @@ class _AppStandIn:
     def layoutManager(self) -> None:
         return None
 
-    def processEvents(self) -> None:
+    def processEvents(self, *args: Any) -> None:
         return None
+
+    def setOverrideCursor(self, cursor: Any) -> None:
+        return None
+
+    def restoreOverrideCursor(self) -> None:
+        return None
+
+    def testingEnabled(self) -> bool:
+        return False
+
+    def topLevelWidgets(self) -> list[Any]:
+        return []
 
 
 def _scripted_loadable_module(scene_getter: Any) -> types.ModuleType:
@@ -92,8 +107,15 @@ def _scripted_loadable_module(scene_getter: Any) -> types.ModuleType:
 
     class ScriptedLoadableModuleWidget:
         def __init__(self, parent: Any = None) -> None:
-            self.parent = parent
+            self.parent = parent or types.SimpleNamespace(isEntered=True)
             self.moduleName = type(self).__name__[: -len("Widget")]
+            self.layout = types.SimpleNamespace(widgets=[], addWidget=lambda w: self.layout.widgets.append(w))
+
+        def setup(self) -> None:
+            return None
+
+        def resourcePath(self, filename: str) -> str:
+            return str(MODULE_DIR / "Resources" / filename)
 
     class ScriptedLoadableModuleLogic:
         def __init__(self, parent: Any = None) -> None:
@@ -141,9 +163,19 @@ def _parameter_node_wrapper() -> types.ModuleType:
         """Keeps the annotations; instances wrap the real node and hold plain attribute values."""
 
         def wrap(self: Any, parameterNode: Any) -> None:
-            self.parameterNode = parameterNode
+            object.__setattr__(self, "parameterNode", parameterNode)
+
+        def assign(self: Any, name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+            if name in cls.__annotations__:
+                self.parameterNode.Modified()  # like the real wrapper, which writes into the node
 
         cls.__init__ = wrap
+        cls.__setattr__ = assign
+        cls.connectGui = lambda self, ui: object()
+        cls.disconnectGui = lambda self, tag: None
+        cls.AddObserver = lambda self, *args: self.parameterNode.AddObserver(*args)
+        cls.RemoveObserver = lambda self, *args: self.parameterNode.RemoveObserver(*args)
         for name in cls.__annotations__:
             if not hasattr(cls, name):
                 setattr(cls, name, None)
@@ -197,5 +229,110 @@ def install_app_standins(monkeypatch: pytest.MonkeyPatch, context: MRMLContext) 
     monkeypatch.syspath_prepend(str(MODULE_DIR))
     monkeypatch.delitem(sys.modules, "CovidCT", raising=False)
     return AppShell(app, dialogs)
+
+
+# ------------------------------------------------------------------------------- widgets of the .ui file
+class FakeWidget:
+    """A widget of the .ui file with the PythonQt surface the module uses (properties as attributes,
+    ``connect("signal(args)", slot)``, combo-box items). ``emit`` plays a user action."""
+
+    def __init__(self, name: str, class_name: str) -> None:
+        self.name, self.className = name, class_name
+        self.text, self.toolTip = "", ""
+        self.enabled = self.visible = True
+        self.collapsed, self.checked = False, False
+        self.value, self.currentIndex = 0, -1
+        self.items: list[tuple[str, Any]] = []
+        self.slots: dict[str, list[Any]] = {}
+        self.scene = None
+
+    def connect(self, signal: str, slot: Any) -> None:
+        self.slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal: str, *args: Any) -> None:
+        """Call the connected slots; like PythonQt, a slot taking fewer parameters gets fewer arguments."""
+        import inspect
+
+        for slot in self.slots.get(signal, []):
+            parameters = inspect.signature(slot).parameters.values()
+            if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+                slot(*args)
+            else:
+                slot(*args[: len([p for p in parameters if p.default is p.empty])])
+
+    def setMRMLScene(self, scene: Any) -> None:
+        self.scene = scene
+
+    def clear(self) -> None:
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text: str, data: Any = None) -> None:
+        self.items.append((text, data))
+        if self.currentIndex < 0:
+            self.currentIndex = 0
+
+    def itemData(self, index: int) -> Any:
+        return self.items[index][1]
+
+    def itemText(self, index: int) -> str:
+        return self.items[index][0]
+
+    def findData(self, data: Any) -> int:
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+
+class _Timer:
+    """qt.QTimer driven by the test: ``fire()`` calls the connected slots while started."""
+
+    def __init__(self) -> None:
+        self.active, self.interval, self.slots = False, 0, []
+
+    def setInterval(self, msec: int) -> None:
+        self.interval = msec
+
+    def connect(self, signal: str, slot: Any) -> None:
+        self.slots.append(slot)
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def fire(self) -> None:
+        for slot in list(self.slots):
+            slot()
+
+    @staticmethod
+    def singleShot(msec: int, slot: Any) -> None:
+        slot()
+
+
+def install_widget_standins(monkeypatch: pytest.MonkeyPatch, dialog_folder: Path | None = None) -> None:
+    """Stand in for Qt widgets: ``loadUI`` returns one :class:`FakeWidget` per widget of the real .ui file
+    (so using a widget the .ui lacks fails), ``qt.QTimer`` is test-driven, ``QFileDialog`` answers
+    ``dialog_folder``. Call after :func:`install_app_standins`."""
+    import xml.etree.ElementTree as ET
+
+    import slicer
+
+    qt = sys.modules["qt"]
+    qt.QTimer = _Timer
+    qt.Qt = types.SimpleNamespace(WaitCursor=3)
+    qt.QFileDialog = types.SimpleNamespace(
+        getExistingDirectory=lambda *args: str(dialog_folder) if dialog_folder else ""
+    )
+
+    def load_ui(path: str) -> Any:
+        root = ET.parse(path).getroot()
+        top = FakeWidget("CovidCT", "qMRMLWidget")
+        top.children = {w.get("name"): FakeWidget(w.get("name"), w.get("class")) for w in root.iter("widget")}
+        return top
+
+    def child_widget_variables(widget: Any) -> Any:
+        return types.SimpleNamespace(**widget.children)
+
+    monkeypatch.setattr(slicer.util, "loadUI", load_ui)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", child_widget_variables)
 
 

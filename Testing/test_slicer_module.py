@@ -253,3 +253,88 @@ def test_python_executable_is_this_interpreter():
     exe = python_executable()
     out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
     assert out.returncode == 0
+
+
+# ------------------------------------------------------------------------------------------ the panel
+@pytest.fixture
+def widget(module, monkeypatch, tmp_path):
+    """The module widget set up on the real .ui widget names (Qt widgets stood in, logic/scene real)."""
+    from slicer_fixture import install_widget_standins
+
+    install_widget_standins(monkeypatch, dialog_folder=tmp_path / "saved")
+    panel = module.module.CovidCTWidget()
+    panel.setup()
+    yield panel
+    panel.cleanup()
+
+
+def _run_until_idle(panel, timeout=150):
+    deadline = time.monotonic() + timeout
+    while panel._job is not None:
+        assert time.monotonic() < deadline, "the background analysis did not end"
+        panel._timer.fire()
+        time.sleep(0.1)
+
+
+def test_panel_setup(widget, module):
+    ui = widget.ui
+    assert [d for _, d in ui.methodComboBox.items] == ["auto", "classical", "model"]
+    assert "not a diagnosis" in ui.disclaimerLabel.text
+    assert "CPU" in ui.deviceStatusLabel.text or "GPU" in ui.deviceStatusLabel.text
+    assert not ui.applyButton.enabled  # no input yet
+    volume, _ = module.module.CovidCTLogic().createPhantomVolume(shape=(24, 48, 48), spacing=(6.0, 4.0, 4.0))
+    widget._parameterNode.inputVolume = volume  # as the node selector would
+    assert ui.applyButton.enabled and ui.applyButton.text == "Apply"
+    ui.methodComboBox.currentIndex = 1
+    ui.methodComboBox.emit("currentIndexChanged(int)", 1)
+    assert widget._parameterNode.method == "classical"
+
+
+def test_panel_failure_then_cancel(widget, module):
+    """A CT without lungs: clear error, nothing added; then Apply + Cancel: stopped, nothing added."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    body = np.full((20, 48, 48), -1000, dtype=np.int16)
+    body[:, 8:40, 8:40] = 40  # a soft-tissue block in air: a CT in HU, but no lung
+    image = sitk.GetImageFromArray(body)
+    image.SetSpacing((3.0, 3.0, 5.0))
+    volume = add_volume_from_image(module.scene, image, "soft tissue block")
+    widget._parameterNode.inputVolume = volume
+    widget._parameterNode.method = "classical"
+    before = module.scene.GetNumberOfNodes()
+    widget.ui.applyButton.emit("clicked(bool)", False)
+    assert widget.ui.applyButton.text == "Cancel" and widget._timer.active
+    _run_until_idle(widget)
+    assert widget.ui.applyButton.text == "Apply" and not widget._timer.active
+    status = widget.ui.statusLabel.text
+    assert status.startswith("Failed:") and "lung" in status.lower(), status
+    assert "input.nrrd" not in status  # the temporary export is never shown to the user
+    assert module.shell.dialogs[-1][0] == "error"
+    assert module.scene.GetNumberOfNodes() == before
+    dialogs = len(module.shell.dialogs)
+    widget.ui.applyButton.emit("clicked(bool)", False)
+    job = widget._job
+    widget.ui.applyButton.emit("clicked(bool)", False)  # Cancel
+    _run_until_idle(widget, timeout=30)
+    assert job.cancelled and widget.ui.statusLabel.text.startswith("Cancelled")
+    assert len(module.shell.dialogs) == dialogs  # no error box for a cancel
+    assert module.scene.GetNumberOfNodes() == before
+    assert not job.workdir.exists() or not any(job.workdir.iterdir())
+
+
+@needs_engine
+def test_panel_apply_shows_results(widget, module, tmp_path):
+    volume, _ = module.module.CovidCTLogic().createPhantomVolume(shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0))
+    node = widget._parameterNode
+    node.inputVolume, node.method, node.device = volume, "classical", "cpu"
+    widget.ui.applyButton.emit("clicked(bool)", False)
+    _run_until_idle(widget)
+    assert node.segmentation is not None and node.statisticsTable is not None and node.lesionsTable is not None
+    assert widget.ui.statusLabel.text.startswith("Done")
+    assert "%" in widget.ui.involvementValueLabel.text
+    assert widget.ui.severityValueLabel.text != "-"
+    assert "n/a" in widget.ui.probabilityValueLabel.text or "not a diagnosis" in widget.ui.probabilityValueLabel.text
+    assert widget.ui.saveReportButton.enabled
+    widget.ui.saveReportButton.emit("clicked(bool)", False)
+    assert (tmp_path / "saved" / "report.json").exists()

@@ -189,7 +189,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._timer is not None:
             self._timer.stop()
         if self._job is not None:
-            self._job.cancel()
+            self._job.runner.cancel(wait=True)
             self._job.cleanup()
             self._job = None
         self.removeObservers()
@@ -304,12 +304,14 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancelBackground(self._job)
             return
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("CovidCT could not start the analysis.", waitCursor=True):
-            self.logic.ensureDependencies(node.method, interactive=True)
-            self._job = self.logic.startBackground(node.inputVolume, method=node.method, device=node.device)
-            self._setStatus("Starting the analysis...", 0.0)
-            self._timer.start()
-        self._updateGUI()
+        try:
+            with slicer.util.tryWithErrorDisplay("CovidCT could not start the analysis.", waitCursor=True):
+                self.logic.ensureDependencies(node.method, interactive=True)
+                self._job = self.logic.startBackground(node.inputVolume, method=node.method, device=node.device)
+                self._setStatus("Starting the analysis...", 0.0)
+                self._timer.start()
+        finally:
+            self._updateGUI()
 
     def onTimer(self) -> None:
         job = self._job
@@ -330,8 +332,10 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
         except Exception as error:  # noqa: BLE001 - shown to the user, scene left as it was
             self.ui.progressBar.visible = False
-            self._setStatus(f"Failed: {error}")
-            if not job.cancelled:
+            if job.cancelled:
+                self._setStatus("Cancelled; the scene was not changed.")
+            else:
+                self._setStatus(f"Failed: {error}")
                 slicer.util.errorDisplay(f"CovidCT analysis failed:\n{error}")
             self._updateGUI()
             return
@@ -365,11 +369,16 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCompare(self) -> None:
         node = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-            self.ui.compareStatusLabel.text = "Comparing (registration can take a minute)..."
-            slicer.app.processEvents()
-            message = self.logic.compare(node.baselineVolume, node.followupVolume, device=node.device)
-            self.ui.compareStatusLabel.text = message
+        self.ui.compareStatusLabel.text = "Comparing (registration can take a minute)..."
+        slicer.app.processEvents()
+        try:
+            with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
+                self.ui.compareStatusLabel.text = self.logic.compare(
+                    node.baselineVolume, node.followupVolume, device=node.device
+                )
+        except Exception as error:
+            self.ui.compareStatusLabel.text = f"Failed: {error}"
+            raise
 
 
 #
@@ -403,7 +412,7 @@ class CovidCTJob:
         return time.monotonic() - self.started
 
     def cancel(self) -> None:
-        self.runner.cancel()
+        self.runner.cancel(wait=False)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -547,7 +556,8 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         try:
             error = job.runner.error_message()
             if error:
-                raise RuntimeError(error)
+                # the engine names its input file: name the volume instead of the temporary export
+                raise RuntimeError(error.replace(str(job.workdir / "input.nrrd"), f"'{inputVolume.GetName()}'"))
             done = job.runner.done_event()
             if done is None:
                 raise RuntimeError("The analysis ended without reporting its outputs.")

@@ -96,6 +96,7 @@ class BackgroundAnalysis:
         self.stderr_path = self.logdir / "stderr.txt"
         self._offset = 0
         self._partial = b""
+        self._kill_at: float | None = None
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LIBRARY_ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
@@ -125,6 +126,7 @@ class BackgroundAnalysis:
 
     def poll(self) -> list[dict[str, Any]]:
         """New events since the last call; sets :attr:`returncode` once the process has ended."""
+        self._escalate()
         code = self.process.poll()  # before reading, so that nothing written before the exit is missed
         new: list[dict[str, Any]] = []
         lines = self._read_new_lines()
@@ -161,7 +163,8 @@ class BackgroundAnalysis:
         while not self.finished:
             self.poll()
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self.cancel(grace_s=0.0)
+                self.poll()
                 raise TimeoutError(f"the analysis did not finish within {timeout} s and was stopped")
             time.sleep(interval)
         return self.events
@@ -181,25 +184,36 @@ class BackgroundAnalysis:
             return f"The analysis process ended with exit code {self.returncode}.\n{tail}".strip()
         return None
 
-    def cancel(self, grace_s: float = 3.0) -> None:
-        """Stop the whole process tree: SIGTERM to the group, SIGKILL after ``grace_s``."""
-        if self.process.poll() is not None:
+    def cancel(self, grace_s: float = 3.0, wait: bool = False) -> None:
+        """Stop the whole process tree without blocking the caller.
+
+        POSIX: SIGTERM to the process group now (the engine stops at its next step and writes nothing
+        half-done); :meth:`poll` sends SIGKILL to the group ``grace_s`` later if anything still runs, and
+        right away once the main process has ended (worker processes left behind). Windows:
+        ``taskkill /F /T`` ends the tree at once. ``wait=True`` blocks until the process has ended.
+        """
+        if self.process.poll() is None:
+            self.cancelled = True
+            if os.name == "nt":
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
+            else:
+                _killpg(self.process.pid, signal.SIGTERM)  # new session: the group id is the pid
+                self._kill_at = time.monotonic() + grace_s
+        if wait:
+            self.wait(timeout=grace_s + 10)
+
+    def _escalate(self) -> None:
+        if self._kill_at is None or os.name == "nt":
             return
-        self.cancelled = True
-        if os.name == "nt":
-            subprocess.run(
-                ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        else:
-            pgid = os.getpgid(self.process.pid)
-            _killpg(pgid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=grace_s)
-            _killpg(pgid, signal.SIGKILL)
-        self.process.wait()
+        if self.process.poll() is not None or time.monotonic() >= self._kill_at:
+            _killpg(self.process.pid, signal.SIGKILL)
+            if self.process.poll() is not None:
+                self._kill_at = None
 
 
 def _killpg(pgid: int, sig: int) -> None:
