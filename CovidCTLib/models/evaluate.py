@@ -200,3 +200,31 @@ def evaluate(
     write_text_atomic(out / "per_image.csv", buf.getvalue())
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def infection_burden(inputs: list[str], device: str = "auto") -> list[dict[str, Any]]:
+    """Lung volume and model infection burden (% of lung) of each scan (unlabelled sanity check: COVID
+    scans should show a clearly higher burden than non-COVID ones)."""
+    import time
+
+    from CovidCTLib.io.loader import load_ct
+
+    rows = []
+    for path in inputs:
+        ct = load_ct(path)
+        t0 = time.time()
+        lungs = inference.segment_lungs_model(ct, device)
+        t1 = time.time()
+        inf = inference.segment_infection_model(ct, lungs, device)
+        t2 = time.time()
+        lung_ml = float((lungs > 0).sum() * ct.voxel_volume_ml)
+        rows.append({
+            "input": str(path), "shape_zyx": list(ct.shape), "lung_ml": round(lung_ml, 1),
+            "right_ml": round(float((lungs == 1).sum() * ct.voxel_volume_ml), 1),
+            "left_ml": round(float((lungs == 2).sum() * ct.voxel_volume_ml), 1),
+            "ggo_ml": round(float((inf == 1).sum() * ct.voxel_volume_ml), 1),
+            "consolidation_ml": round(float((inf == 2).sum() * ct.voxel_volume_ml), 1),
+            "burden_percent": round(100.0 * float((inf > 0).sum()) / max(float((lungs > 0).sum()), 1.0), 2),
+            "lung_seconds": round(t1 - t0, 1), "infection_seconds": round(t2 - t1, 1),
+        })
+    return rows
