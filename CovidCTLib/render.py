@@ -200,16 +200,22 @@ def lps_view(array: np.ndarray, reference: sitk.Image) -> tuple[np.ndarray, tupl
 
 
 def choose_slices(counts: np.ndarray, n: int) -> list[int]:
-    """Up to ``n`` indices with the largest ``counts``, at least len/(4n) apart, in increasing order."""
+    """Up to ``n`` indices with the largest positive ``counts``, in increasing order.
+
+    First pass: only slices at least len/(4n) apart (spread over the affected region); second pass fills up
+    with the next best positive slices. The best slice alone when every count is zero.
+    """
     gap = max(1, len(counts) // (4 * max(n, 1)))
+    ranked = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
     chosen: list[int] = []
-    for index in np.argsort(-counts, kind="stable"):
-        if counts[index] <= 0 and chosen:
-            break
-        if all(abs(int(index) - c) >= gap for c in chosen):
-            chosen.append(int(index))
-        if len(chosen) == n:
-            break
+    for index in ranked:
+        if len(chosen) < n and all(abs(index - c) >= gap for c in chosen):
+            chosen.append(index)
+    for index in ranked:
+        if len(chosen) < n and index not in chosen:
+            chosen.append(index)
+    if not chosen and len(counts):
+        chosen = [int(np.argmax(counts))]
     return sorted(chosen)
 
 
