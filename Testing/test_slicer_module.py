@@ -7,6 +7,7 @@ class ``CovidCTTest`` runs here exactly as in Slicer's "Reload and Test".
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -338,3 +339,24 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     assert widget.ui.saveReportButton.enabled
     widget.ui.saveReportButton.emit("clicked(bool)", False)
     assert (tmp_path / "saved" / "report.json").exists()
+    widget.logic.lastResult = None  # as after a module reload: the result is rebuilt from the scene
+    widget.ui.exportButton.emit("clicked(bool)", False)
+    assert (tmp_path / "saved" / "segmentation.seg.nrrd").exists()
+    assert (tmp_path / "saved" / "surfaces" / "left_lung.stl").exists()
+
+
+def test_compare_section(widget, module):
+    """Compare is wired to the logic; without the longitudinal parts it says so instead of failing."""
+    logic = module.module.CovidCTLogic()
+    base, _ = logic.createPhantomVolume(name="baseline", shape=(24, 48, 48), spacing=(6.0, 4.0, 4.0), seed=1)
+    follow, _ = logic.createPhantomVolume(name="followup", shape=(24, 48, 48), spacing=(6.0, 4.0, 4.0), seed=2)
+    assert not widget.ui.compareButton.enabled
+    widget._parameterNode.baselineVolume = base
+    widget._parameterNode.followupVolume = follow
+    assert widget.ui.compareButton.enabled
+    if importlib.util.find_spec("CovidCTLib.mrml.compare") is None:
+        widget.ui.compareButton.emit("clicked(bool)", False)
+        assert "not installed" in widget.ui.compareStatusLabel.text
+    else:
+        with pytest.raises(ValueError, match="same volume"):
+            logic.compare(base, base, interactive=False)

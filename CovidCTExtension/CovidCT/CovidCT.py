@@ -673,19 +673,28 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         slicer.app.applicationLogic().PropagateTableSelection()
 
     # ------------------------------------------------------------------------------------ longitudinal
-    def compare(self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto") -> str:
-        """Register the follow-up to the baseline and show the change; returns a status line."""
+    def compare(
+        self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto", interactive: bool = True
+    ) -> str:
+        """Register the follow-up to the baseline and show the change; returns a status line.
+
+        Uses ``CovidCTLib.longitudinal.compare`` and ``CovidCTLib.mrml.compare.show_comparison`` when both are
+        installed; otherwise says so without computing anything.
+        """
         try:
             from CovidCTLib.longitudinal import compare as longitudinal_compare
-        except ImportError:
-            return "Longitudinal comparison is not installed in this version of CovidCT."
+            from CovidCTLib.mrml.compare import show_comparison
+        except ImportError as error:
+            return f"Longitudinal comparison is not installed in this version of CovidCT ({error.name})."
         import SimpleITK as sitk
 
         from CovidCTLib.mrml import image_from_volume_node
 
         if not baselineVolume or not followupVolume:
             raise ValueError("Select a baseline and a follow-up volume.")
-        self.ensureDependencies(method, interactive=True)
+        if baselineVolume == followupVolume:
+            raise ValueError("Baseline and follow-up are the same volume; select two scans of the patient.")
+        self.ensureDependencies(method, interactive=interactive)
         workdir = Path(tempfile.mkdtemp(prefix="CovidCT-compare-"))
         try:
             inputs = []
@@ -694,10 +703,6 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
                 sitk.WriteImage(image_from_volume_node(volume), str(path), True)
                 inputs.append(path)
             result = longitudinal_compare(inputs, workdir / "out", method=method, device=device, overwrite=True)
-            try:
-                from CovidCTLib.mrml.compare import show_comparison
-            except ImportError:
-                return "Comparison computed, but showing it in Slicer is not installed in this version."
             show_comparison(slicer.mrmlScene, baselineVolume, followupVolume, result)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
