@@ -535,7 +535,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         workdir = Path(tempfile.mkdtemp(prefix="CovidCT-"))
         try:
             inputPath = workdir / "input.nrrd"
-            sitk.WriteImage(image_from_volume_node(inputVolume), str(inputPath), True)
+            sitk.WriteImage(image_from_volume_node(inputVolume), str(inputPath), False)  # temporary: no compression
             runner = BackgroundAnalysis(
                 analyze_command(inputPath, workdir / "out", method, device), logdir=workdir / "log"
             )
@@ -700,7 +700,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             inputs = []
             for label, volume in (("baseline", baselineVolume), ("followup", followupVolume)):
                 path = workdir / f"{label}.nrrd"
-                sitk.WriteImage(image_from_volume_node(volume), str(path), True)
+                sitk.WriteImage(image_from_volume_node(volume), str(path), False)
                 inputs.append(path)
             result = longitudinal_compare(inputs, workdir / "out", method=method, device=device, overwrite=True)
             show_comparison(slicer.mrmlScene, baselineVolume, followupVolume, result)

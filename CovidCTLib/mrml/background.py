@@ -34,6 +34,11 @@ def python_executable() -> str:
     exe = Path(sys.executable) if sys.executable else None
     if exe is not None and exe.is_file() and "python" in exe.name.lower():
         return str(exe)
+    if exe is not None:  # an application binary: PythonSlicer lives beside it (or in ../bin)
+        for folder in (exe.parent, exe.parent.parent / "bin"):
+            for name in ("PythonSlicer", "PythonSlicer.exe"):
+                if (folder / name).is_file():
+                    return str(folder / name)
     launcher = shutil.which("PythonSlicer") or shutil.which("python3") or shutil.which("python")
     if launcher is None:
         raise CovidCTError("No Python interpreter found to run the analysis; reinstall Slicer/CovidCT.")
