@@ -330,7 +330,10 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     node = widget._parameterNode
     node.inputVolume, node.method, node.device = volume, "classical", "cpu"
     widget.ui.applyButton.emit("clicked(bool)", False)
+    other, _ = module.module.CovidCTLogic().createPhantomVolume(name="other", shape=(24, 48, 48), seed=9)
+    node.inputVolume = other  # the user picks another volume while the analysis runs
     _run_until_idle(widget)
+    assert node.segmentation.GetAttribute("CovidCT.InputVolume") == volume.GetID()
     assert node.segmentation is not None and node.statisticsTable is not None and node.lesionsTable is not None
     assert widget.ui.statusLabel.text.startswith("Done")
     assert "%" in widget.ui.involvementValueLabel.text

@@ -204,6 +204,12 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:  # its input volume is going away
+            self._timer.stop()
+            self._job.runner.cancel(wait=True)
+            self._job.cleanup()
+            self._job = None
+            self._setStatus("Cancelled: the scene was closed.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -326,9 +332,13 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._job = None
         node = self._parameterNode
+        if node is None:  # the scene was closed meanwhile: nothing to show the result on
+            job.cleanup()
+            return
         try:
+            # the volume chosen when Apply was pressed, even if the selector changed during the run
             nodes = self.logic.finishBackground(
-                job, node.inputVolume, surfaces=node.computeSurfaces, smoothing=node.smoothing
+                job, job.inputVolume, surfaces=node.computeSurfaces, smoothing=node.smoothing
             )
         except Exception as error:  # noqa: BLE001 - shown to the user, scene left as it was
             self.ui.progressBar.visible = False
