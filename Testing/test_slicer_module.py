@@ -363,3 +363,15 @@ def test_compare_section(widget, module):
     else:
         with pytest.raises(ValueError, match="same volume"):
             logic.compare(base, base, interactive=False)
+
+
+def test_auto_falls_back_when_model_packages_missing(module, monkeypatch):
+    from CovidCTLib.mrml import dependencies
+
+    logic = module.module.CovidCTLogic()
+    monkeypatch.setattr(logic, "installedModels", lambda: ["lung-unet 1.0"])
+    monkeypatch.setitem(dependencies.GROUPS, "model", {"covidct-no-such-torch": "covidct_no_such_torch"})
+    assert logic.ensureDependencies("auto", interactive=False) == []  # classical packages are there
+    with pytest.raises(dependencies.DependencyError, match="covidct-no-such-torch"):
+        logic.ensureDependencies("model", interactive=False)
+    assert module.shell.dialogs == []

@@ -460,17 +460,22 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             logging.warning(f"CovidCT: could not list models: {error}")
             return []
 
-    def dependencyGroups(self, method: str) -> list[str]:
-        groups = ["classical"]
-        if method == "model" or (method == "auto" and self.installedModels()):
-            groups.append("model")
-        return groups
-
     def ensureDependencies(self, method: str, interactive: bool = True) -> list[str]:
-        """Install what the chosen method needs (asks first); raises when something stays missing."""
-        from CovidCTLib.mrml.dependencies import ensure_dependencies
+        """Install what the chosen method needs (asking first); returns what was installed.
 
-        return ensure_dependencies(self.dependencyGroups(method), interactive=interactive)
+        ``classical`` needs scipy/scikit-image, ``model`` also torch/monai (raises when they stay missing).
+        ``auto`` offers torch/monai only when trained models are installed; if the user declines (or in
+        scripts, ``interactive=False``) the analysis falls back to the classical method.
+        """
+        from CovidCTLib.mrml.dependencies import DependencyError, ensure_dependencies
+
+        installed = ensure_dependencies(["classical", "model"] if method == "model" else ["classical"], interactive)
+        if method == "auto" and self.installedModels():
+            try:
+                installed += ensure_dependencies(["model"], interactive)
+            except DependencyError as error:
+                logging.info(f"CovidCT: trained models not usable ({error}); the classical method is used")
+        return installed
 
     # -------------------------------------------------------------------------------------- phantom input
     def createPhantomVolume(self, name: str = "CovidCTPhantom", **phantomArgs):
