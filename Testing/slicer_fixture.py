@@ -305,6 +305,10 @@ class _Timer:
 
     @staticmethod
     def singleShot(msec: int, slot: Any) -> None:
+        """Run the slot after the delay (blocking: the test has no event loop)."""
+        import time
+
+        time.sleep(msec / 1000.0)
         slot()
 
 

@@ -154,6 +154,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._timer = None
+        self._deviceProbe = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -249,9 +250,26 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.method = self.ui.methodComboBox.itemData(index)
 
     def _updateDeviceStatus(self) -> None:
-        from CovidCTLib.mrml.dependencies import torch_cuda_status
+        """Show what device is available; torch is inspected in another process, never installed here."""
+        from CovidCTLib.mrml.background import BackgroundAnalysis, python_executable
+        from CovidCTLib.mrml.dependencies import device_probe_command, is_importable
 
-        self.ui.deviceStatusLabel.text = torch_cuda_status()
+        if not is_importable("torch"):
+            self.ui.deviceStatusLabel.text = "PyTorch not installed (CPU)"
+            return
+        self.ui.deviceStatusLabel.text = "checking for a GPU..."
+        self._deviceProbe = BackgroundAnalysis(device_probe_command(python_executable()))
+        self._pollDeviceProbe()
+
+    def _pollDeviceProbe(self) -> None:
+        probe = self._deviceProbe
+        probe.poll()
+        if not probe.finished:
+            qt.QTimer.singleShot(250, self._pollDeviceProbe)
+            return
+        found = [e for e in probe.events if e.get("event") == "device"]
+        self.ui.deviceStatusLabel.text = found[-1]["message"] if found else "GPU check failed; CPU"
+        probe.cleanup()
 
     def _updateGUI(self, caller=None, event=None) -> None:
         node = self._parameterNode

@@ -58,6 +58,24 @@ def torch_cuda_status() -> str:
         return f"PyTorch unusable ({error.__class__.__name__}); CPU"
 
 
+#: Run in a separate Python so that importing torch (seconds) never blocks Slicer's GUI thread.
+DEVICE_PROBE_SCRIPT = (
+    "import json\n"
+    "try:\n"
+    "    import torch\n"
+    "    ok = torch.cuda.is_available()\n"
+    "    text = ('GPU available: ' + torch.cuda.get_device_name(0)) if ok else 'no GPU detected; CPU'\n"
+    "except Exception as error:\n"
+    "    text = 'PyTorch unusable (' + error.__class__.__name__ + '); CPU'\n"
+    "print(json.dumps({'event': 'device', 'message': text}), flush=True)\n"
+)
+
+
+def device_probe_command(python: str) -> list[str]:
+    """Command printing one ``{"event": "device", "message": ...}`` line (see :data:`DEVICE_PROBE_SCRIPT`)."""
+    return [python, "-c", DEVICE_PROBE_SCRIPT]
+
+
 def _install_torch(slicer) -> None:  # noqa: ANN001
     try:
         import PyTorchUtils  # the PyTorch extension (declared as extension dependency)
