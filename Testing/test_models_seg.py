@@ -167,6 +167,20 @@ def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
     assert "resumed from" in (out / "train.log").read_text()
 
+    # evaluation through the public inference path, with this (barely trained) model folder
+    from CovidCTLib.models import inference
+    from CovidCTLib.models.evaluate import evaluate
+
+    try:
+        result = evaluate("lung", f"nifti:{data}", tmp_path / "eval", model=str(out / "model" / "lung-attunet"))
+    finally:
+        inference.use_model_folder("lung-attunet", None)
+    summary = result["summary"]["nifti"]
+    assert summary["n_images"] > 0 and {"pooled", "mean_per_image"} <= set(summary)
+    assert 0.0 <= summary["pooled"]["dice"] <= 1.0
+    csv_text = (tmp_path / "eval" / "per_image.csv").read_text()
+    assert "not a medical device" in csv_text and "dice" in csv_text.splitlines()[1]
+
 
 # ------------------------------------------------------------------------------------------ shipped models
 def _shipped() -> dict[str, str]:
