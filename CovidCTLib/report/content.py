@@ -217,7 +217,7 @@ def _surface_picture(result, size: tuple[int, int]) -> tuple[bytes | None, str]:
     polys = {}
     for spec in SEGMENTS:
         source = lungs if spec.source == "lungs" else infection
-        polys[spec.key] = surfaces.labelmap_to_polydata(source == spec.label, reference)
+        polys[spec.key] = surfaces.labelmap_to_polydata(source == spec.label, reference, smoothing_iterations=20)
     try:
         return render.render_surfaces_png(polys, None, size), ""
     except render.RenderUnavailableError as exc:

@@ -107,7 +107,7 @@ def _pdf_story(content: ReportContent) -> list:
     from reportlab.lib import colors
     from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.platypus import Image, Paragraph, Spacer
+    from reportlab.platypus import Image, KeepTogether, Paragraph, Spacer
     from reportlab.platypus import Table as RLTable
 
     styles = getSampleStyleSheet()
@@ -151,21 +151,22 @@ def _pdf_story(content: ReportContent) -> list:
     for t in content.tables:
         story += table(t)
     images = content.images
-    story.append(Paragraph("3-D view (from the front; patient right on the image left)", styles["Heading3"]))
+    heading = Paragraph("3-D view (from the front; patient right on the image left)", styles["Heading3"])
     if images.surface_png:
-        story.append(picture(images.surface_png, 110 * mm, 110 * mm))
-        story.append(Paragraph("Lungs see-through (right green, left blue); ground-glass yellow, consolidation "
-                               "red.", small))
+        story.append(KeepTogether([heading, picture(images.surface_png, 110 * mm, 110 * mm), Paragraph(
+            "Lungs see-through (right green, left blue); ground-glass yellow, consolidation red.", small)]))
     else:
-        story.append(Paragraph(f"No 3-D picture: {esc(images.surface_note)}", small))
+        story += [heading, Paragraph(f"No 3-D picture: {esc(images.surface_note)}", small)]
     for title, data in (("Axial slices with the most infection", images.axial_png),
                         ("Coronal slices with the most infection", images.coronal_png)):
         if data:
-            story += [Paragraph(title, styles["Heading3"]), picture(data, width, 120 * mm)]
+            story.append(KeepTogether([Paragraph(title, styles["Heading3"]), picture(data, width, 120 * mm)]))
     if images.trend_png or content.compare_tables:
-        story.append(Paragraph("Comparison with earlier scans", styles["Heading3"]))
+        heading = Paragraph("Comparison with earlier scans", styles["Heading3"])
         if images.trend_png:
-            story.append(picture(images.trend_png, width, 90 * mm))
+            story.append(KeepTogether([heading, picture(images.trend_png, width, 90 * mm)]))
+        else:
+            story.append(heading)
         for t in content.compare_tables:
             story += table(t)
     if content.notes:
