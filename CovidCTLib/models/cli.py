@@ -85,20 +85,26 @@ def _classifier(name: str) -> Any:
         raise InputError("The COVID classifier trainer is not installed in this build.") from exc
 
 
-def run_train(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
-    """``covidct train <task>``."""
+def _reporter(cancel: Any) -> Any:
+    from CovidCTLib.progress import Reporter
+
+    return Reporter(None, cancel) if cancel is not None else None
+
+
+def run_train(args: argparse.Namespace, cancel: Any = None) -> int:
+    """``covidct train <task>`` (SIGINT/SIGTERM cancel between steps; resume later with --resume)."""
     if args.task == "classifier":
         _classifier("main_train")(args)
         return 0
     from CovidCTLib.models.train_seg import train
 
-    summary = train(args.task, args.data, args.out, **_seg_kwargs(args))
+    summary = train(args.task, args.data, args.out, reporter=_reporter(cancel), **_seg_kwargs(args))
     print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
                       "best_dice": summary["best"]}))
     return 0
 
 
-def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:
     """``covidct finetune <task>``: a few epochs from the shipped model on new data."""
     if args.task == "classifier":
         _classifier("main_finetune")(args)
@@ -110,7 +116,8 @@ def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
         kw["epochs"] = 5
     if args.lr is None:
         kw["lr"] = 5e-4
-    summary = train(args.task, args.data, args.out, init_from=args.model or MODEL_NAMES[args.task], **kw)
+    summary = train(args.task, args.data, args.out, init_from=args.model or MODEL_NAMES[args.task],
+                    reporter=_reporter(cancel), **kw)
     print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
                       "best_dice": summary["best"]}))
     return 0
