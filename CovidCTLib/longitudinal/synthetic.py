@@ -37,12 +37,6 @@ class SyntheticFollowup:
     edits: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _ball(radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
-    r = [max(1, int(np.ceil(radius_mm / s))) for s in spacing_zyx]
-    zz, yy, xx = np.ogrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1]
-    return (zz * spacing_zyx[0]) ** 2 + (yy * spacing_zyx[1]) ** 2 + (xx * spacing_zyx[2]) ** 2 <= radius_mm**2
-
-
 def known_transform(
     reference: sitk.Image,
     rotation_deg: tuple[float, float, float] = (2.0, -2.0, 5.0),
@@ -107,9 +101,13 @@ def make_followup(
     def paint(mask: np.ndarray, value: float) -> None:
         hu[mask] = value + rng.normal(0.0, noise, int(mask.sum()))
 
+    def within(mask: np.ndarray, mm: float) -> np.ndarray:
+        """Voxels within ``mm`` of ``mask`` (distance transform: fast for any radius)."""
+        return ndimage.distance_transform_edt(~mask, sampling=spacing) <= mm
+
     if len(lesions) > 0 and grow_mm > 0:
         m = lesion_mask(0)
-        grown = ndimage.binary_dilation(m, _ball(grow_mm, spacing)) & in_lung & ~infected
+        grown = within(m, grow_mm) & in_lung & ~infected
         paint(grown, GGO_HU)
         new_inf[grown] = 1
         edits.append({"lesion": 0, "edit": "grown", "by_mm": grow_mm})
@@ -120,18 +118,18 @@ def make_followup(
         edits.append({"lesion": 1, "edit": "resolved"})
     if len(lesions) > 2 and shrink_mm > 0:
         m = lesion_mask(2)
-        gone = m & ~ndimage.binary_erosion(m, _ball(shrink_mm, spacing))
+        gone = m & (ndimage.distance_transform_edt(m, sampling=spacing) <= shrink_mm)
         paint(gone, PARENCHYMA_HU)
         new_inf[gone] = 0
         edits.append({"lesion": 2, "edit": "shrunk", "by_mm": shrink_mm})
     if new_radius_mm > 0:
         # centre of the new lesion: the lung voxel farthest from the lung wall and from any infection
-        free = in_lung & ~ndimage.binary_dilation(infected, _ball(new_radius_mm + 10.0, spacing))
+        free = in_lung & ~within(infected, new_radius_mm + 10.0)
         depth = ndimage.distance_transform_edt(free, sampling=spacing)
         centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        ball = np.zeros(hu.shape, bool)
-        ball[centre] = True
-        ball = ndimage.binary_dilation(ball, _ball(new_radius_mm, spacing)) & in_lung
+        seed_mask = np.zeros(hu.shape, bool)
+        seed_mask[centre] = True
+        ball = within(seed_mask, new_radius_mm) & in_lung
         paint(ball, GGO_HU)
         new_inf[ball] = 1
         edits.append({"edit": "new", "centre_voxel": [int(c) for c in centre], "radius_mm": new_radius_mm})
@@ -146,6 +144,7 @@ def make_followup(
 
     if transform is None:
         transform = known_transform(ct.image, seed=seed)
+    transform = as_displacement_field(transform, ct.image)
     edited = sitk.GetImageFromArray(np.clip(np.rint(hu), -1024, 3071).astype(np.int16))
     edited.CopyInformation(ct.image)
     follow_image = sitk.Resample(edited, ct.image, transform, sitk.sitkLinear, -1000.0, sitk.sitkInt16)
@@ -156,6 +155,28 @@ def make_followup(
         follow_ct, sitk.GetArrayFromImage(follow_lungs), sitk.GetArrayFromImage(follow_inf), transform, truth,
         truth_ml, edits,
     )
+
+
+def as_displacement_field(transform: sitk.Transform, reference: sitk.Image, spacing_mm: float = 3.0) -> sitk.Transform:
+    """A deformable ``transform`` sampled once as a displacement field on a <= ``spacing_mm`` grid.
+
+    Resampling a large volume through a B-spline composite is slow; through a sampled field it is fast.
+    The field transform is what :func:`make_followup` really applies and returns as the known answer.
+    Linear transforms are returned unchanged.
+    """
+    if isinstance(transform, (sitk.Euler3DTransform, sitk.Euler2DTransform, sitk.AffineTransform)):
+        return transform
+    from CovidCTLib.longitudinal.registration import resample_to_spacing
+
+    grid = resample_to_spacing(reference, spacing_mm, sitk.sitkNearestNeighbor)
+    # pad the grid by two nodes so the field covers the whole reference box
+    spacing = np.array(grid.GetSpacing())
+    direction = np.array(grid.GetDirection()).reshape(grid.GetDimension(), -1)
+    origin = np.array(grid.GetOrigin()) - direction @ (2 * spacing)
+    size = [int(n) + 4 for n in grid.GetSize()]
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, origin.tolist(),
+                                              spacing.tolist(), grid.GetDirection())
+    return sitk.DisplacementFieldTransform(field)
 
 
 def displacement_error_mm(
