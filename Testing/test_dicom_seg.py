@@ -104,3 +104,34 @@ def test_dicom_seg_needs_a_dicom_input(tmp_path):
     with pytest.raises(CovidCTError, match="DICOM"):
         write_dicom_seg(result, tmp_path / "segmentation.dcm")
     assert not (tmp_path / "segmentation.dcm").exists()
+
+
+def test_dicom_seg_of_the_real_ricord_series(tmp_path, shared_data):
+    folder = shared_data / "ricord_1a_covid_chest_ct" / "dicom"
+    if not folder.is_dir():
+        pytest.skip("RICORD series not available")
+    ct = load_ct(folder)
+    hu = ct.array
+    lungs = np.zeros(ct.shape, np.uint8)
+    band = slice(100, 140)  # 40 slices keep the test short; frames outside are empty and omitted
+    lungs[band, 150:350, 60:250][hu[band, 150:350, 60:250] < -500] = 1
+    lungs[band, 150:350, 260:450][hu[band, 150:350, 260:450] < -500] = 2
+    infection = np.zeros_like(lungs)
+    infection[(lungs > 0) & (hu > -700) & (hu < -300)] = 1
+    result = AnalysisResult(ct=ct, lungs=lungs, infection=infection)
+    seg = hd.seg.segread(write_dicom_seg(result, tmp_path / "ricord.dcm"))
+    assert seg.FrameOfReferenceUID == ct.frame_of_reference_uid and seg.StudyInstanceUID == ct.study_uid
+    image = ct.image
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    uid_by_z = {}
+    for f in ct.dicom_files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        offset = (np.array(ds.ImagePositionPatient, float) - np.array(image.GetOrigin())) @ normal
+        uid_by_z[int(round(offset / image.GetSpacing()[2]))] = ds.SOPInstanceUID
+    assert sorted(uid_by_z) == list(range(ct.shape[0]))
+    for z in (100, 120, 139):
+        uid = uid_by_z[z]
+        pixels = seg.get_pixels_by_source_instance([uid], segment_numbers=[1, 2, 3])[0]
+        np.testing.assert_array_equal(pixels[..., 0] > 0, lungs[z] == 1)
+        np.testing.assert_array_equal(pixels[..., 1] > 0, lungs[z] == 2)
+        np.testing.assert_array_equal(pixels[..., 2] > 0, infection[z] == 1)

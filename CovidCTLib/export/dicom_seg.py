@@ -19,6 +19,7 @@ Only possible when the input was a DICOM series (``CTVolume.dicom_files`` lists 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import highdicom as hd
@@ -137,6 +138,13 @@ def build_dicom_seg(result) -> hd.seg.Segmentation:
         descriptions.append(description)
 
     first = sources[0]
+    with warnings.catch_warnings():
+        # single-component patient names (common in anonymised data) are copied as they are
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+        return _segmentation(sources, pixel_array, descriptions, first, result)
+
+
+def _segmentation(sources, pixel_array, descriptions, first, result) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
