@@ -196,7 +196,7 @@ def _lesion_specs(rng: np.random.Generator) -> list[dict[str, Any]]:
         {"type": "GGO", "side": -1, "w": jit(-0.45), "v": jit(0.25), "lat": 0.22, "r": 0.17},
         {"type": "GGO", "side": 1, "w": jit(0.42), "v": jit(-0.05), "lat": 0.19, "r": 0.13},
         {"type": "GGO", "side": 1, "w": jit(-0.3), "v": jit(-0.2), "lat": 0.2, "r": 0.15},
-        {"type": "mixed", "side": -1, "w": jit(0.05), "v": jit(-0.1), "lat": 0.2, "r": 0.15, "core": 0.45},
+        {"type": "mixed", "side": -1, "w": jit(0.05), "v": jit(-0.1), "lat": 0.2, "r": 0.15, "core": 0.6},
         {"type": "consolidation", "side": 1, "w": jit(-0.5), "v": 0.5, "lat": 0.0, "r": 0.16, "pleural": True},
     ]
 

@@ -31,6 +31,9 @@ from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = True
+
 
 @dataclass
 class InfectionThresholds:
@@ -41,13 +44,15 @@ class InfectionThresholds:
         consolidation_min_hu / consolidation_max_hu: consolidation range, default -300 .. +50 HU.
         vessel_max_diameter_mm: dense structures thinner than this are vessels, not consolidation (5 mm).
         min_ggo_thickness_mm: ground-glass regions thinner than this (vessel rims, pleural partial volume,
-            fissures) are dropped (4 mm).
+            fissures) are dropped (6 mm).
         vessel_elongation: a dense component whose principal-axis length ratio exceeds this and whose volume
             is below ``vessel_max_ml`` is a vessel (4.0, 10 mL).
         min_lesion_ml: lesions (26-connected components) smaller than this are dropped (0.05 mL = 50 mm3).
         pleural_margin_mm: ground glass lying only within this distance of the lung surface (partial volume
             at the pleura and the diaphragm, dependent density) is dropped; ground glass reaching deeper is
             kept up to the pleura (5 mm).
+        vessel_rim_voxels: ground-glass voxels within this many in-plane voxels of a vessel (dense voxel
+            outside the consolidation support) are partial volume, not lesion (1).
         coarse_spacing_mm: grid ``(z, y, x)`` on which the thickness rules run.
     """
 
@@ -56,11 +61,12 @@ class InfectionThresholds:
     consolidation_min_hu: float = -300.0
     consolidation_max_hu: float = 50.0
     vessel_max_diameter_mm: float = 5.0
-    min_ggo_thickness_mm: float = 4.0
+    min_ggo_thickness_mm: float = 6.0
     vessel_elongation: float = 4.0
     vessel_max_ml: float = 10.0
     min_lesion_ml: float = 0.05
     pleural_margin_mm: float = 5.0
+    vessel_rim_voxels: int = 1
     coarse_spacing_mm: tuple[float, float, float] = (2.5, 2.0, 2.0)
 
     def validate(self) -> None:
@@ -175,6 +181,11 @@ def segment_infection_classical(
     smooth = ndimage.uniform_filter(np.asarray(hu, dtype=np.float32), size=(1, 3, 3))
     cons = dense_f & lung_b & (smooth >= th.consolidation_min_hu) & (smooth <= th.consolidation_max_hu)
     ggo = ggo_f & lung_b & (smooth >= th.ggo_min_hu) & (smooth < th.ggo_max_hu) & ~cons
+    if th.vessel_rim_voxels > 0:
+        # partial-volume rim around vessels (dense but outside the consolidation support)
+        vessel = lung_b & (smooth >= th.consolidation_min_hu) & ~dense_f
+        rim = ndimage.binary_dilation(vessel, structure=_IN_PLANE, iterations=th.vessel_rim_voxels)
+        ggo &= ~rim
     sub = np.zeros(hu.shape, dtype=np.uint8)
     sub[ggo] = GGO
     sub[cons] = CONSOLIDATION

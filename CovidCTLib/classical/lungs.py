@@ -6,12 +6,14 @@ Method (all heavy morphology on a coarse grid of about 2.5 x 2 x 2 mm, then refi
 1. Block-mean down-sampling; air-like voxels ``HU < threshold_hu`` (default -320 HU).
 2. Outside air: 2-D components touching the in-plane image border (every axial slice) and 3-D components
    touching the in-plane border are removed; lung candidates are the remaining 3-D components that are
-   not pure gas (mean above -960 HU) and at least ``min_component_fraction`` of the largest one. Pure-gas
-   pockets wrapped in soft tissue (stomach, bowel), which partial volume across a thin diaphragm can join
-   to a lung, are cut away.
-3. Airways: the trachea is found in the upper slices as a small, compact air region near the midline and
-   tracked slice by slice towards the feet; at the carina it splits into the main bronchi, each followed
-   until it merges with a large lung region. The tracked airway (dilated by one coarse voxel) is removed.
+   not pure gas (on average at most 60 % of voxels below -950 HU) and at least ``min_component_fraction``
+   of the largest one. Pure-gas pockets wrapped in soft tissue (stomach, bowel), which partial volume
+   across a thin diaphragm can join to a lung, are cut away.
+3. Airways: the trachea is found in the upper slices as a small air region near the midline and tracked
+   slice by slice towards the feet; at the carina it splits into the main bronchi, each followed until it
+   merges with a large lung region (where it touches a lung through a thin wall only its lumen, below
+   -950 HU, is followed). The lumen is then followed a little further (15 mm) into the lung; the airway
+   (dilated by one coarse voxel) is removed.
 4. Right/left split: components are assigned to a side by their centroid relative to the body midline
    (direction-aware: patient right is -x in LPS). When the lungs touch (anterior/posterior junction) the
    mask is eroded (Euclidean distance threshold) until both sides separate, and every voxel then takes the
@@ -54,31 +56,37 @@ class LungParameters:
         coarse_spacing_mm: target spacing ``(z, y, x)`` of the coarse grid used for morphology.
         min_component_fraction: lung candidates must be at least this fraction of the largest lung-like
             air component.
-        gas_mean_hu: air components whose mean (coarse) HU is below this are gas (stomach, bowel), not lung.
+        gas_fraction: air components in which, on average, more than this fraction of the full-resolution
+            voxels is below ``lumen_hu`` are gas (stomach, bowel), not lung (lung parenchyma: a few %).
         min_lung_ml: below this total the result is refused (no lung found).
         trachea_area_mm2: plausible trachea cross-section range.
         hull_medial_fraction: a convex-hull region is accepted only if its centroid is at least this fraction
             of the lung centroid's distance away from the midline (rejects heart/aorta concavities).
+        max_hull_fraction: a hull region larger than this fraction of the aerated lung in the slice is not
+            taken (the diaphragm dome under a thin basal crescent of lung).
         closing_radius_mm: final per-slice closing radius.
         max_split_erosion_mm: deepest erosion tried to separate touching lungs.
         lumen_hu / lumen_reach_mm: after tracking, the bronchial lumen (below ``lumen_hu``) is followed for at
             most ``lumen_reach_mm`` to remove the bronchi where they enter the lung.
         gas_pocket_ml: pure-gas regions at least this big that are wrapped in soft tissue (stomach, bowel,
-            trachea) are cut away even when partial volume joins them to the lungs.
+            trachea) are cut away even when partial volume joins them to the lungs; "wrapped" means at least
+            ``gas_wall_fraction`` of a ring 1-3 coarse voxels around them is soft tissue (a bulla: about 0).
     """
 
     threshold_hu: float = -320.0
     coarse_spacing_mm: tuple[float, float, float] = (2.5, 2.0, 2.0)
     min_component_fraction: float = 0.03
-    gas_mean_hu: float = -960.0
+    gas_fraction: float = 0.6
     min_lung_ml: float = 20.0
     trachea_area_mm2: tuple[float, float] = (40.0, 900.0)
     hull_medial_fraction: float = 0.7
+    max_hull_fraction: float = 0.6
     closing_radius_mm: float = 3.0
     max_split_erosion_mm: float = 30.0
     lumen_hu: float = -950.0
     lumen_reach_mm: float = 15.0
     gas_pocket_ml: float = 5.0
+    gas_wall_fraction: float = 0.3
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -138,7 +146,8 @@ def _remove_outside_air(air: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _lung_candidates(inside: np.ndarray, hu: np.ndarray, params: LungParameters, voxel_ml: float) -> np.ndarray:
+def _lung_candidates(inside: np.ndarray, gas_frac: np.ndarray, params: LungParameters, voxel_ml: float
+                     ) -> np.ndarray:
     """Air components inside the body that look like lung: large, and not pure gas (stomach, bowel)."""
     lab, n = ndimage.label(inside)
     if n == 0:
@@ -149,9 +158,9 @@ def _lung_candidates(inside: np.ndarray, hu: np.ndarray, params: LungParameters,
     idx = lab.ravel()
     sizes = np.bincount(idx, minlength=n + 1).astype(float)
     sizes[0] = 0
-    mean_hu = np.bincount(idx, weights=hu.ravel(), minlength=n + 1) / np.maximum(sizes, 1)
-    # lung parenchyma contains vessels and interstitium: its mean is well above pure gas (-1000 HU)
-    lung_like = mean_hu > params.gas_mean_hu
+    mean_gas = np.bincount(idx, weights=gas_frac.ravel(), minlength=n + 1) / np.maximum(sizes, 1)
+    # lung parenchyma contains vessels and interstitium: few of its voxels are as dark as pure gas
+    lung_like = mean_gas <= params.gas_fraction
     lung_like[0] = False
     if not lung_like.any() or sizes[lung_like].max() * voxel_ml < params.min_lung_ml:
         largest = sizes.max() * voxel_ml
@@ -164,14 +173,15 @@ def _lung_candidates(inside: np.ndarray, hu: np.ndarray, params: LungParameters,
     return keep[lab]
 
 
-def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...],
+def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, gas_frac: np.ndarray, spacing: tuple[float, ...],
                  params: LungParameters) -> np.ndarray:
     """Pure-gas regions wrapped in soft tissue (stomach, bowel, trachea) joined to the lungs by partial volume.
 
-    Gas (coarse HU below ``lumen_hu``) components of at least ``gas_pocket_ml`` are removed when most of
-    their one-voxel shell is soft tissue; emphysematous bullae are wrapped in lung and are kept.
+    Gas components (coarse voxels at least half of whose fine voxels are below ``lumen_hu``) of at least
+    ``gas_pocket_ml`` are removed when a ring around them is mostly soft tissue; emphysematous bullae are
+    wrapped in lung and are kept.
     """
-    gas = candidates & (hu < params.lumen_hu)
+    gas = candidates & (gas_frac >= 0.5)
     out = np.zeros_like(candidates)
     lab, n = ndimage.label(gas)
     if n == 0:
@@ -182,18 +192,27 @@ def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, spacing: tuple[float, .
         if k == 0:
             continue
         box = ndimage.find_objects((lab == k).astype(np.uint8))[0]
-        box = tuple(slice(max(0, b.start - 1), min(n_, b.stop + 1)) for b, n_ in zip(box, lab.shape, strict=True))
+        box = tuple(slice(max(0, b.start - 4), min(n_, b.stop + 4)) for b, n_ in zip(box, lab.shape, strict=True))
         comp = lab[box] == k
-        shell = ndimage.binary_dilation(comp) & ~comp
+        # a ring a few millimetres out: beyond the blurred gas edge, where the wall or lung lies
+        near = ndimage.binary_dilation(comp, iterations=1)
+        shell = ndimage.binary_dilation(near, iterations=2) & ~near
         tissue = np.count_nonzero(shell & (hu[box] >= params.threshold_hu))
-        if tissue >= 0.5 * max(np.count_nonzero(shell), 1):
+        if tissue >= params.gas_wall_fraction * max(np.count_nonzero(shell), 1):
             out[box] |= comp
     return out
 
 
-def _track_airways(mask: np.ndarray, spacing: tuple[float, float, float], midline: float, lr_axis: int,
-                   params: LungParameters) -> np.ndarray:
-    """Trachea + main bronchi by slice-to-slice tracking from the top (canonical array)."""
+def _track_airways(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], midline: float,
+                   lr_axis: int, params: LungParameters) -> np.ndarray:
+    """Trachea + main bronchi by slice-to-slice tracking from the top (canonical array).
+
+    Start: the first slice (in the upper 35 % of the air region) holding a compact air region of trachea
+    size near the midline. Then, slice by slice, every air region overlapping the airway of the slice above
+    is taken while it stays airway-sized (at most 2.5 x the trachea area); where the airway touches a lung
+    in the slice (partial volume across a thin wall), only the lumen part (below ``lumen_hu``) is taken.
+    Tracking ends when nothing airway-sized continues.
+    """
     px_mm2 = spacing[1] * spacing[2]
     lo, hi = params.trachea_area_mm2
     airway = np.zeros_like(mask)
@@ -204,7 +223,7 @@ def _track_airways(mask: np.ndarray, spacing: tuple[float, float, float], midlin
     search_end = z_first + max(3, int(0.35 * (z_last - z_first + 1)))
     lr_in_plane = lr_axis - 1
     body_half_width = mask.shape[lr_axis] / 2.0
-    trachea_area = None
+    tracked_areas: list[int] = []
     prev = None
     for z in range(z_first, z_last + 1):
         sl = mask[z]
@@ -227,15 +246,28 @@ def _track_airways(mask: np.ndarray, spacing: tuple[float, float, float], midlin
                     best, best_d = k, d
             if best:
                 prev = lab == best
-                trachea_area = areas[best]
+                tracked_areas.append(int(areas[best]))
                 airway[z] = prev
             continue
-        hit = np.unique(lab[prev])
-        hit = hit[hit > 0]
-        accepted = [k for k in hit if areas[k] <= 2.5 * trachea_area]
-        if not accepted:
+        limit = 2.5 * float(np.median(tracked_areas[:5]))
+        cur = np.zeros_like(sl)
+        for k in np.unique(lab[prev]):
+            if k == 0:
+                continue
+            comp = lab == k
+            if areas[k] <= limit:
+                cur |= comp
+                continue
+            lumen, m = ndimage.label(comp & (hu[z] < params.lumen_hu), structure=_STRUCT_2D)
+            if m == 0:
+                continue
+            lumen_areas = np.bincount(lumen.ravel())
+            for j in np.unique(lumen[prev]):
+                if j and lumen_areas[j] <= limit:
+                    cur |= lumen == j
+        if not cur.any():
             break
-        cur = np.isin(lab, accepted)
+        tracked_areas.append(int(np.count_nonzero(cur)))
         airway[z] = cur
         prev = cur
     # a plausible trachea runs over several slices; a one-slice hit is noise
@@ -329,25 +361,6 @@ def _split(mask: np.ndarray, spacing: tuple[float, float, float], midline: float
     return out
 
 
-def _behind_lung(lung: np.ndarray, lab: np.ndarray, n: int, centre: tuple[float, float],
-                 spacing: tuple[float, ...], bins: int = 180) -> np.ndarray:
-    """Per component: fraction of its pixels seen from the lung centroid *behind* aerated lung.
-
-    A pleural lesion lies outside the aerated lung along rays from the centroid (lung first, then lesion);
-    a concavity that the lung wraps around (diaphragm dome) is met before any lung.
-    """
-    gy, gx = np.indices(lung.shape)
-    dy, dx = (gy - centre[0]) * spacing[0], (gx - centre[1]) * spacing[1]
-    radius = np.hypot(dy, dx)
-    angle_bin = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * bins).astype(int) % bins
-    r_in = np.full(bins, np.inf)
-    np.minimum.at(r_in, angle_bin[lung], radius[lung])
-    behind = (radius > r_in[angle_bin]).ravel()
-    idx = lab.ravel()
-    count = np.bincount(idx, minlength=n + 1).astype(float)
-    return np.bincount(idx, weights=behind, minlength=n + 1) / np.maximum(count, 1)
-
-
 def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...],
                bins: int = 180) -> np.ndarray:
     """Extend accepted pleural regions out to the interpolated pleura.
@@ -398,14 +411,17 @@ def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: 
 
 
 def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane: int,
-                     spacing: tuple[float, ...], params: LungParameters) -> np.ndarray:
+                     spacing: tuple[float, ...], params: LungParameters, outside_joint: np.ndarray
+                     ) -> np.ndarray:
     """Dense regions between one lung slice and its convex hull that look like pleural lesions.
 
     A hull region is accepted when it is soft-tissue dense (mean -300..+150 HU, at most 40 % fat-like
     -200..-40 HU voxels, a share that partial-volume edges alone reach), does
     not lie towards the mediastinum (direction from the lung centroid within 60 degrees of medial, or
     centroid closer to the midline than ``hull_medial_fraction`` of the lung's distance: heart, aorta and
-    diaphragm-dome concavities), and is then extended out to the interpolated pleura.
+    diaphragm-dome concavities), faces the chest wall (most of the pixels just beyond its hull chord lie
+    outside the convex hull of *both* lungs: a concavity facing the mediastinum, like the heart, is inside
+    that joint hull), and is then extended out to the interpolated pleura.
     """
     ly, lx = (float(c.mean()) for c in np.nonzero(filled))
     if not filled[int(round(ly)), int(round(lx))]:
@@ -438,10 +454,14 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
         & (np.abs(comp_c - mid) >= params.hull_medial_fraction * abs(lung_c - mid))
         & (mean_hu > -300) & (mean_hu < 150)
         & (fat <= 0.4 * area)
+        & (area <= params.max_hull_fraction * np.count_nonzero(filled))
     )
     ok[0] = False
     if ok.any():
-        ok &= _behind_lung(filled, lab, n, (ly, lx), spacing) >= 0.6
+        beyond = ndimage.grey_dilation(lab, size=(5, 5)) * ~hull
+        edge = np.bincount(beyond.ravel(), minlength=n + 1).astype(float)
+        facing_wall = np.bincount(beyond.ravel(), weights=outside_joint.ravel(), minlength=n + 1)
+        ok &= facing_wall >= 0.5 * np.maximum(edge, 1)
     if not ok.any():
         return np.zeros_like(added)
     accepted = ndimage.binary_dilation(ok[lab], structure=_STRUCT_2D) & added
@@ -449,7 +469,7 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
 
 
 def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, spacing: tuple[float, ...],
-               params: LungParameters) -> np.ndarray:
+               params: LungParameters, joint_hull: np.ndarray) -> np.ndarray:
     """Fill holes and pleural dense lesions of one lung (canonical arrays)."""
     if not lung.any():
         return lung
@@ -460,6 +480,7 @@ def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, s
                             zip(box[1:], lung.shape[1:], strict=True))
     sub = ndimage.binary_fill_holes(lung[box])
     h = hu[box]
+    outside_joint = ~joint_hull[box]
     lr_in_plane = lr_axis - 1
     mid = midline - box[lr_axis].start
     radius = max(1, int(round(params.closing_radius_mm / min(spacing[1], spacing[2]))))
@@ -470,7 +491,7 @@ def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, s
             continue
         filled = ndimage.binary_fill_holes(sl)
         if np.count_nonzero(filled) >= 8:
-            filled |= _pleural_lesions(filled, h[z], mid, lr_in_plane, spacing[1:], params)
+            filled |= _pleural_lesions(filled, h[z], mid, lr_in_plane, spacing[1:], params, outside_joint[z])
         closed = ndimage.binary_closing(np.pad(filled, radius + 1), structure=selem)[
             radius + 1:-radius - 1, radius + 1:-radius - 1
         ]
@@ -516,20 +537,23 @@ def segment_lungs_classical(
     spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
     canon = _Canon(ct.image)
     hu_c = canon.to(hu_lr)
+    gas_c = canon.to(block_mean(hu < params.lumen_hu, factors))
     sp_c = canon.spacing(spacing_lr)
     voxel_ml_lr = float(np.prod(spacing_lr)) / 1000.0
 
     inside = _remove_outside_air(hu_c < params.threshold_hu)
-    candidates = _lung_candidates(inside, hu_c, params, voxel_ml_lr)
-    gas = _gas_pockets(candidates, hu_c, sp_c, params)
-    if gas.any():
-        candidates = _lung_candidates(candidates & ~ndimage.binary_dilation(gas), hu_c, params, voxel_ml_lr)
+    candidates = _lung_candidates(inside, gas_c, params, voxel_ml_lr)
     midline = _body_midline(hu_c, canon.lr_axis)
     if reporter:
         reporter.update(step, 0.25, "Lung segmentation: removing the airways")
-    airway = _track_airways(candidates, sp_c, midline, canon.lr_axis, params)
+    airway = _track_airways(candidates, hu_c, sp_c, midline, canon.lr_axis, params)
     airway = _grow_airways(airway, hu_c, candidates, sp_c, params.lumen_hu, params.lumen_reach_mm)
     airway_block = ndimage.binary_dilation(airway, iterations=1) if airway.any() else airway
+    gas = _gas_pockets(candidates & ~airway_block, hu_c, gas_c, sp_c, params)
+    if gas.any():
+        gas_block = ndimage.binary_dilation(gas, iterations=2)  # with the partial-volume rim
+        airway_block = airway_block | gas_block
+        candidates = _lung_candidates(candidates & ~gas_block, gas_c, params, voxel_ml_lr)
     lungs_air = candidates & ~airway_block
     lab, n = ndimage.label(lungs_air)
     if n:
@@ -542,8 +566,11 @@ def segment_lungs_classical(
     if reporter:
         reporter.update(step, 0.6, "Lung segmentation: filling lesions")
     labels_c = np.zeros(sides.shape, dtype=np.uint8)
+    joint_hull = np.zeros_like(lungs_air)
+    for z in np.flatnonzero(sides.any(axis=(1, 2))):
+        joint_hull[z] = convex_hull_image(sides[z] > 0)
     for value in (RIGHT_LUNG, LEFT_LUNG):
-        filled = _fill_lung(sides == value, hu_c, midline, canon.lr_axis, sp_c, params)
+        filled = _fill_lung(sides == value, hu_c, midline, canon.lr_axis, sp_c, params, joint_hull)
         labels_c[filled & (labels_c == 0)] = value
     labels_c[airway_block] = 0
     if reporter:
