@@ -230,3 +230,59 @@ def test_export_multiblock_and_result_input(tmp_path, phantom):
         tmp_path / "one" / "right_lung.stl", tmp_path / "one" / "left_lung.stl"]
     with pytest.raises(CovidCTError):
         export_surfaces(result, tmp_path, "dxf")
+
+
+@pytest.mark.parametrize("fmt", ["stl", "obj", "ply", "vtp"])
+def test_slicer_reads_the_meshes_as_lps(tmp_path, fmt):
+    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    image = _image((20, 20, 20), (1.0, 1.0, 1.0), origin=(10.0, 20.0, 30.0))
+    mask = np.zeros((20, 20, 20), bool)
+    mask[5:15, 4:12, 6:16] = True
+    poly = surfaces.labelmap_to_polydata(mask, image)
+    path = export_surfaces({"ggo": poly}, tmp_path, fmt)[0]
+    scene = slicer.vtkMRMLScene()
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLModelStorageNode")
+    storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemRAS)  # the file header must win
+    storage.SetFileName(str(path))
+    model.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(model) == 1
+    assert storage.GetCoordinateSystem() == slicer.vtkMRMLStorageNode.CoordinateSystemLPS
+    ras = vtk_to_numpy(model.GetPolyData().GetPoints().GetData())
+    lps = vtk_to_numpy(poly.GetPoints().GetData())
+    assert model.GetPolyData().GetNumberOfCells() == poly.GetNumberOfCells()
+    np.testing.assert_allclose(ras.mean(axis=0), lps.mean(axis=0) * [-1, -1, 1], atol=1e-3)
+
+
+def test_points_csv_for_paraview(tmp_path, phantom):
+    from CovidCTLib.export.points_csv import write_points_csv
+
+    result = AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection)
+    truth = np.zeros_like(phantom.infection)
+    truth[phantom.infection > 0] = 1
+    truth[0, 0, 0] = 2  # a ground-truth voxel outside the lungs is listed too
+    path = write_points_csv(result, tmp_path / "points.csv", ground_truth_infection=truth)
+    header = path.read_text().split("\n", 1)[0]
+    assert header == "x,y,z,value,lung,ground_truth"
+    table = np.loadtxt(path, delimiter=",", skiprows=1)
+    assert len(table) == int((phantom.lungs > 0).sum()) + 1
+    np.testing.assert_array_equal(np.bincount(table[:, 3].astype(int), minlength=3)[1:],
+                                  np.bincount(phantom.infection[phantom.lungs > 0], minlength=3)[1:])
+    corner = table[(table[:, 5] == 2)]
+    np.testing.assert_allclose(corner[0, :3], phantom.ct.image.TransformIndexToPhysicalPoint([0, 0, 0]), atol=1e-3)
+    # what ParaView does: CSV reader, then Table To Points
+    reader = vtk.vtkDelimitedTextReader()
+    reader.SetFileName(str(path))
+    reader.SetHaveHeaders(True)
+    reader.SetDetectNumericColumns(True)
+    to_points = vtk.vtkTableToPolyData()
+    to_points.SetInputConnection(reader.GetOutputPort())
+    to_points.SetXColumn("x")
+    to_points.SetYColumn("y")
+    to_points.SetZColumn("z")
+    to_points.Update()
+    cloud = to_points.GetOutput()
+    assert cloud.GetNumberOfPoints() == len(table)
+    assert cloud.GetPointData().GetArray("value") is not None
+    half = write_points_csv(result, tmp_path / "half.csv", step=2)
+    assert len(np.loadtxt(half, delimiter=",", skiprows=1)) == int((phantom.lungs[::2, ::2, ::2] > 0).sum())
