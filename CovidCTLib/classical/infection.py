@@ -162,13 +162,14 @@ def segment_infection_classical(
     hu_lr = block_mean(hu, factors)
     lung_lr = block_mean(lung_b.astype(np.uint8), factors) >= 0.5
 
-    # thickness rules on the coarse grid
-    abnormal = lung_lr & (hu_lr >= th.ggo_min_hu) & (hu_lr < th.ggo_max_hu)
-    ggo_support = ndimage.binary_opening(abnormal, structure=_ball(th.min_ggo_thickness_mm / 2.0, spacing_lr))
-    ggo_support = _drop_pleural_rim(ggo_support, lung_lr, spacing_lr, th.pleural_margin_mm)
+    # thickness rules on the coarse grid: dense support first (vessels out), then ground glass, which may
+    # lean on the dense support (a thin ground-glass halo around a consolidation is kept)
     dense = lung_lr & (hu_lr >= th.consolidation_min_hu)
     dense_support = ndimage.binary_opening(dense, structure=_ball(th.vessel_max_diameter_mm / 2.0, spacing_lr))
     dense_support = _drop_tubes(dense_support, spacing_lr, th.vessel_elongation, th.vessel_max_ml)
+    abnormal = (lung_lr & (hu_lr >= th.ggo_min_hu) & (hu_lr < th.ggo_max_hu)) | dense_support
+    ggo_support = ndimage.binary_opening(abnormal, structure=_ball(th.min_ggo_thickness_mm / 2.0, spacing_lr))
+    ggo_support = _drop_pleural_rim(ggo_support, lung_lr, spacing_lr, th.pleural_margin_mm)
     if reporter:
         reporter.update(step, 0.5, "Infection: excluding vessels")
     # one coarse voxel of margin so full-resolution lesion edges are not clipped

@@ -366,9 +366,9 @@ def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: 
     """Extend accepted pleural regions out to the interpolated pleura.
 
     The convex hull closes a pleural lesion with a straight chord; the real pleura bulges outwards. In
-    polar coordinates around the lung centroid the outline radius is interpolated linearly across the
-    angular range of the lesion (from the aerated outline on both sides), and dense non-fat, non-bone
-    tissue inside that radius is added.
+    polar coordinates around the lung centroid the outline radius is interpolated across the angular range
+    of the lesion (cubic Hermite from the aerated outline's radius and slope on both sides, limited to
+    0.8-1.3 x the end radii), and dense non-fat, non-bone tissue inside that radius is added.
     """
     yy, xx = np.nonzero(lung)
     if yy.size < 8:
@@ -402,8 +402,18 @@ def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: 
         if r1 <= 0 or r2 <= 0:
             continue
         arc = (np.arange(length + 2) + start - 1) % bins
+        # cubic Hermite across the gap, with the outline's slope on both sides (a pleura keeps curving)
+        k = 3
+        m1 = (r1 - r_out[(before - k) % bins]) / k if r_out[(before - k) % bins] > 0 else 0.0
+        m2 = (r_out[(after + k) % bins] - r2) / k if r_out[(after + k) % bins] > 0 else 0.0
+        t = np.linspace(0.0, 1.0, length + 2)
+        span = length + 1
+        h00, h10 = 2 * t**3 - 3 * t**2 + 1, t**3 - 2 * t**2 + t
+        h01, h11 = -2 * t**3 + 3 * t**2, t**3 - t**2
+        curve = h00 * r1 + h10 * span * m1 + h01 * r2 + h11 * span * m2
+        lo_r, hi_r = min(r1, r2), max(r1, r2)
         r_interp = np.zeros(bins)
-        r_interp[arc] = np.linspace(r1, r2, length + 2)
+        r_interp[arc] = np.clip(curve, 0.8 * lo_r, 1.3 * hi_r)
         in_arc = np.zeros(bins, dtype=bool)
         in_arc[arc] = True
         cap |= in_arc[angle_bin] & (radius <= r_interp[angle_bin]) & (hu > -300) & (hu < 150)
