@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -79,13 +80,21 @@ def offscreen_backend() -> str:
         if done.returncode == 0 and words[:1] == ["OK"]:
             os.environ.update(extra)
             return words[1] if len(words) > 1 else "vtkRenderWindow"
-        problems.append((done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1][:200])
+        problems.append(_last_message(done.stderr) or f"exit code {done.returncode}")
     raise RenderUnavailableError(
-        "3-D rendering is not available here (no offscreen OpenGL context: " + "; ".join(problems) + "). "
-        "Install Mesa EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or run under "
-        "a virtual X server (apt-get install xvfb; xvfb-run -a covidct ...). The reports are still written, "
-        "without the 3-D picture."
+        "3-D rendering is not available here (no offscreen OpenGL context: " + "; ".join(dict.fromkeys(problems))
+        + "). "
+        "Install Mesa EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa "
+        "(libosmesa6), or run under a virtual X server (apt-get install xvfb; xvfb-run -a covidct ...). "
+        "The reports are still written, without the 3-D picture."
     )
+
+
+def _last_message(stderr: str) -> str:
+    """The last line of a child's stderr without colour codes and VTK's log prefix."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in stderr.splitlines()]
+    lines = [line.split("| ", 1)[-1] for line in lines if line]
+    return lines[-1][:200] if lines else ""
 
 
 def render_surfaces_png(

@@ -23,6 +23,14 @@ from CovidCTLib.version import DISCLAIMER, __version__
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def _can_render() -> bool:
+    try:
+        render.offscreen_backend()
+    except render.RenderUnavailableError:
+        return False
+    return True
+
+
 def synthetic_report(ct, lungs: np.ndarray, infection: np.ndarray, probability: float | None) -> dict[str, Any]:
     """A report dict with the report.json structure, computed directly from the masks."""
     voxel = ct.voxel_volume_ml
@@ -140,9 +148,9 @@ def test_html_and_pdf_reports_hold_the_numbers_pictures_and_disclaimer(tmp_path,
     assert "Research software, not for diagnosis" in text and f"CovidCT {__version__}" in text
     assert "unet-2.1" in text
     assert "Doe^Jane" not in document and "PAT-98765" not in document and "19600101" not in document
-    # pictures are embedded (no external files): 3-D view, axial and coronal montages
+    # pictures are embedded (no external files): 3-D view (when OpenGL works here), axial and coronal montages
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', document)
-    assert len(images) == 3
+    assert len(images) == (3 if _can_render() else 2)
     assert all(base64.b64decode(data).startswith(PNG_SIGNATURE) for data in images)
     assert "<link" not in document and "http" not in document.lower().replace("http-equiv", "")
 
@@ -163,7 +171,7 @@ def test_pdf_first_page_renders_with_pictures(tmp_path, result):
     n_images = sum(
         1 for page in pdf for obj in page.get_objects(max_depth=2) if obj.type == pdfium.raw.FPDF_PAGEOBJ_IMAGE
     )
-    assert n_images >= 3
+    assert n_images >= (3 if _can_render() else 2)
     bitmap = pdf[0].render(scale=1.0).to_numpy()
     assert bitmap.shape[0] > 800 and bitmap.shape[1] > 500
     assert bitmap.std() > 10  # text and tables, not a blank page
@@ -192,7 +200,7 @@ def test_compare_section(tmp_path, result):
     document = (tmp_path / "c.html").read_text(encoding="utf-8")
     text = _html_text(document)
     assert "Change over time" in text and "follow-up 1" in text and "80.2" in text and "2.8" in text
-    assert len(re.findall(r"data:image/png;base64,", document)) == 4
+    assert len(re.findall(r"data:image/png;base64,", document)) == (4 if _can_render() else 3)
     write_pdf_report(result, tmp_path / "c.pdf", compare=compare)
     assert "follow-up 1" in " ".join(_pdf_pages(tmp_path / "c.pdf"))
 
