@@ -382,9 +382,9 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Saving the report failed.", waitCursor=True):
-            paths = self.logic.saveReport(
-                self._parameterNode.inputVolume, self._parameterNode.statisticsTable, folder, interactive=True
-            )
+            table = self._parameterNode.statisticsTable
+            volume = self.logic.inputVolumeOf(table) or self._parameterNode.inputVolume
+            paths = self.logic.saveReport(volume, table, folder, interactive=True)
             self._setStatus("Report saved: " + ", ".join(p.name for p in paths))
 
     def onExport(self) -> None:
@@ -392,7 +392,9 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            paths = self.logic.exportResults(self._parameterNode.inputVolume, folder, interactive=True)
+            table = self._parameterNode.statisticsTable
+            volume = self.logic.inputVolumeOf(table) or self._parameterNode.inputVolume
+            paths = self.logic.exportResults(volume, folder, interactive=True)
             self._setStatus(f"Exported {len(paths)} files to {folder}")
 
     def onCompare(self) -> None:
@@ -462,6 +464,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastResult = None
+        self.lastVolumeID = None  # the volume node lastResult belongs to
 
     def getParameterNode(self):
         return CovidCTParameterNode(super().getParameterNode())
@@ -549,6 +552,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         return nodes
 
     def _remember(self, inputVolume, nodes: dict[str, Any]) -> None:
+        self.lastVolumeID = inputVolume.GetID()
         inputVolume.SetAttribute("CovidCT.Segmentation", nodes["segmentation"].GetID())
         inputVolume.SetAttribute("CovidCT.Statistics", nodes["statistics"].GetID())
         report = getattr(self.lastResult, "report", None)
@@ -629,7 +633,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
 
     def resultFor(self, inputVolume, statisticsTable=None):
         """The analysis result of ``inputVolume`` (re-read from the scene when needed, e.g. after reload)."""
-        if self.lastResult is not None and self.lastResult.ct.source == inputVolume.GetName():
+        if self.lastResult is not None and self.lastVolumeID == inputVolume.GetID():
             return self.lastResult
         from CovidCTLib.mrml.segmentation import segment_array
         from CovidCTLib.results import AnalysisResult
@@ -666,6 +670,13 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         from CovidCTLib.mrml.dependencies import ensure_dependencies
 
         ensure_dependencies([group], interactive=True)
+
+    @staticmethod
+    def inputVolumeOf(resultNode):
+        """The volume a CovidCT result node (segmentation or table) was computed on, or None."""
+        if resultNode is None or not resultNode.GetAttribute("CovidCT.InputVolume"):
+            return None
+        return slicer.mrmlScene.GetNodeByID(resultNode.GetAttribute("CovidCT.InputVolume"))
 
     def saveReport(self, inputVolume, statisticsTable, folder, interactive: bool = False) -> list[Path]:
         """report.json + report.csv, and report.html/.pdf when the report module is installed."""
