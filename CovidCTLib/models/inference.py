@@ -162,12 +162,37 @@ def _volume_slices(ct: CTVolume) -> tuple[np.ndarray, sitk.Image, str]:
     return sitk.GetArrayFromImage(oriented), oriented, original
 
 
+_NORM_CACHE: dict[str, Any] = {}
+
+
+def _normalized(ct: CTVolume, arr: np.ndarray, z: int) -> np.ndarray:
+    """Slice ``z`` normalised at its own resolution (cached for the last CT: lungs then infection reuse it)."""
+    key = (id(ct.image), ct.image.GetSize(), ct.intensity)
+    if _NORM_CACHE.get("key") != key:
+        _NORM_CACHE.clear()
+        _NORM_CACHE.update(key=key, slices={})
+    slices = _NORM_CACHE["slices"]
+    if z not in slices:
+        slices[z] = normalize_slice(arr[z], ct.intensity, None, None).astype(np.float16)
+    return slices[z].astype(np.float32)
+
+
+def _fit(img01: np.ndarray, size: int) -> np.ndarray:
+    """Resize a normalised slice to the network size (bilinear, anti-aliased), keeping the [0, 1] range."""
+    from skimage.transform import resize
+
+    if img01.shape == (size, size):
+        return img01
+    return np.clip(resize(img01, (size, size), order=1, anti_aliasing=True, preserve_range=True), 0, 1).astype(
+        np.float32)
+
+
 def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
     model = get_model(LUNG_MODEL, device)
     arr, _, _ = _volume_slices(ct)
     size = model.input_size
-    inputs = [normalize_slice(s, ct.intensity, None, size)[None] for s in arr]
+    inputs = [_fit(_normalized(ct, arr, z), size)[None] for z in range(arr.shape[0])]
     probs = _predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs")
     return np.stack([p[1] for p in probs]).astype(np.float32)
 
@@ -204,12 +229,13 @@ def segment_infection_model(
     size = model.input_size
     inputs = []
     for z in zs:
-        img = normalize_slice(arr[z], ct.intensity, None, size)
+        img = _fit(_normalized(ct, arr, z), size)
         lm = normalize_slice(lung_o[z].astype(np.float32), "8bit", False, size) > 0.5
         inputs.append(np.stack([img, lm.astype(np.float32)]))
     probs = _predict_probs(model, inputs, [arr.shape[1:]] * len(zs), reporter, "infection")
     for z, p in zip(zs, probs, strict=True):
         out[z] = np.where(lung_o[z], p.argmax(0), 0).astype(np.uint8)
+    _NORM_CACHE.clear()  # the pipeline's lungs -> infection sequence is done with this CT
     if ct.image.GetDimension() == 3:
         out = _back(out, oriented, original, ct)
     return out.reshape(lungs.shape)
