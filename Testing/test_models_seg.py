@@ -207,3 +207,18 @@ def test_inference_on_phantom_with_shipped_models() -> None:
         inf = segment_infection_model(ph.ct, lungs, device="cpu")
         assert inf.shape == ph.ct.shape and not inf[lungs == 0].any()
         assert set(np.unique(inf).tolist()) <= {0, 1, 2}
+
+
+def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
+    if "lung" not in _shipped():
+        pytest.skip("lung model not shipped")
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.cli import main
+
+    data = _phantom_folder(tmp_path / "data", n=2)
+    out = tmp_path / "ft"
+    assert main(["finetune", "lung", "--data", f"nifti:{data}", "--out", str(out), "--epochs", "1",
+                 "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--threads", "1"]) == 0
+    assert "initialised from shipped model lung-attunet" in (out / "train.log").read_text()
+    manifest = registry.read_manifest("lung-attunet", out / "model")
+    assert manifest["training"]["init_from"] == "lung-attunet"

@@ -45,7 +45,8 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
         p.add_argument("--steps-per-epoch", type=int, default=None)
-        p.add_argument("--size", type=int, default=128, help="training slice size (default 128)")
+        p.add_argument("--size", type=int, default=None,
+                       help="training slice size (default 128; finetune: the shipped model's size)")
     else:
         p.add_argument("--split", default="all", choices=("all", "val"),
                        help="evaluate all slices, or only the grouped validation split of --seed")
@@ -58,7 +59,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
                 "val_fraction", "seed", "max_steps", "model"):
         value = getattr(args, key, None)
-        if value is not None and not (key == "size" and value == 128):
+        if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     return " ".join(shlex.quote(p) for p in parts)
 
@@ -71,7 +72,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr if args.lr is not None else d["lr"],
         "patience": args.patience if args.patience is not None else d["patience"],
         "seed": args.seed if args.seed is not None else 0,
-        "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size,
+        "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size or 128,
         "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
         "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
         "command": _command_line(args),
@@ -109,14 +110,18 @@ def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:
     if args.task == "classifier":
         _classifier("main_finetune")(args)
         return 0
+    from CovidCTLib.models.registry import read_manifest
     from CovidCTLib.models.train_seg import MODEL_NAMES, train
 
     kw = _seg_kwargs(args)
+    name = args.model or MODEL_NAMES[args.task]
+    if args.size is None:
+        kw["size"] = int(read_manifest(name)["input"]["size"])
     if args.epochs is None:
         kw["epochs"] = 5
     if args.lr is None:
         kw["lr"] = 5e-4
-    summary = train(args.task, args.data, args.out, init_from=args.model or MODEL_NAMES[args.task],
+    summary = train(args.task, args.data, args.out, init_from=name,
                     reporter=_reporter(cancel), **kw)
     print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
                       "best_dice": summary["best"]}))
