@@ -351,8 +351,9 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
 def test_compare_section(widget, module):
     """Compare is wired to the logic; without the longitudinal parts it says so instead of failing."""
     logic = module.module.CovidCTLogic()
-    base, _ = logic.createPhantomVolume(name="baseline", shape=(24, 48, 48), spacing=(6.0, 4.0, 4.0), seed=1)
-    follow, _ = logic.createPhantomVolume(name="followup", shape=(24, 48, 48), spacing=(6.0, 4.0, 4.0), seed=2)
+    base, _ = logic.createPhantomVolume(name="baseline", shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0), seed=1)
+    follow, _ = logic.createPhantomVolume(name="followup", shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0), seed=2)
+    widget._parameterNode.method = "classical"
     assert not widget.ui.compareButton.enabled
     widget._parameterNode.baselineVolume = base
     widget._parameterNode.followupVolume = follow
@@ -363,6 +364,13 @@ def test_compare_section(widget, module):
     else:
         with pytest.raises(ValueError, match="same volume"):
             logic.compare(base, base, interactive=False)
+        widget.ui.compareButton.emit("clicked(bool)", False)
+        assert widget.ui.compareStatusLabel.text.startswith("Comparison shown"), widget.ui.compareStatusLabel.text
+        names = [
+            module.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
+            for i in range(module.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+        ]
+        assert any("change" in name for name in names), names
 
 
 def test_auto_falls_back_when_model_packages_missing(module, monkeypatch):

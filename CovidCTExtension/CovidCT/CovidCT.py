@@ -404,7 +404,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
                 self.ui.compareStatusLabel.text = self.logic.compare(
-                    node.baselineVolume, node.followupVolume, device=node.device
+                    node.baselineVolume, node.followupVolume, method=node.method, device=node.device
                 )
         except Exception as error:
             self.ui.compareStatusLabel.text = f"Failed: {error}"
