@@ -129,6 +129,23 @@ def _validator(val: SliceSet, task: str, device: str, batch: int = 32):
     return validate
 
 
+def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit: int | None) -> SliceSet:
+    """Load the ``--data`` slices once; later runs (``--resume``) reuse ``<out>/cache/slices-*.npz``."""
+    import hashlib
+
+    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v1".encode()).hexdigest()[:16]
+    path = cache / f"slices-{key}.npz"
+    if path.is_file():
+        d = np.load(path, allow_pickle=False)
+        return SliceSet(d["img"], d["img_alt"], d["lung"], d["lung_known"], d["inf"], d["inf_kind"],
+                        d["groups"].tolist(), d["source"].tolist())
+    ss = load_sources(data, task, size, seed=seed, cache=cache, limit=limit)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, img=ss.img, img_alt=ss.img_alt, lung=ss.lung, lung_known=ss.lung_known, inf=ss.inf,
+             inf_kind=ss.inf_kind, groups=np.array(ss.groups), source=np.array(ss.source))
+    return ss
+
+
 def build_model(task: str) -> torch.nn.Module:
     """Untrained network for ``task`` (lung / infection)."""
     arch = ARCH[task]
@@ -175,7 +192,7 @@ def train(
 
     dev = pick_device(device)
     t0 = time.time()
-    all_data = _task_subset(load_sources(data, task, size, seed=seed, cache=out / "cache", limit=limit), task)
+    all_data = _task_subset(_load_cached(data, task, size, seed, out / "cache", limit), task)
     tr_idx, va_idx = grouped_split(all_data.groups, val_fraction, seed)
     train_set, val_set = all_data.subset(tr_idx), all_data.subset(va_idx)
     val_groups = sorted(set(val_set.groups))
