@@ -126,6 +126,14 @@ def test_outputs_written(phantom, compared):
         assert "SPACE=LPS" in (out / "change_new.vtk").read_bytes()[:200].decode("latin-1")
 
 
+def test_side_by_side_png(compared, tmp_path):
+    from CovidCTLib.longitudinal.figure import write_side_by_side_png
+
+    result, _ = compared
+    path = write_side_by_side_png([(result, "phantom")], tmp_path / "side.png")
+    assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 20_000
+
+
 def test_overwrite_refused(phantom, followup, compared):
     _, out = compared
     base = TimePoint(phantom.ct, phantom.lungs, phantom.infection, "baseline")

@@ -22,7 +22,7 @@ from scipy import ndimage
 from CovidCTLib.longitudinal import change as chg
 from CovidCTLib.longitudinal.compare import TimePoint, compare
 from CovidCTLib.longitudinal.quicklungs import quick_lungs
-from CovidCTLib.longitudinal.registration import RegistrationError
+from CovidCTLib.longitudinal.registration import RegistrationError, resample_to_spacing
 from CovidCTLib.longitudinal.synthetic import displacement_error_mm, known_transform, make_followup
 from CovidCTLib.volume import CTVolume
 
@@ -54,7 +54,9 @@ def lidc(shared_data):
     path = shared_data / "lidc_idri_chest_ct" / "LIDC-IDRI-0001.nii.gz"
     if not path.exists():
         pytest.skip(f"{path} not available")
-    ct = sitk.ReadImage(str(path))
+    # resampled to 2.5 mm in-plane (from 1.5 mm) to keep the test fast; still the real anatomy and HU
+    ct = resample_to_spacing(sitk.ReadImage(str(path)), 2.5, sitk.sitkLinear, -1024.0)
+    ct = sitk.Cast(ct, sitk.sitkInt16)
     lungs = quick_lungs(ct)
     return ct, lungs
 
@@ -70,7 +72,7 @@ def test_lidc_known_transform(lidc, tmp_path):
     result = compare([TimePoint(base_ct, lungs, infection, "baseline"),
                       TimePoint(fu.ct, fu.lungs, fu.infection, "followup")], tmp_path / "out")
     reg = result.registrations[1]
-    mean, p95 = displacement_error_mm(reg.transform, fu.transform, image, lungs > 0, step=97)
+    mean, p95 = displacement_error_mm(reg.transform, fu.transform, image, lungs > 0, step=31)
     assert mean < 1.5, f"mean displacement error {mean:.2f} mm"
     assert p95 < 3.0
     assert reg.lung_dice > 0.95
@@ -119,6 +121,6 @@ def test_sbu_two_timepoint_slices(shared_data, tmp_path):
         tfm = sitk.ReadTransform(str(tmp_path / patient / "transform_1.tfm"))
         assert tfm.GetDimension() == 2
         assert (tmp_path / patient / "trend.png").stat().st_size > 1000
-    # measured: 2 of 10 pairs pass the 2-D thresholds as they are; the others are at different slice levels
-    # or show no lung (abdominal slices)
+    # measured: 1 of 10 pairs (A048383) passes the 2-D thresholds; the other slices were taken at different
+    # levels (lung outlines differ: Dice 0.32-0.77, surface distance up to 18 mm) or show no lung (abdomen)
     assert passed >= 1
