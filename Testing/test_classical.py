@@ -194,3 +194,31 @@ def test_progress_and_cancel(phantom):
     token.cancel()
     with pytest.raises(CancelledError):
         segment_lungs_classical(phantom.ct, reporter=Reporter(None, token))
+
+
+def _lung_window_uint8(hu: np.ndarray) -> np.ndarray:
+    return (np.clip((hu + 1000.0) / 1000.0, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def test_slices2d_on_phantom_slices(phantom):
+    from CovidCTLib.classical.slices2d import segment_slice_classical
+
+    hu = phantom.ct.array
+    # a slice through the mixed lesion (GGO halo around a consolidation core)
+    mixed = [les for les in phantom.lesions if les["type"] == "mixed"][0]
+    z = int(round(mixed["centre_voxel"][0]))
+    image = _lung_window_uint8(hu[z])
+    lung = segment_slice_classical(image, "lung")
+    assert lung.dtype == np.uint8 and set(np.unique(lung)) <= {0, 1}
+    assert dice(lung > 0, phantom.lungs[z] > 0) > 0.9
+    infection = segment_slice_classical(image, "infection")
+    truth = phantom.infection[z] > 0
+    assert dice(infection > 0, truth) > 0.6
+    types = segment_slice_classical(np.stack([image] * 3, axis=-1), "lesion-type")
+    assert set(np.unique(types)) <= {0, 1, 2}
+    core = phantom.infection[z] == 2
+    assert np.mean(types[core] == 2) > 0.5
+    assert np.mean(types[(phantom.infection[z] == 1)] == 1) > 0.4
+    assert not segment_slice_classical(np.zeros((64, 64), np.uint8), "lung").any()
+    with pytest.raises(InputError):
+        segment_slice_classical(image, "vessels")
