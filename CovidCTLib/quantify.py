@@ -54,12 +54,14 @@ def severity_from_percent(percent: float) -> int:
     return 5
 
 
-def _superior_coordinate(image: sitk.Image, flat_index: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Physical superior (LPS z) coordinate in mm of flat ``(z, y, x)`` voxel indices."""
+def _superior_coordinate(image: sitk.Image, flat_index: np.ndarray, shape: tuple[int, ...],
+                         offset: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Physical superior (LPS z) coordinate in mm of flat ``(z, y, x)`` indices into a box at ``offset``."""
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     row = direction[2] * spacing  # d(z_phys) / d(i, j, k)
     k, j, i = np.unravel_index(flat_index, shape)
+    k, j, i = k + offset[0], j + offset[1], i + offset[2]
     coord = np.float64(image.GetOrigin()[2])
     out = np.full(flat_index.shape, coord, dtype=np.float64)
     for axis_coef, idx in ((row[0], i), (row[1], j), (row[2], k)):
@@ -94,6 +96,11 @@ def quantify(
             "masks must be computed on this CT."
         )
     voxel_ml = ct.voxel_volume_ml
+    # work inside the bounding box of the lungs (infection outside the lungs is ignored anyway)
+    box = _bounding_box(lungs)
+    offset = tuple(b.start for b in box)
+    full_lungs = lungs
+    lungs, infection = lungs[box], infection[box]
     shape = lungs.shape
 
     lung_flat = np.flatnonzero(lungs)
@@ -103,7 +110,7 @@ def quantify(
 
     # zone (0 upper, 1 middle, 2 lower) of every lung voxel, per lung, in patient space
     zone = np.zeros(lung_flat.shape, dtype=np.int64)
-    sup = _superior_coordinate(ct.image, lung_flat, shape) if lung_flat.size else np.zeros(0)
+    sup = _superior_coordinate(ct.image, lung_flat, shape, offset) if lung_flat.size else np.zeros(0)
     for side in (RIGHT_LUNG, LEFT_LUNG):
         sel = lung_lab == side
         if not sel.any():
@@ -177,9 +184,19 @@ def quantify(
                 "extent) of a 0-5 score of the infected percentage of the zone."
             ),
         },
-        "lesions": _lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml),
+        "lesions": _lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml, box) if full_lungs.any() else [],
         "voxel_volume_ml": voxel_ml,
     }
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of the non-zero voxels (the whole array when empty)."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(np.any(mask, axis=other))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, mask.shape[axis]))
+    return tuple(box)  # type: ignore[return-value]
 
 
 def _lesions(
@@ -189,8 +206,9 @@ def _lesions(
     lung_flat: np.ndarray,
     lung_zone: np.ndarray,
     min_lesion_ml: float,
+    box: tuple[slice, slice, slice],
 ) -> list[dict[str, Any]]:
-    """Connected infection components with type, size, density, position, lung and zone."""
+    """Connected infection components with type, size, density, position, lung and zone (masks cut to ``box``)."""
     inf = (infection > 0) & (lungs > 0)
     if not inf.any():
         return []
@@ -205,9 +223,10 @@ def _lesions(
         return []
     cls = infection.ravel()[flat]
     n_con = np.bincount(ids, weights=(cls == CONSOLIDATION), minlength=n + 1)
-    hu = sitk.GetArrayViewFromImage(ct.image).ravel()[flat].astype(np.float64)
+    hu = sitk.GetArrayViewFromImage(ct.image)[box].ravel()[flat].astype(np.float64)
     hu_sum = np.bincount(ids, weights=hu, minlength=n + 1)
     zz, yy, xx = np.unravel_index(flat, lab.shape)
+    zz, yy, xx = zz + box[0].start, yy + box[1].start, xx + box[2].start
     cz = np.bincount(ids, weights=zz, minlength=n + 1) / np.maximum(count, 1)
     cy = np.bincount(ids, weights=yy, minlength=n + 1) / np.maximum(count, 1)
     cx = np.bincount(ids, weights=xx, minlength=n + 1) / np.maximum(count, 1)
@@ -225,7 +244,7 @@ def _lesions(
         frac_con = float(n_con[k] / count[k])
         kind = "GGO" if frac_con < 0.10 else ("consolidation" if frac_con > 0.90 else "mixed")
         centre = (float(cz[k]), float(cy[k]), float(cx[k]))
-        box = boxes[k - 1]
+        bb = boxes[k - 1]
         lesions.append({
             "type": kind,
             "volume_ml": float(count[k] * voxel_ml),
@@ -233,7 +252,8 @@ def _lesions(
             "mean_hu": float(hu_sum[k] / count[k]),
             "centroid_voxel": list(centre),
             "centroid_mm": list(ct.image.TransformContinuousIndexToPhysicalPoint(centre[::-1])),
-            "bbox_voxel": [[b.start for b in box], [b.stop - 1 for b in box]],
+            "bbox_voxel": [[b.start + o.start for b, o in zip(bb, box, strict=True)],
+                           [b.stop - 1 + o.start for b, o in zip(bb, box, strict=True)]],
             "lung": SIDES.get(int(np.argmax(side_votes[k, 1:]) + 1), "right"),
             "zone": ZONES[int(np.argmax(zone_votes[k]))],
         })
