@@ -64,6 +64,8 @@ class LungParameters:
             of the lung centroid's distance away from the midline (rejects heart/aorta concavities).
         max_hull_fraction: a hull region larger than this fraction of the aerated lung in the slice is not
             taken (the diaphragm dome under a thin basal crescent of lung).
+        wall_midline_ratio: only hull pixels whose distance to the chest wall (outside the joint hull of
+            both lungs) is below this fraction of their distance to the midline can be lesion.
         closing_radius_mm: final per-slice closing radius.
         max_split_erosion_mm: deepest erosion tried to separate touching lungs.
         lumen_hu / lumen_reach_mm: after tracking, the bronchial lumen (below ``lumen_hu``) is followed for at
@@ -81,6 +83,7 @@ class LungParameters:
     trachea_area_mm2: tuple[float, float] = (40.0, 900.0)
     hull_medial_fraction: float = 0.7
     max_hull_fraction: float = 0.6
+    wall_midline_ratio: float = 0.6
     closing_radius_mm: float = 3.0
     max_split_erosion_mm: float = 30.0
     lumen_hu: float = -950.0
@@ -425,7 +428,8 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
                      ) -> np.ndarray:
     """Dense regions between one lung slice and its convex hull that look like pleural lesions.
 
-    A hull region is accepted when it is soft-tissue dense (mean -300..+150 HU, at most 40 % fat-like
+    Only hull pixels closer to the chest wall than ``wall_midline_ratio`` x their distance to the midline
+    are considered. A hull region is accepted when it is soft-tissue dense (mean -300..+150 HU, at most 40 % fat-like
     -200..-40 HU voxels, a share that partial-volume edges alone reach), does
     not lie towards the mediastinum (direction from the lung centroid within 60 degrees of medial, or
     centroid closer to the midline than ``hull_medial_fraction`` of the lung's distance: heart, aorta and
@@ -441,6 +445,12 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
     added = hull & ~filled
     if not added.any():
         return added
+    # keep the pixels nearer the chest wall (outside of the joint hull) than the midline: this splits a
+    # posterior lesion from the heart concavity when the hull joins them
+    d_wall = ndimage.distance_transform_edt(~outside_joint, sampling=spacing)
+    coords = np.indices(added.shape)[lr_in_plane].astype(float)
+    d_mid = np.abs(coords - mid) * spacing[lr_in_plane]
+    added &= d_wall < params.wall_midline_ratio * d_mid
     # separate regions that only touch at a hull vertex (e.g. the heart concavity and a posterior lesion)
     core = ndimage.binary_opening(added)
     lab, n = ndimage.label(core)
