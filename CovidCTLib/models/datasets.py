@@ -32,7 +32,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.models.normalization import normalize_slice, orient_lps, resize_mask
+from CovidCTLib.models.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
 
 # infection label kinds per slice
 INF_NONE, INF_BINARY, INF_MULTI = 0, 1, 2
@@ -74,16 +74,29 @@ class SliceSet:
         )
 
 
+# set by load_sources: crop every slice with a lung mask to the lung box (infection task)
+CROP_TO_LUNG = {"on": False}
+
+
 class _Builder:
     def __init__(self, size: int) -> None:
         self.size = size
+        self.crop = CROP_TO_LUNG["on"]
         self.rows: dict[str, list] = defaultdict(list)
 
     def add(self, img: np.ndarray, kind: str, lung: np.ndarray | None, inf: np.ndarray | None,
             inf_kind: int, group: str, source: str, clahe_default: bool) -> None:
         s = self.size
-        self.rows["img"].append(normalize_slice(img, kind, clahe_default, s).astype(np.float16))
-        self.rows["img_alt"].append(normalize_slice(img, kind, not clahe_default, s).astype(np.float16))
+        a = normalize_slice(img, kind, clahe_default, None)
+        b = normalize_slice(img, kind, not clahe_default, None)
+        box = lung_box(lung > 0) if (self.crop and lung is not None) else None
+        if self.crop and lung is not None and box is None:
+            return  # the infection network only sees slices with lung
+        if box is not None:
+            a, b, lung = a[box], b[box], lung[box]
+            inf = inf[box] if inf is not None else None
+        self.rows["img"].append(fit(a, s).astype(np.float16))
+        self.rows["img_alt"].append(fit(b, s).astype(np.float16))
         self.rows["lung"].append(resize_mask((lung > 0).astype(np.uint8), s) if lung is not None
                                  else np.ones((s, s), np.uint8))
         self.rows["lung_known"].append(lung is not None)
@@ -253,7 +266,11 @@ def detect_kind(path: Path) -> str:
 
 def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | None = None,
                  limit: int | None = None) -> SliceSet:
-    """Load a comma-separated ``--data`` specification (``kind:path`` or plain paths)."""
+    """Load a comma-separated ``--data`` specification (``kind:path`` or plain paths).
+
+    For the infection task every slice that has a lung mask is cropped to its lung box first.
+    """
+    CROP_TO_LUNG["on"] = task == "infection"
     sets = []
     for item in [s.strip() for s in spec.split(",") if s.strip()]:
         kind, _, path_s = item.partition(":") if item.split(":", 1)[0] in (

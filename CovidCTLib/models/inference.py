@@ -7,7 +7,8 @@
   are on the CT's own voxel grid. Results are mapped back to the original axis order.
 * Lungs: largest 3-D components kept, holes filled per slice, then right (1) / left (2) from
   ``CovidCTLib.classical.lungs.split_right_left``. Infection: only slices containing lung go through the
-  infection network; output is restricted to the lungs.
+  infection network, each cropped to its lung box (``normalization.lung_box``); output is restricted
+  to the lungs.
 * Progress via ``reporter.update`` (which also checks cancellation) after every batch.
 """
 
@@ -23,7 +24,7 @@ from scipy import ndimage as ndi
 
 from CovidCTLib.errors import InputError, ModelError
 from CovidCTLib.models import registry
-from CovidCTLib.models.normalization import normalize_slice, orient_lps
+from CovidCTLib.models.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -177,14 +178,7 @@ def _normalized(ct: CTVolume, arr: np.ndarray, z: int) -> np.ndarray:
     return slices[z].astype(np.float32)
 
 
-def _fit(img01: np.ndarray, size: int) -> np.ndarray:
-    """Resize a normalised slice to the network size (bilinear, anti-aliased), keeping the [0, 1] range."""
-    from skimage.transform import resize
-
-    if img01.shape == (size, size):
-        return img01
-    return np.clip(resize(img01, (size, size), order=1, anti_aliasing=True, preserve_range=True), 0, 1).astype(
-        np.float32)
+_fit = fit
 
 
 def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
@@ -226,15 +220,13 @@ def segment_infection_model(
         lung_o = lungs > 0
     out = np.zeros(arr.shape, np.uint8)
     zs = [z for z in range(arr.shape[0]) if lung_o[z].any()]
+    boxes = [lung_box(lung_o[z]) for z in zs]
     size = model.input_size
-    inputs = []
-    for z in zs:
-        img = _fit(_normalized(ct, arr, z), size)
-        lm = normalize_slice(lung_o[z].astype(np.float32), "8bit", False, size) > 0.5
-        inputs.append(np.stack([img, lm.astype(np.float32)]))
-    probs = _predict_probs(model, inputs, [arr.shape[1:]] * len(zs), reporter, "infection")
-    for z, p in zip(zs, probs, strict=True):
-        out[z] = np.where(lung_o[z], p.argmax(0), 0).astype(np.uint8)
+    inputs = [_infection_input(_normalized(ct, arr, z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
+    shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
+    probs = _predict_probs(model, inputs, shapes, reporter, "infection")
+    for z, box, p in zip(zs, boxes, probs, strict=True):
+        out[z][box] = np.where(lung_o[z][box], p.argmax(0), 0).astype(np.uint8)
     _NORM_CACHE.clear()  # the pipeline's lungs -> infection sequence is done with this CT
     if ct.image.GetDimension() == 3:
         out = _back(out, oriented, original, ct)
@@ -270,16 +262,24 @@ def segment_slice_images(
         return [m.astype(np.uint8) for m in lungs]
     inf_model = get_model(INFECTION_MODEL, device)
     size = inf_model.input_size
-    iin = []
-    for g, m in zip(grays, lungs, strict=True):
-        lm = normalize_slice(m.astype(np.float32), "8bit", False, size) > 0.5
-        iin.append(np.stack([normalize_slice(g, "8bit", False, size), lm.astype(np.float32)]))
-    iprobs = _predict_probs(inf_model, iin, [g.shape for g in grays], reporter, "infection")
+    full = [(slice(0, g.shape[0]), slice(0, g.shape[1])) for g in grays]
+    boxes = [lung_box(m) or f for m, f in zip(lungs, full, strict=True)]
+    iin = [_infection_input(normalize_slice(g, "8bit", False, None), m, box, size)
+           for g, m, box in zip(grays, lungs, boxes, strict=True)]
+    shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
+    iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     out = []
-    for p, m in zip(iprobs, lungs, strict=True):
-        lab = np.where(m, p.argmax(0), 0).astype(np.uint8)
+    for p, m, box in zip(iprobs, lungs, boxes, strict=True):
+        lab = np.zeros(m.shape, np.uint8)
+        lab[box] = np.where(m[box], p.argmax(0), 0)
         out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
     return out
+
+
+def _infection_input(norm: np.ndarray, lung: np.ndarray, box: tuple[slice, slice], size: int) -> np.ndarray:
+    """Two-channel infection-network input: the lung-box crop of the normalised slice and of the lung mask."""
+    lm = resize_mask(lung[box].astype(np.uint8), size).astype(np.float32)
+    return np.stack([_fit(norm[box], size), lm])
 
 
 def _clean_2d(mask: np.ndarray) -> np.ndarray:

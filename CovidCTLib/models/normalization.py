@@ -10,6 +10,7 @@ Normalisation id ``lungwin-minmax-clahe-v1`` (stored in every manifest as ``norm
    scikit-image units). Default on for HU volumes (so they resemble the CLAHE-processed training slices),
    off for 8-bit images (which already are display images). Training randomises it, so both work.
 4. Resize to the network's square input size (``size``; bilinear, anti-aliased); masks use nearest.
+   The infection network gets the crop of the normalised slice around the lungs (:func:`lung_box`).
 
 Orientation: the training slices are in the radiological display orientation (anterior at the top,
 patient right on the image left), which is what a SimpleITK ``array[z]`` slice of a volume oriented to LPS
@@ -92,6 +93,29 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of an integer label image."""
     shape = (size, size) if isinstance(size, int) else tuple(size)
     return resize(mask, shape, order=0, preserve_range=True, anti_aliasing=False).astype(mask.dtype)
+
+
+def lung_box(lung: np.ndarray, margin: float = 0.1) -> tuple[slice, slice] | None:
+    """Bounding box of a 2-D lung mask grown by ``margin`` of its size on each side (min 4 px), or None.
+
+    The infection network works on this crop of the normalised slice (the lungs fill its input, as in
+    the lung-region crops of the MedSeg training images), resized to its input size.
+    """
+    ys, xs = np.nonzero(lung)
+    if len(ys) == 0:
+        return None
+    h, w = lung.shape
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    my, mx = max(4, int(margin * (y1 - y0))), max(4, int(margin * (x1 - x0)))
+    return slice(max(0, y0 - my), min(h, y1 + my)), slice(max(0, x0 - mx), min(w, x1 + mx))
+
+
+def fit(img01: np.ndarray, size: int) -> np.ndarray:
+    """Resize a normalised ``[0, 1]`` slice to ``(size, size)`` (bilinear, anti-aliased)."""
+    if img01.shape == (size, size):
+        return img01.astype(np.float32)
+    out = resize(img01, (size, size), order=1, anti_aliasing=True, preserve_range=True)
+    return np.clip(out, 0, 1).astype(np.float32)
 
 
 def orient_lps(image: sitk.Image) -> sitk.Image:

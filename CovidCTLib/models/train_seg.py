@@ -133,7 +133,7 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
     """Load the ``--data`` slices once; later runs (``--resume``) reuse ``<out>/cache/slices-*.npz``."""
     import hashlib
 
-    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v1".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v2".encode()).hexdigest()[:16]
     path = cache / f"slices-{key}.npz"
     if path.is_file():
         d = np.load(path, allow_pickle=False)
@@ -242,6 +242,7 @@ def train(
         "architecture": ARCH[task],
         "input": {"channels": ARCH[task]["kwargs"]["in_channels"], "size": size,
                   "channel_meaning": ["normalised CT slice"] + (["lung mask 0/1"] if task == "infection" else []),
+                  "crop": "lung box (normalization.lung_box, 10 % margin)" if task == "infection" else "none",
                   "orientation": "axial slice, radiological display (SimpleITK array of an LPS-oriented volume)"},
         "output": {"classes": ["background", "lung"] if task == "lung"
                    else ["background", "ground-glass opacity", "consolidation"]},
