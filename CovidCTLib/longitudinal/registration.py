@@ -5,7 +5,7 @@ Stages (each multi-resolution, on a downsampled copy so that it stays fast on tw
 1. centring: the follow-up lung mask's centre of mass is moved onto the baseline's (image moments);
 2. rigid (Euler, 6 / 3 parameters in 3-D / 2-D);
 3. affine (12 / 6 parameters), started from the rigid result;
-4. optional deformable B-spline (control points about every 50 mm, fitted at 4 mm), started from the affine
+4. optional deformable B-spline (control points about every 70 mm, fitted at 4 mm), started from the affine
    result.
 
 The metric is Mattes mutual information on the lung-windowed CT (HU clamped to [-1000, 0]) evaluated only
@@ -34,7 +34,7 @@ from CovidCTLib.errors import AnalysisError
 from CovidCTLib.progress import Reporter
 
 #: B-spline control point spacing (mm) of the optional deformable stage
-BSPLINE_SPACING_MM = 50.0
+BSPLINE_SPACING_MM = 70.0
 
 
 class RegistrationError(AnalysisError):
