@@ -136,4 +136,4 @@ def train_loop(
             break
     if (out / "best.pt").is_file():
         model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
-    return {"best": best, "best_epoch": best_epoch + 1, "history": history, "last_epoch": epoch + 1}
+    return {"best": best, "best_epoch": best_epoch + 1, "history": history, "last_epoch": len(history)}
