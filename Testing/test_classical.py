@@ -222,3 +222,14 @@ def test_slices2d_on_phantom_slices(phantom):
     assert not segment_slice_classical(np.zeros((64, 64), np.uint8), "lung").any()
     with pytest.raises(InputError):
         segment_slice_classical(image, "vessels")
+
+
+def test_volume_stored_with_permuted_axes(phantom, lungs):
+    """Same scan stored with the cranio-caudal axis as array axis 1 (e.g. a coronal stack)."""
+    image = sitk.PermuteAxes(phantom.ct.image, [0, 2, 1])
+    seg = segment_lungs_classical(CTVolume(image=image, intensity="HU", source="permuted"))
+    labelmap = sitk.GetImageFromArray(seg)
+    labelmap.CopyInformation(image)
+    back = sitk.GetArrayFromImage(sitk.PermuteAxes(labelmap, [0, 2, 1]))
+    for side in (1, 2):
+        assert dice(back == side, lungs == side) > 0.98

@@ -26,6 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.classical.grid import block_factors, block_mean, upsample_nearest
+from CovidCTLib.classical.orientation import oriented_target
 from CovidCTLib.errors import InputError
 from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.progress import Reporter
@@ -157,7 +158,8 @@ def segment_infection_classical(
     box = ndimage.find_objects(lung.astype(np.uint8))[0]
     hu = sitk.GetArrayViewFromImage(ct.image)[box]
     lung_b = lung[box]
-    factors = block_factors(ct.spacing_zyx, th.coarse_spacing_mm, hu.shape, max_voxels=8_000_000)
+    target = oriented_target(ct.image, th.coarse_spacing_mm)
+    factors = block_factors(ct.spacing_zyx, target, hu.shape, max_voxels=8_000_000)
     spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
     hu_lr = block_mean(hu, factors)
     lung_lr = block_mean(lung_b.astype(np.uint8), factors) >= 0.5

@@ -38,7 +38,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image, disk
 
 from CovidCTLib.classical.grid import block_factors, block_mean, fine_box_of, upsample_nearest
-from CovidCTLib.classical.orientation import left_axis, superior_axis
+from CovidCTLib.classical.orientation import left_axis, oriented_target, superior_axis
 from CovidCTLib.errors import AnalysisError, InputError
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.progress import Reporter
@@ -536,7 +536,7 @@ def _coarse(ct: CTVolume, params: LungParameters) -> tuple[np.ndarray, np.ndarra
     import SimpleITK as sitk
 
     hu = sitk.GetArrayViewFromImage(ct.image)
-    factors = block_factors(ct.spacing_zyx, params.coarse_spacing_mm, ct.shape)
+    factors = block_factors(ct.spacing_zyx, oriented_target(ct.image, params.coarse_spacing_mm), ct.shape)
     return hu, block_mean(hu, factors), factors
 
 
@@ -662,7 +662,9 @@ def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float 
         return out
     import SimpleITK as sitk
 
-    factors = block_factors(ct.spacing_zyx, LungParameters().coarse_spacing_mm, ct.shape)
+    factors = block_factors(
+        ct.spacing_zyx, oriented_target(ct.image, LungParameters().coarse_spacing_mm), ct.shape
+    )
     mask_lr = block_mean(mask.astype(np.uint8), factors) >= 0.5
     if not mask_lr.any():
         mask_lr = block_mean(mask.astype(np.uint8), factors) > 0

@@ -41,3 +41,12 @@ def physical_points(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     origin = np.asarray(image.GetOrigin(), dtype=float)
     return origin + (idx * spacing) @ _direction(image).T
+
+
+def oriented_target(image: sitk.Image, target_zyx: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A per-array-axis spacing target given as (cranio-caudal, in-plane, in-plane) for axial scans:
+    the first value goes to whichever array axis is the patient's cranio-caudal one."""
+    axis, _ = superior_axis(image)
+    out = [float(target_zyx[1])] * 3
+    out[axis] = float(target_zyx[0])
+    return tuple(out)  # type: ignore[return-value]
