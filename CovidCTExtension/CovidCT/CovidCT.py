@@ -174,6 +174,8 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
+        self.logic.restoreComparisonLayout()  # a scene loaded before the panel was first opened
 
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -212,6 +214,10 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = None
             self._setStatus("Cancelled: the scene was closed.")
         self.setParameterNode(None)
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A loaded scene (.mrb) may hold a comparison: Slicer does not save layouts, so register it again."""
+        self.logic.restoreComparisonLayout()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -717,6 +723,14 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         slicer.app.applicationLogic().PropagateTableSelection()
 
     # ------------------------------------------------------------------------------------ longitudinal
+    def restoreComparisonLayout(self) -> bool:
+        """Re-register the side-by-side layout of a comparison saved in the scene; False when there is none."""
+        try:
+            from CovidCTLib.mrml.compare import restore_comparison_layout
+        except ImportError:
+            return False
+        return restore_comparison_layout(slicer.mrmlScene)
+
     def compare(
         self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto", interactive: bool = True
     ) -> str:
