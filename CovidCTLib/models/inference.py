@@ -181,6 +181,11 @@ def _normalized(ct: CTVolume, arr: np.ndarray, z: int) -> np.ndarray:
 _fit = fit
 
 
+def lung_threshold(device: str = "auto") -> float:
+    """Probability threshold of the lung model (``postprocess.threshold`` in its manifest, default 0.5)."""
+    return float(get_model(LUNG_MODEL, device).manifest.get("postprocess", {}).get("threshold", 0.5))
+
+
 def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
     model = get_model(LUNG_MODEL, device)
@@ -195,9 +200,10 @@ def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter |
     """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split)."""
     arr, oriented, original = _volume_slices(ct)
     prob = lung_probability(ct, device, reporter)
+    thr = lung_threshold(device)
     if ct.image.GetDimension() != 3:
-        return _split_sides((prob >= 0.5).reshape(ct.shape), ct)
-    mask = _clean_lungs(prob >= 0.5) if ct.is_3d else prob >= 0.5
+        return _split_sides((prob >= thr).reshape(ct.shape), ct)
+    mask = _clean_lungs(prob >= thr) if ct.is_3d else prob >= thr
     return _split_sides(_back(mask.astype(np.uint8), oriented, original, ct) > 0, ct)
 
 
@@ -256,7 +262,8 @@ def segment_slice_images(
     lung_model = get_model(LUNG_MODEL, device)
     lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
     lprobs = _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")
-    lungs = [(p[1] >= 0.5) for p in lprobs]
+    thr = lung_threshold(device)
+    lungs = [(p[1] >= thr) for p in lprobs]
     lungs = [_clean_2d(m) for m in lungs]
     if task == "lung":
         return [m.astype(np.uint8) for m in lungs]
