@@ -119,7 +119,13 @@ def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], 
         for z in range(arr.shape[0]):
             if truth[z].any() or pred[z].any():
                 it = {"source": group.split("/")[0], "id": f"{group}#{z}", "group": group}
-                rows.append(_row(it, pred[z].astype(np.uint8), truth[z].astype(np.uint8), task != "lung"))
+                row = _row(it, pred[z].astype(np.uint8), truth[z].astype(np.uint8), task != "lung")
+                if task == "lung" and inf is not None:  # is (synthetic) infection kept inside the lungs?
+                    row["_lesion_px"] = int((inf[z] > 0).sum())
+                    row["_lesion_inside"] = int(((inf[z] > 0) & pred[z]).sum())
+                    row["_cons_px"] = int((inf[z] == 2).sum())
+                    row["_cons_inside"] = int(((inf[z] == 2) & pred[z]).sum())
+                rows.append(row)
 
 
 def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,6 +144,11 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             key = f"_counts_{name}"
             if any(key in r for r in sel):
                 entry[f"dice_{name}_pooled"] = round(pooled_metrics([r[key] for r in sel if key in r])["dice"], 4)
+        if any("_lesion_px" in r for r in sel):
+            for key, label in (("lesion", "infection"), ("cons", "consolidation")):
+                total = sum(r.get(f"_{key}_px", 0) for r in sel)
+                inside = sum(r.get(f"_{key}_inside", 0) for r in sel)
+                entry[f"{label}_inside_predicted_lung"] = round(inside / total, 4) if total else None
         summary[src] = entry
     return summary
 
