@@ -1,0 +1,458 @@
+"""Training, fine-tuning and evaluation of the COVID vs non-COVID slice classifier.
+
+Entry points take an argparse namespace (``covidct train classifier`` / ``finetune`` / ``evaluate``):
+``data`` (folder with COVID/ and NonCOVID/), ``out``, ``epochs``, ``seed``, ``device``, ``resume``,
+``batch_size``, ``max_steps``; optional ``arch``, ``input_size``, ``lr``, ``val_fraction``, ``fold``,
+``patience``, ``cache_dir``, ``model``. Checkpoints are written every epoch (``last.pt``, resumable) and
+the best one by validation AUC (``best.pt``); the best is exported as an installable model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from CovidCTLib.atomic import atomic_path, write_text_atomic
+from CovidCTLib.errors import InputError
+from CovidCTLib.models.classifier import CROP_SIZE, ClassifierConfig, build_classifier, standardize
+from CovidCTLib.models.classifier_data import (
+    AugmentConfig,
+    Item,
+    augment_batch,
+    build_cache,
+    eval_batch,
+    grouped_split,
+    list_dataset,
+)
+from CovidCTLib.version import DISCLAIMER, __version__
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 60,
+    "seed": 0,
+    "device": "auto",
+    "resume": False,
+    "batch_size": 32,
+    "max_steps": None,
+    "arch": "efficientnet-b0",
+    "input_size": 160,
+    "lr": 2e-3,
+    "weight_decay": 5e-4,
+    "val_fraction": 0.2,
+    "fold": 0,
+    "patience": 20,
+    "cache_dir": None,
+    "ema_decay": 0.98,
+    "model": None,
+    "threads": 1,
+}
+
+
+def _opt(args: argparse.Namespace, name: str) -> Any:
+    value = getattr(args, name, None)
+    return DEFAULTS[name] if value is None else value
+
+
+def resolve_device(device: str | None, threads: int | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU with ``threads`` torch threads (default 1).
+
+    One thread is the default for training: on a shared 2-core machine under load, 2 threads measured
+    5-10x *slower* per image than 1 (OpenMP threads waiting on each other while the cores are busy).
+    """
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(max(1, int(threads or DEFAULTS["threads"])))
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------- metrics
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN with a single class."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds (descending scores)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    thr = np.r_[np.inf, np.unique(s)[::-1]]
+    tpr = np.array([(s[y] >= t).mean() if y.any() else 0.0 for t in thr])
+    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else 0.0 for t in thr])
+    return fpr, tpr, thr
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, F1, accuracy, sensitivity, specificity, precision at ``threshold``."""
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
+    sens = tp / max(tp + fn, 1)
+    spec = tn / max(tn + fp, 1)
+    prec = tp / max(tp + fp, 1)
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return {
+        "auc": round(roc_auc(y, scores), 4),
+        "f1": round(f1, 4),
+        "accuracy": round((tp + tn) / max(y.size, 1), 4),
+        "sensitivity": round(sens, 4),
+        "specificity": round(spec, 4),
+        "precision": round(prec, 4),
+        "threshold": threshold,
+        "n": int(y.size),
+        "n_positive": int(y.sum()),
+    }
+
+
+# ---------------------------------------------------------------- model helpers
+
+@torch.no_grad()
+def predict_crops(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device,
+                  batch_size: int = 64, tta: bool = True) -> np.ndarray:
+    """COVID probability for (B, 1, S, S) 0..1 crops; ``tta`` averages with the left-right flip."""
+    model.eval()
+    out = []
+    for i in range(0, crops_01.shape[0], batch_size):
+        x = standardize(crops_01[i:i + batch_size]).to(device)
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            p = torch.sigmoid(model(x).float())
+            if tta:
+                p = 0.5 * (p + torch.sigmoid(model(torch.flip(x, dims=[-1])).float()))
+        out.append(p.float().cpu().numpy().ravel())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
+    """Recompute BatchNorm running statistics as the exact average over ``batches`` ("precise BN").
+
+    MONAI's EfficientNet starts with tiny activations; exponential running statistics that still carry
+    their initial value (variance 1) shrink every layer's output in eval mode until the prediction is a
+    constant. Recomputing them from training crops before each evaluation removes that bias.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for x in batches:
+        model(standardize(x).to(device))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+
+
+class EMA:
+    """Exponential moving average of the weights (evaluated and exported instead of the raw weights)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+        for e, b in zip(self.model.buffers(), model.buffers(), strict=True):  # BN statistics: copied
+            e.copy_(b)
+
+
+def export_model(module: torch.nn.Module, config: ClassifierConfig, out_dir: Path, info: dict[str, Any]) -> dict[
+    str, Any
+]:
+    """Write an installable model folder (registry format): fp16 weights + manifest.json with SHA-256."""
+    from CovidCTLib.models.classifier_inference import WEIGHTS_FILE, classifier_manifest
+    from CovidCTLib.models.registry import save_model
+
+    return save_model(module, out_dir, classifier_manifest(config, info), weights_name=WEIGHTS_FILE)
+
+
+# ---------------------------------------------------------------- training
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray], list[int], list[int], Path]:
+    data = getattr(args, "data", None)
+    if not data or not Path(data).is_dir():
+        raise InputError(f"--data {data!r} is not a folder; give the folder holding COVID/ and NonCOVID/.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = list_dataset(data)
+    cache_dir = Path(_opt(args, "cache_dir") or out / "cache")
+    cache = build_cache(items, cache_dir, CROP_SIZE)
+    train_idx, val_idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
+                                       int(_opt(args, "fold")))
+    return items, cache, train_idx, val_idx, out
+
+
+def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | None = None,
+               config: ClassifierConfig | None = None) -> dict[str, Any]:
+    """Shared training loop for train / finetune. Returns the final summary (also in ``metrics.json``)."""
+    seed = int(_opt(args, "seed"))
+    device = resolve_device(_opt(args, "device"), _opt(args, "threads"))
+    items, cache, train_idx, val_idx, out = _prepare(args)
+    config = config or ClassifierConfig(arch=_opt(args, "arch"), input_size=int(_opt(args, "input_size")))
+    epochs, bs = int(_opt(args, "epochs")), int(_opt(args, "batch_size"))
+    max_steps = _opt(args, "max_steps")
+    lr, patience = float(_opt(args, "lr")), int(_opt(args, "patience"))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    model = build_classifier(config).to(device)
+    if init_state is not None:
+        model.load_state_dict({k: v.float() for k, v in init_state.items()})
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(_opt(args, "weight_decay")))
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / bs))
+    total = epochs * steps_per_epoch
+    warm = min(3 * steps_per_epoch, total // 10 + 1)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema = EMA(model, float(_opt(args, "ema_decay")))
+    labels = cache["labels"]
+    y_train = labels[train_idx]
+    pos_weight = torch.tensor([(y_train == 0).sum() / max((y_train == 1).sum(), 1)], dtype=torch.float32)
+    val_x = eval_batch(cache["crops"][val_idx], config.input_size)
+    start_epoch, step, best_auc, best_epoch, history = 0, 0, -1.0, -1, []
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if _opt(args, "resume") and last_path.exists():
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        ema.model.load_state_dict(ck["ema"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, step = ck["epoch"] + 1, ck["step"]
+        best_auc, best_epoch, history = ck["best_auc"], ck["best_epoch"], ck["history"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        _log(f"resumed from {last_path} at epoch {start_epoch}")
+    _log(f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
+         f"{epochs} epochs")
+    aug = AugmentConfig()
+    stop = False
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        t0 = time.time()
+        perm = rng.permutation(train_idx)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            if len(idx) < 2:
+                continue
+            x = augment_batch(cache["crops"][idx], cache["clahe"][idx], config.input_size, aug, rng)
+            x = standardize(x).to(device)
+            y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
+            y_s = y * 0.95 + 0.025  # label smoothing
+            with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+                logit = model(x).float().view(-1)
+            loss = F.binary_cross_entropy_with_logits(logit, y_s, pos_weight=pos_weight.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            ema.update(model)
+            losses.append(float(loss.detach()))
+            step += 1
+            if max_steps is not None and step >= int(max_steps):
+                stop = True
+                break
+        calib = eval_batch(cache["crops"][rng.choice(train_idx, min(len(train_idx), 4 * bs), replace=False)],
+                           config.input_size)
+        recalibrate_bn(ema.model, list(torch.split(calib, bs)), device)
+        p_val = predict_crops(ema.model, val_x, device, tta=False)
+        m = binary_metrics(labels[val_idx], p_val)
+        rec = {"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
+               "val_auc": m["auc"], "val_f1": m["f1"], "val_acc": m["accuracy"],
+               "lr": round(sched.get_last_lr()[0], 6), "seconds": round(time.time() - t0, 1)}
+        history.append(rec)
+        _log(json.dumps(rec))
+        if m["auc"] > best_auc:
+            best_auc, best_epoch = m["auc"], epoch
+            with atomic_path(best_path) as tmp:
+                torch.save({"ema": ema.model.state_dict(), "config": config.__dict__, "epoch": epoch,
+                            "val": m}, tmp)
+        with atomic_path(last_path) as tmp:
+            torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_auc": best_auc,
+                        "best_epoch": best_epoch, "history": history, "rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state(), "config": config.__dict__}, tmp)
+        if stop or epoch - best_epoch >= patience:
+            _log("stopping: " + ("max_steps reached" if stop else f"no AUC gain for {patience} epochs"))
+            break
+
+    # final: best checkpoint, validation with test-time augmentation, per-image CSV, exported model
+    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    ema.model.load_state_dict(best["ema"])
+    p_val = predict_crops(ema.model, val_x, device, tta=True)
+    final = binary_metrics(labels[val_idx], p_val)
+    _write_predictions(out / "val_predictions.csv", [items[i] for i in val_idx], p_val)
+    _write_history(out / "history.csv", history)
+    cmd = "covidct train classifier " + " ".join(
+        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in ("data", "out", "epochs", "seed", "arch", "input_size",
+                                                              "batch_size", "lr", "val_fraction", "fold")
+        if getattr(args, k, None) is not None or k in DEFAULTS)
+    summary = {
+        "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
+        "validation": final, "validation_no_tta_best": best["val"],
+        "n_train": len(train_idx), "n_val": len(val_idx),
+        "n_val_groups": len({items[i].group for i in val_idx}),
+        "seed": seed, "software_version": __version__, "training_command": cmd, "disclaimer": DISCLAIMER,
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
+    export_model(ema.model, config, out / "model", {
+        "metrics": {"grouped_validation": final},
+        "training": {"command": cmd, "seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history),
+                     "n_train": len(train_idx), "n_val": len(val_idx), "n_val_groups": summary["n_val_groups"],
+                     "data": "COVID-CT dataset (Zhao et al., arXiv:2003.13865; 8-bit images from papers), "
+                             "grouped by source (paper / series) for the split",
+                     "licence": "research use only (each image's copyright stays with its publisher)"},
+    })
+    _log("final validation (TTA): " + json.dumps(final))
+    return summary
+
+
+def _write_predictions(path: Path, items: list[Item], probs: np.ndarray) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "group", "label", "covid_probability"])
+    for it, p in zip(items, probs, strict=True):
+        w.writerow([it.path, it.group, it.label, f"{p:.5f}"])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]))
+    w.writeheader()
+    w.writerows(history)
+    write_text_atomic(path, buf.getvalue())
+
+
+def main_train(args: argparse.Namespace) -> dict[str, Any]:
+    """``covidct train classifier``: train from scratch (grouped split), export to ``<out>/model``."""
+    return train_loop(args)
+
+
+def main_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """``covidct finetune classifier``: continue from the installed (or ``--model``) classifier, lower LR."""
+    from CovidCTLib.models.classifier_inference import load_classifier
+
+    loaded = load_classifier(getattr(args, "model", None), device="cpu")
+    if getattr(args, "lr", None) is None:
+        args.lr = 3e-4
+    return train_loop(args, init_state=loaded.model.state_dict(), config=loaded.config)
+
+
+def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """``covidct evaluate classifier``: metrics, per-image CSV and ROC curve PNG on a labelled folder.
+
+    ``args.split``: ``all`` (default, every image: for a held-out test folder) or ``val`` (the grouped
+    validation split given by ``seed`` / ``val_fraction`` / ``fold``).
+    """
+    from CovidCTLib.models.classifier_inference import classify_images, load_classifier
+
+    data = getattr(args, "data", None)
+    if not data or not Path(data).is_dir():
+        raise InputError(f"--data {data!r} is not a folder; give the folder holding COVID/ and NonCOVID/.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = list_dataset(data)
+    if getattr(args, "split", "all") == "val":
+        _, idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
+                               int(_opt(args, "fold")))
+        items = [items[i] for i in idx]
+    loaded = load_classifier(getattr(args, "model", None), device=_opt(args, "device"))
+    probs = np.asarray(classify_images([it.path for it in items], device=_opt(args, "device"), loaded=loaded))
+    labels = np.array([it.label for it in items])
+    metrics = binary_metrics(labels, probs)
+    _write_predictions(out / "predictions.csv", items, probs)
+    _plot_roc(out / "roc.png", labels, probs, metrics, loaded.manifest)
+    result = {"metrics": metrics, "model": loaded.manifest.get("name"), "model_version": loaded.manifest.get(
+        "version"), "data": str(data), "split": getattr(args, "split", "all"), "software_version": __version__,
+        "disclaimer": DISCLAIMER}
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    print(json.dumps(metrics), file=sys.stderr)
+    return result
+
+
+def _plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, float],
+              manifest: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(5, 5.4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {metrics['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    ax.set_title(f"COVID classifier ROC (n = {metrics['n']})")
+    ax.legend(loc="lower right")
+    fig.text(0.01, 0.01, f"{manifest.get('name')} {manifest.get('version')} - CovidCT {__version__}. "
+             "Research software, not a diagnosis.", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train / evaluate the CovidCT COVID classifier (research use).")
+    p.add_argument("action", choices=["train", "finetune", "evaluate"])
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    for name in ("epochs", "seed", "batch_size", "max_steps", "input_size", "fold", "patience", "threads"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
+    for name in ("lr", "val_fraction"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
+    p.add_argument("--arch", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default=None)
+    p.add_argument("--split", default="all", choices=["all", "val"])
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--resume", action="store_true")
+    return p
+
+
+if __name__ == "__main__":  # python -m CovidCTLib.models.classifier_train train --data ... --out ...
+    a = _parser().parse_args()
+    {"train": main_train, "finetune": main_finetune, "evaluate": main_evaluate}[a.action](a)

@@ -1,0 +1,216 @@
+"""COVID classifier: grouped split, lung crop, pooling, smoke training + resume, inference, model errors."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CovidCTLib.errors import ModelError
+from CovidCTLib.models.classifier import crop_to_lungs, lung_bbox, lung_mask_from_unit, pool_probabilities
+from CovidCTLib.models.classifier_data import Item, group_of, grouped_split, list_dataset
+from CovidCTLib.models.classifier_inference import (
+    classify_images,
+    classify_scan,
+    default_model_dir,
+    load_classifier,
+)
+from CovidCTLib.volume import CTVolume
+
+
+def _chest(size: int = 96, covid: bool = False, seed: int = 0) -> np.ndarray:
+    """8-bit synthetic axial slice: grey body, two dark lungs, bright blobs in the lungs when ``covid``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size
+    img = np.zeros((size, size), np.float32)
+    img[((yy - 0.5) / 0.38) ** 2 + ((xx - 0.5) / 0.45) ** 2 < 1] = 170
+    for cx in (0.32, 0.68):
+        img[((yy - 0.5) / 0.26) ** 2 + ((xx - cx) / 0.13) ** 2 < 1] = 25
+    if covid:
+        for _ in range(4):
+            cy, cx = rng.uniform(0.35, 0.65), rng.choice([0.3, 0.7]) + rng.uniform(-0.04, 0.04)
+            img[((yy - cy) / 0.06) ** 2 + ((xx - cx) / 0.05) ** 2 < 1] = 120
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cls_data")
+    k = 0
+    for g in range(4):
+        for j in range(2):
+            _write_png(root / "COVID" / f"paper{g}-p{j + 1}-{k}_{j}.png", _chest(covid=True, seed=k))
+            _write_png(root / "NonCOVID" / f"{g * 10 + 3}_{j}.png", _chest(covid=False, seed=100 + k))
+            k += 1
+    return root
+
+
+def _args(data: Path, out: Path, **kw) -> argparse.Namespace:
+    base = dict(data=str(data), out=str(out), epochs=2, seed=1, device="cpu", resume=False, batch_size=8,
+                max_steps=None, arch="efficientnet-b0", input_size=32, val_fraction=0.5, patience=5)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from CovidCTLib.models.classifier_train import main_train
+
+    out = tmp_path_factory.mktemp("cls_run")
+    main_train(_args(tiny_dataset, out, epochs=1, max_steps=2))
+    return out
+
+
+def test_group_names() -> None:
+    assert group_of("2020.02.10.20021584-p6-52_0.png") == "2020.02.10.20021584"
+    assert group_of("PIIS0140673620301549_0_0.png") == "PIIS0140673620301549"
+    assert group_of("kjr-21-e24-p5-29.png") == "kjr-21-e24"
+    assert group_of("Recurrence-of-positive-SARS_2020-p1-21_0.png") == "Recurrence-of-positive-SARS"
+    assert group_of("10_3.png") == "10"
+    assert group_of("1029.png") == "1029"
+
+
+def test_grouped_split_never_shares_a_group() -> None:
+    rng = np.random.default_rng(3)
+    items = []
+    for g in range(40):
+        label = int(g % 3 == 0)
+        for j in range(int(rng.integers(1, 12))):
+            items.append(Item(f"/x/{g}_{j}.png", label, f"g{g}"))
+    for seed in range(5):
+        for fold in range(5):
+            train, val = grouped_split(items, 0.2, seed, fold)
+            assert sorted(train + val) == list(range(len(items)))
+            assert not {items[i].group for i in train} & {items[i].group for i in val}
+            assert {items[i].label for i in val} == {0, 1}
+    # the same seed gives the same split
+    assert grouped_split(items, 0.2, 7) == grouped_split(items, 0.2, 7)
+
+
+def test_list_dataset_merges_consecutive_numeric_names(tmp_path: Path) -> None:
+    img = _chest()
+    for name in ("COVID/a-p1-1.png", "COVID/a-p2-2.png", "NonCOVID/1210.png", "NonCOVID/1211.png",
+                 "NonCOVID/1300.png", "NonCOVID/5_0.png", "NonCOVID/5_1.png"):
+        _write_png(tmp_path / name, img)
+    groups = {Path(it.path).name: it.group for it in list_dataset(tmp_path)}
+    assert groups["a-p1-1.png"] == groups["a-p2-2.png"]
+    assert groups["1210.png"] == groups["1211.png"] != groups["1300.png"]
+    assert groups["5_0.png"] == groups["5_1.png"]
+
+
+def test_lung_crop_on_synthetic_image() -> None:
+    size = 128
+    img = np.zeros((size, size), np.float32)
+    img[20:110, 10:118] = 170  # body
+    img[35:95, 22:55] = 20  # right lung
+    img[35:95, 72:105] = 20  # left lung
+    unit = img / 255.0
+    mask = lung_mask_from_unit(unit)
+    assert mask[60, 35] and mask[60, 90] and not mask[5, 5] and not mask[60, 64]
+    y0, y1, x0, x1 = lung_bbox(mask)
+    assert y0 <= 35 and y1 >= 95 and x0 <= 22 and x1 >= 105
+    assert y0 >= 25 and y1 <= 105  # margin is modest
+    crop, found = crop_to_lungs(unit, None, 64)
+    assert found and crop.shape == (64, 64)
+    assert crop.min() > 0.05  # the outside air is cropped away
+    flat, found_flat = crop_to_lungs(np.full((50, 70), 0.4, np.float32), None, 64)
+    assert not found_flat and flat.shape == (64, 64)
+    tiny = np.zeros((size, size), bool)
+    tiny[60:62, 60:62] = True
+    assert lung_bbox(tiny) is None  # tiny mask -> whole image
+
+
+def test_pooling_mean_and_top_k() -> None:
+    p = np.linspace(0.1, 1.0, 10)
+    mean, top, k = pool_probabilities(p)
+    assert mean == pytest.approx(0.55) and k == 1 and top == pytest.approx(1.0)
+    mean, top, k = pool_probabilities(p, top_fraction=0.25)
+    assert k == 3 and top == pytest.approx(0.9)
+    assert pool_probabilities([0.3])[1] == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        pool_probabilities([])
+
+
+def test_smoke_training_writes_checkpoint_and_resumes(trained: Path, tiny_dataset: Path) -> None:
+    from CovidCTLib.models.classifier_train import main_train
+
+    for name in ("last.pt", "best.pt", "metrics.json", "history.csv", "val_predictions.csv",
+                 "model/manifest.json", "model/covid-classifier.pt"):
+        assert (trained / name).is_file(), name
+    manifest = json.loads((trained / "model" / "manifest.json").read_text())
+    assert manifest["architecture"]["kwargs"]["model_name"] == "efficientnet-b0"
+    assert len(manifest["sha256"]) == 64 and manifest["task"] == "classification"
+    summary = main_train(_args(tiny_dataset, trained, epochs=2, max_steps=3, resume=True))
+    assert summary["epochs_run"] == 2  # one epoch from the first run + one after resuming
+    with open(trained / "history.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1]
+
+
+def test_exported_model_classifies_and_detects_tampering(trained: Path, tmp_path: Path) -> None:
+    probs = classify_images([_chest(covid=True), _chest(covid=False)], device="cpu", model_dir=trained / "model")
+    assert len(probs) == 2 and all(0.0 <= p <= 1.0 for p in probs)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in (trained / "model").iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    w = bad / "covid-classifier.pt"
+    w.write_bytes(w.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelError, match="checksum"):
+        load_classifier(bad, device="cpu")
+
+
+def test_evaluate_writes_roc_metrics_and_csv(trained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    from CovidCTLib.models.classifier_train import main_evaluate
+
+    res = main_evaluate(argparse.Namespace(data=str(tiny_dataset), out=str(tmp_path), model=str(trained / "model"),
+                                           device="cpu", split="all"))
+    assert set(res["metrics"]) >= {"auc", "f1", "accuracy", "sensitivity", "specificity"}
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(tmp_path / "predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) == 16
+
+
+def test_missing_model_raises_model_error_with_how_to(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="covidct train classifier --data"):
+        load_classifier(tmp_path / "no-model-here", device="cpu")
+
+
+def _volume() -> tuple[CTVolume, np.ndarray]:
+    try:
+        from CovidCTLib.phantom import make_phantom
+
+        ph = make_phantom(shape=(12, 96, 96), spacing=(5.0, 2.5, 2.5), seed=0)
+        return ph.ct, ph.lungs
+    except ImportError:
+        hu = np.full((12, 96, 96), -1000.0, np.float32)
+        lungs = np.zeros(hu.shape, np.uint8)
+        hu[:, 15:85, 8:88] = 40
+        hu[2:10, 25:75, 15:45] = -850
+        hu[2:10, 25:75, 52:82] = -850
+        lungs[2:10, 25:75, 15:45] = 1
+        lungs[2:10, 25:75, 52:82] = 2
+        img = sitk.GetImageFromArray(hu)
+        img.SetSpacing((2.5, 2.5, 5.0))
+        return CTVolume(image=img, intensity="HU", source="synthetic"), lungs
+
+
+def test_classify_scan_on_phantom_with_shipped_model() -> None:
+    if not (default_model_dir() / "manifest.json").is_file():
+        pytest.skip("no covid-classifier shipped in Resources/Models")
+    ct, lungs = _volume()
+    res = classify_scan(ct, lungs, device="cpu")
+    assert 0.0 <= res.probability <= 1.0 and 0.0 <= res.top_k_mean <= 1.0
+    assert res.n_slices == len(res.slice_probabilities) > 0
+    assert all(lungs[z].any() for z in res.slice_probabilities)
+    assert res.top_k_mean >= res.probability - 1e-9
