@@ -9,6 +9,7 @@ from typing import Any
 import slicer
 import vtk
 
+from CovidCTLib.report.report_json import lookup
 from CovidCTLib.version import DISCLAIMER
 
 #: (report key, measurement label, unit) of the main statistics rows, in display order.
@@ -25,16 +26,6 @@ STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = (
     ("infection.left_percent", "Involvement, left lung", "%"),
     ("severity_score.total", "CT severity score", "points"),
 )
-
-
-def lookup(report: dict[str, Any], dotted: str) -> Any:
-    """``report["a"]["b"]`` for ``"a.b"``; None when any part is missing."""
-    value: Any = report
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def _number(value: Any) -> float:

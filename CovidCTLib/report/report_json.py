@@ -85,7 +85,8 @@ def build_report(
     return report
 
 
-def _lookup(report: dict[str, Any], dotted: str) -> Any:
+def lookup(report: dict[str, Any], dotted: str) -> Any:
+    """``report["a"]["b"]`` for ``"a.b"``; None when any part is missing."""
     value: Any = report
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -96,12 +97,12 @@ def _lookup(report: dict[str, Any], dotted: str) -> Any:
 
 def report_csv_row(report: dict[str, Any]) -> dict[str, Any]:
     """Flatten a report into the fixed CSV columns."""
-    row = {column: _lookup(report, column) for column in CSV_COLUMNS}
-    row["source"] = _lookup(report, "input.source")
-    row["series_uid"] = _lookup(report, "input.series_uid")
+    row = {column: lookup(report, column) for column in CSV_COLUMNS}
+    row["source"] = lookup(report, "input.source")
+    row["series_uid"] = lookup(report, "input.series_uid")
     row["model_versions"] = ";".join(f"{k}={v}" for k, v in sorted((report["versions"]["models"]).items()))
     row["n_lesions"] = len(report.get("lesions") or [])
-    row["software_version"] = _lookup(report, "versions.covidct")
+    row["software_version"] = lookup(report, "versions.covidct")
     return row
 
 
