@@ -79,7 +79,8 @@ def _row(it: Item, pred: np.ndarray, truth: np.ndarray, multiclass: bool) -> dic
     return row
 
 
-def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path) -> None:
+def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path,
+                  keep: Any = None) -> None:
     from CovidCTLib.models.normalization import orient_lps
     from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
     from CovidCTLib.volume import CTVolume
@@ -87,6 +88,8 @@ def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], 
     cases: list[tuple[str, sitk.Image, np.ndarray | None, np.ndarray | None]] = []
     if kind == "lidc-synth":
         for f in sorted(root.glob("*.nii.gz")):
+            if keep is not None and not keep(f"synth/{f.name.split('.')[0]}"):
+                continue
             image = orient_lps(sitk.ReadImage(str(f)))
             hu = sitk.GetArrayFromImage(image).astype(np.float32)
             name = f.name.split(".")[0]
@@ -104,6 +107,8 @@ def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], 
             cases.append((f"synth/{name}", img, lung, inf))
     else:
         for img_p, mask_p, case in _nifti_pairs(root):
+            if keep is not None and not keep(f"nifti/{case}"):
+                continue
             img = sitk.ReadImage(str(img_p))
             lab = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_p)))
             cases.append((f"nifti/{case}", img, lab > 0 if task == "lung" else None,
@@ -188,13 +193,16 @@ def evaluate(
                 items = [items[i] for i in va]
             _eval_2d(task, items, rows)
         else:
-            before = len(rows)
-            _eval_volumes(task, root, kind, rows, seed, out / "cache")
-            if split == "val":
-                groups = [r["group"] for r in rows[before:]]
-                _, va = grouped_split(groups, val_fraction, seed)
-                keep = set(va.tolist())
-                rows[before:] = [r for i, r in enumerate(rows[before:]) if i in keep]
+            keep = None
+            if split == "val":  # the validation volumes of the grouped split (one entry per volume)
+                if kind == "lidc-synth":
+                    names = [f"synth/{f.name.split('.')[0]}" for f in sorted(root.glob("*.nii.gz"))]
+                else:
+                    names = [f"nifti/{case}" for _, _, case in _nifti_pairs(root)]
+                _, va = grouped_split(names, val_fraction, seed)
+                val_names = {names[i] for i in va}
+                keep = val_names.__contains__
+            _eval_volumes(task, root, kind, rows, seed, out / "cache", keep)
     if not rows:
         raise InputError("No labelled slices to evaluate in --data.")
     summary = _summarise(rows)
