@@ -15,7 +15,7 @@ Sources (``--data`` accepts a comma-separated list of ``kind:path`` or plain pat
 * ``nifti``: users' own labelled volumes: a folder with ``images/`` and ``masks/`` holding files of the same
   name, or files named ``<case>_img.nii.gz`` + ``<case>_seg.nii.gz``. Images in HU (or 8-bit). Masks: for
   the lung task any value > 0 is lung; for the infection task 1 = GGO, 2 = consolidation (multiclass), or
-  pass ``nifti-binary:`` for 0/1 infection masks. Group = case. Axial slices with a label (and every 4th
+  pass ``nifti-binary:`` for 0/1 infection masks. Group = case. Axial slices with a label (and every 2nd
   slice without) are used.
 """
 
@@ -159,11 +159,11 @@ def _volume_slices(
     b: _Builder, hu: np.ndarray, lung: np.ndarray | None, inf: np.ndarray | None, inf_kind: int,
     group: str, source: str, kind: str = "HU",
 ) -> None:
-    """Add the axial slices that contain a label (and every 4th slice without one)."""
+    """Add the axial slices that contain a label (and every 2nd slice without one)."""
     ref = lung if lung is not None else inf
     for z in range(hu.shape[0]):
         has = ref is not None and bool(ref[z].any())
-        if not has and z % 4:
+        if not has and z % 2:
             continue
         b.add(hu[z], kind, None if lung is None else lung[z], None if inf is None else inf[z], inf_kind,
               group, source, kind == "HU")

@@ -37,7 +37,7 @@ ARCH = {
                              "num_res_units": 1}},
 }
 SOURCE_WEIGHTS = {
-    "lung": {"png256": 0.6, "lidc-synth": 0.4, "nifti": 1.0},
+    "lung": {"png256": 0.5, "lidc-synth": 0.5, "nifti": 1.0},
     "infection": {"png256": 0.5, "medseg": 0.25, "lidc-synth": 0.25, "nifti": 1.0},
 }
 LICENCE_NOTE = (
@@ -133,7 +133,7 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
     """Load the ``--data`` slices once; later runs (``--resume``) reuse ``<out>/cache/slices-*.npz``."""
     import hashlib
 
-    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v2".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v3".encode()).hexdigest()[:16]
     path = cache / f"slices-{key}.npz"
     if path.is_file():
         d = np.load(path, allow_pickle=False)
