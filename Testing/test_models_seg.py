@@ -222,3 +222,18 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
     assert "initialised from shipped model lung-attunet" in (out / "train.log").read_text()
     manifest = registry.read_manifest("lung-attunet", out / "model")
     assert manifest["training"]["init_from"] == "lung-attunet"
+
+
+def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
+    from CovidCTLib.models.inference import _clean_lungs
+
+    hu = np.full((6, 40, 40), 40.0, np.float32)  # soft tissue
+    hu[:, 5:20, 5:18] = -850.0  # aerated lung
+    hu[:, 10:14, 8:12] = 30.0  # consolidation inside it
+    mask = np.zeros(hu.shape, bool)
+    mask[:, 5:20, 5:18] = True  # lung (with its lesion)
+    mask[:, 25:35, 22:35] = True  # false positive over solid tissue (liver-like)
+    out = _clean_lungs(mask, hu)
+    assert out[:, 10:14, 8:12].all()
+    assert not out[:, 25:35, 22:35].any()
+    assert _clean_lungs(mask).sum() == mask.sum()

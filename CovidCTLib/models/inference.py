@@ -5,7 +5,8 @@
   axial slice is normalised (:mod:`CovidCTLib.models.normalization`), resized to the network size, run in
   batches, and the class probabilities are resized back (bilinear) before the arg-max, so the labelmaps
   are on the CT's own voxel grid. Results are mapped back to the original axis order.
-* Lungs: largest 3-D components kept, holes filled per slice, then right (1) / left (2) from
+* Lungs: on HU volumes solid 2-D components (median > -200 HU: liver, spleen) are dropped, the largest
+  3-D components kept, holes filled per slice, then right (1) / left (2) from
   ``CovidCTLib.classical.lungs.split_right_left``. Infection: only slices containing lung go through the
   infection network, each cropped to its lung box (``normalization.lung_box``); output is restricted
   to the lungs.
@@ -120,8 +121,26 @@ def _predict_probs(
     return results
 
 
-def _clean_lungs(mask: np.ndarray) -> np.ndarray:
-    """Keep the large 3-D components (>= 10 % of the largest, at most 2) and fill holes per slice."""
+SOLID_COMPONENT_HU = -200.0
+
+
+def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
+    """Post-process a 3-D lung mask.
+
+    With HU: drop per-slice 2-D components whose median is above ``SOLID_COMPONENT_HU`` (solid organs
+    such as liver or spleen; lung, even with consolidation, contains aerated parts). Then keep the large
+    3-D components (>= 10 % of the largest, at most 2) and fill holes per slice (keeps dense lesions in).
+    """
+    mask = mask.copy()
+    if hu is not None:
+        for z in range(mask.shape[0]):
+            if not mask[z].any():
+                continue
+            lab2, n2 = ndi.label(mask[z])
+            med = ndi.median(hu[z], lab2, range(1, n2 + 1))
+            for i, m in enumerate(np.atleast_1d(med), start=1):
+                if m > SOLID_COMPONENT_HU:
+                    mask[z][lab2 == i] = False
     lab, n = ndi.label(mask)
     if n == 0:
         return mask
@@ -203,7 +222,8 @@ def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter |
     thr = lung_threshold(device)
     if ct.image.GetDimension() != 3:
         return _split_sides((prob >= thr).reshape(ct.shape), ct)
-    mask = _clean_lungs(prob >= thr) if ct.is_3d else prob >= thr
+    hu = arr if ct.intensity == "HU" else None
+    mask = _clean_lungs(prob >= thr, hu) if ct.is_3d else prob >= thr
     return _split_sides(_back(mask.astype(np.uint8), oriented, original, ct) > 0, ct)
 
 
