@@ -214,3 +214,26 @@ def test_classify_scan_on_phantom_with_shipped_model() -> None:
     assert res.n_slices == len(res.slice_probabilities) > 0
     assert all(lungs[z].any() for z in res.slice_probabilities)
     assert res.top_k_mean >= res.probability - 1e-9
+
+
+def test_radiological_view_flips_in_plane_only() -> None:
+    from CovidCTLib.models.classifier_inference import radiological_view
+
+    arr = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    lungs = (arr > 5).astype(np.uint8)
+    img = sitk.GetImageFromArray(arr)
+    same, same_l = radiological_view(arr, lungs, img)
+    assert np.array_equal(same, arr) and np.array_equal(same_l, lungs)
+    img.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))  # RAS-like columns/rows: both in-plane axes flipped
+    flipped, flipped_l = radiological_view(arr, lungs, img)
+    assert np.array_equal(flipped, arr[:, ::-1, ::-1]) and np.array_equal(flipped_l, lungs[:, ::-1, ::-1])
+
+
+def test_classify_path_on_an_image_file(trained: Path, tmp_path: Path) -> None:
+    from CovidCTLib.models.classifier_inference import classify_path, classify_path_details
+
+    png = tmp_path / "slice.png"
+    _write_png(png, _chest(covid=True))
+    p = classify_path(png, device="cpu", model_dir=trained / "model")
+    row = classify_path_details(png, device="cpu", model_dir=trained / "model")
+    assert 0.0 <= p <= 1.0 and row["kind"] == "image" and row["probability"] == pytest.approx(p, abs=1e-4)

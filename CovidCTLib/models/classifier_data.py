@@ -188,6 +188,15 @@ class AugmentConfig:
     blur_p: float = 0.2
 
 
+#: Named augmentation presets: ``heavy`` (the default) and ``medium`` (for short CPU schedules).
+AUGMENT_PRESETS = {
+    "heavy": AugmentConfig(),
+    "medium": AugmentConfig(scale=(0.7, 1.0), rotation_deg=10.0, flip_ud=0.0, gamma=(0.8, 1.25),
+                            contrast=(0.85, 1.15), brightness=0.05, noise_std=0.03, clahe_p=0.5, erase_p=0.3,
+                            blur_p=0.1),
+}
+
+
 def augment_batch(crops: np.ndarray, clahe: np.ndarray, size: int, cfg: AugmentConfig,
                   rng: np.random.Generator) -> torch.Tensor:
     """Random resized crop + rotation + flips (one affine grid-sample), CLAHE on/off, gamma/contrast,

@@ -159,6 +159,11 @@ def load_classifier(model_dir: str | Path | None = None, device: str | torch.dev
     folder = Path(model_dir) if model_dir else default_model_dir()
     if folder.is_file():
         folder = folder.parent
+    if model_dir and not folder.exists():  # a model *name* in the models folder
+        from CovidCTLib.models.registry import models_dir
+
+        if (models_dir() / str(model_dir)).is_dir():
+            folder = models_dir() / str(model_dir)
     manifest_path, dev = folder / "manifest.json", resolve_device(device)
     if not manifest_path.is_file():
         raise ModelError(f"{HOW_TO} (looked in {folder})")

@@ -27,7 +27,7 @@ from CovidCTLib.atomic import atomic_path, write_text_atomic
 from CovidCTLib.errors import InputError
 from CovidCTLib.models.classifier import CROP_SIZE, ClassifierConfig, build_classifier, standardize
 from CovidCTLib.models.classifier_data import (
-    AugmentConfig,
+    AUGMENT_PRESETS,
     Item,
     augment_batch,
     build_cache,
@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.98,
     "model": None,
     "threads": 1,
+    "aug": "heavy",
 }
 
 
@@ -262,7 +263,9 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
         _log(f"resumed from {last_path} at epoch {start_epoch}")
     _log(f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
          f"{epochs} epochs")
-    aug = AugmentConfig()
+    if _opt(args, "aug") not in AUGMENT_PRESETS:
+        raise InputError(f"--aug must be one of {', '.join(AUGMENT_PRESETS)}")
+    aug = AUGMENT_PRESETS[_opt(args, "aug")]
     stop = False
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -324,7 +327,7 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     _write_history(out / "history.csv", history)
     cmd = "covidct train classifier " + " ".join(
         f"--{k.replace('_', '-')} {_opt(args, k)}" for k in ("data", "out", "epochs", "seed", "arch", "input_size",
-                                                              "batch_size", "lr", "val_fraction", "fold")
+                                                              "batch_size", "lr", "val_fraction", "fold", "aug")
         if getattr(args, k, None) is not None or k in DEFAULTS)
     summary = {
         "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
@@ -445,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("lr", "val_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     p.add_argument("--arch", default=None)
+    p.add_argument("--aug", default=None, choices=sorted(AUGMENT_PRESETS))
     p.add_argument("--device", default="auto")
     p.add_argument("--model", default=None)
     p.add_argument("--split", default="all", choices=["all", "val"])
