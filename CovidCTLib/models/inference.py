@@ -274,7 +274,9 @@ def segment_slice_images(
     """Segment 8-bit axial CT images (display orientation); each result has its image's size.
 
     ``task``: ``lung`` (0/1), ``infection`` (0/1) or ``lesion-type`` (0 none, 1 GGO, 2 consolidation).
-    Infection needs lungs: the lung network runs first and infection is kept inside its mask.
+    Infection needs lungs: the lung network runs first; the infection network sees the lung-box crop and
+    its output is kept inside the lung mask. Images that are already lung-region crops (the lung box
+    covers >= 75 % of the image) are segmented without the lung mask (channel all ones, no restriction).
     """
     if task not in ("lung", "infection", "lesion-type"):
         raise InputError(f"unknown task {task!r}; use lung, infection or lesion-type.")
@@ -291,16 +293,27 @@ def segment_slice_images(
     size = inf_model.input_size
     full = [(slice(0, g.shape[0]), slice(0, g.shape[1])) for g in grays]
     boxes = [lung_box(m) or f for m, f in zip(lungs, full, strict=True)]
-    iin = [_infection_input(normalize_slice(g, "8bit", False, None), m, box, size)
-           for g, m, box in zip(grays, lungs, boxes, strict=True)]
+    # an image whose lung box fills most of it is a lung-region crop (like the MedSeg training images):
+    # the lung network is unreliable there, so the infection network gets "lung unknown" (all ones) and
+    # its output is not restricted to the lung mask
+    crops = [_box_area(b) >= CROP_IMAGE_FRACTION * g.size for b, g in zip(boxes, grays, strict=True)]
+    iin = [_infection_input(normalize_slice(g, "8bit", False, None), np.ones_like(m) if c else m, box, size)
+           for g, m, box, c in zip(grays, lungs, boxes, crops, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     out = []
-    for p, m, box in zip(iprobs, lungs, boxes, strict=True):
+    for p, m, box, c in zip(iprobs, lungs, boxes, crops, strict=True):
         lab = np.zeros(m.shape, np.uint8)
-        lab[box] = np.where(m[box], p.argmax(0), 0)
+        lab[box] = p.argmax(0) if c else np.where(m[box], p.argmax(0), 0)
         out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
     return out
+
+
+CROP_IMAGE_FRACTION = 0.75
+
+
+def _box_area(box: tuple[slice, slice]) -> int:
+    return (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
 
 
 def _infection_input(norm: np.ndarray, lung: np.ndarray, box: tuple[slice, slice], size: int) -> np.ndarray:
