@@ -205,6 +205,17 @@ def lung_threshold(device: str = "auto") -> float:
     return float(get_model(LUNG_MODEL, device).manifest.get("postprocess", {}).get("threshold", 0.5))
 
 
+def infection_threshold(device: str = "auto") -> float:
+    """Threshold on P(GGO) + P(consolidation) (``postprocess.threshold`` of the infection manifest, 0.5)."""
+    return float(get_model(INFECTION_MODEL, device).manifest.get("postprocess", {}).get("threshold", 0.5))
+
+
+def _infection_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """0 / 1 (GGO) / 2 (consolidation): infection where P(GGO) + P(cons) >= threshold, then the likelier type."""
+    infected = probs[1] + probs[2] >= threshold
+    return np.where(infected, np.where(probs[2] > probs[1], 2, 1), 0).astype(np.uint8)
+
+
 def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
     model = get_model(LUNG_MODEL, device)
@@ -251,8 +262,9 @@ def segment_infection_model(
     inputs = [_infection_input(_normalized(ct, arr, z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     probs = _predict_probs(model, inputs, shapes, reporter, "infection")
+    thr = infection_threshold(device)
     for z, box, p in zip(zs, boxes, probs, strict=True):
-        out[z][box] = np.where(lung_o[z][box], p.argmax(0), 0).astype(np.uint8)
+        out[z][box] = np.where(lung_o[z][box], _infection_labels(p, thr), 0).astype(np.uint8)
     _NORM_CACHE.clear()  # the pipeline's lungs -> infection sequence is done with this CT
     if ct.image.GetDimension() == 3:
         out = _back(out, oriented, original, ct)
@@ -302,9 +314,11 @@ def segment_slice_images(
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     out = []
+    ithr = infection_threshold(device)
     for p, m, box, c in zip(iprobs, lungs, boxes, crops, strict=True):
         lab = np.zeros(m.shape, np.uint8)
-        lab[box] = p.argmax(0) if c else np.where(m[box], p.argmax(0), 0)
+        labels = _infection_labels(p, ithr)
+        lab[box] = labels if c else np.where(m[box], labels, 0)
         out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
     return out
 
