@@ -18,11 +18,12 @@ from CovidCTLib.models.registry import MANIFEST, models_dir, sha256_file, verify
 from CovidCTLib.version import DISCLAIMER
 
 
-def _metrics_lines(metrics: dict[str, Any]) -> list[str]:
+def _metrics_lines(metrics: dict[str, Any], size: int) -> list[str]:
     lines = []
     for key, entry in metrics.items():
         if key == "validation_at_training_size":
-            lines.append(f"- validation at training size (128 px, during training): `{json.dumps(entry)}`")
+            lines.append(f"- validation at training size ({size} px, ground-truth lungs, during training): "
+                         f"`{json.dumps(entry)}`")
             continue
         if not isinstance(entry, dict) or "summary" not in entry:
             lines.append(f"- {key}: `{json.dumps(entry)}`")
@@ -38,6 +39,18 @@ def _metrics_lines(metrics: dict[str, Any]) -> list[str]:
             lines.append(f"| {src} | {s['n_images']} | {p['dice']} | {m['dice']} | {p['iou']} | {p['precision']} |"
                          f" {p['recall']} | {p['specificity']} | {extra} |")
         lines.append("")
+    return lines
+
+
+def _burden_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Unlabelled sanity check: infection burden with the shipped models (3-D HU inference)", "",
+             "| scan | lung ml | GGO ml | consolidation ml | burden % of lung |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['input']).parent.name if r['input'].endswith('dicom') else Path(r['input']).name}"
+                     f" | {r['lung_ml']} | {r['ggo_ml']} | {r['consolidation_ml']} | {r['burden_percent']} |")
+    lines += ["", "RICORD is a COVID-19 scan; the LIDC-IDRI scans are lung-cancer screening scans without COVID.", ""]
     return lines
 
 
@@ -59,8 +72,12 @@ def render_card(manifest: dict[str, Any]) -> str:
         f"- Normalisation: `{manifest['normalization']}` (see `CovidCTLib/models/normalization.py`)",
         f"- Weights: `{manifest['weights']}` ({manifest.get('weights_dtype', '')}), SHA-256 `{manifest['sha256']}`",
         "",
+        f"- Post-processing: `{json.dumps(manifest.get('postprocess', {}))}`",
+        "",
         "## Training",
-        f"- Command: `{t.get('command', '')}`",
+        f"- Last command: `{t.get('command', '')}`",
+        *[f"- Run history: `{h}`" for h in t.get("history", [])],
+        f"- Reproduce in one go: `{t.get('reproduce', t.get('command', ''))}`",
         f"- Seed {t.get('seed')}, epochs run {t.get('epochs_run')}, best epoch {t.get('best_epoch')}, "
         f"{t.get('train_slices')} training / {t.get('validation_slices')} validation slices, "
         f"{t.get('seconds')} s on {t.get('hardware', 'CPU (2 shared cores)')}",
@@ -69,8 +86,9 @@ def render_card(manifest: dict[str, Any]) -> str:
         f"- Licence: {t.get('licence', '')}",
         "",
         "## Measured metrics",
-        *_metrics_lines(manifest.get("metrics", {})),
+        *_metrics_lines(manifest.get("metrics", {}), int(manifest["input"]["size"])),
         "",
+        *_burden_lines(manifest.get("burden_check_unlabelled", [])),
         "## Limitations",
         *[f"- {x}" for x in manifest.get("limitations", [])],
         "",

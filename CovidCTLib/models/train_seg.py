@@ -262,7 +262,8 @@ def train(
         "limitations": [
             "Trained on a small public set (about 15 COVID-19 patients, 50 MedSeg slices, 3 LIDC volumes with "
             "synthetic lesions); not validated on other scanners, children, or other lung diseases.",
-            "2-D slice model at 128x128; fine structures are smoothed.",
+            f"2-D slice model at {size}x{size}" + (" on the lung-box crop" if task == "infection" else "")
+            + "; fine structures are smoothed.",
         ],
         "research_only": DISCLAIMER,
     }
