@@ -188,7 +188,8 @@ class AugmentConfig:
     blur_p: float = 0.2
 
 
-#: Named augmentation presets: ``heavy`` (the default) and ``medium`` (for short CPU schedules).
+#: Named augmentation presets: ``medium`` (the default, shipped model) and ``heavy`` (stronger; learnt
+#: too slowly for the CPU schedules tried).
 AUGMENT_PRESETS = {
     "heavy": AugmentConfig(),
     "medium": AugmentConfig(scale=(0.7, 1.0), rotation_deg=10.0, flip_ud=0.0, gamma=(0.8, 1.25),

@@ -38,24 +38,24 @@ from CovidCTLib.models.classifier_data import (
 from CovidCTLib.version import DISCLAIMER, __version__
 
 DEFAULTS: dict[str, Any] = {
-    "epochs": 60,
+    "epochs": 40,
     "seed": 0,
     "device": "auto",
     "resume": False,
-    "batch_size": 32,
+    "batch_size": 16,
     "max_steps": None,
     "arch": "efficientnet-b0",
-    "input_size": 160,
+    "input_size": 96,
     "lr": 2e-3,
     "weight_decay": 5e-4,
     "val_fraction": 0.2,
     "fold": 0,
-    "patience": 20,
+    "patience": 40,
     "cache_dir": None,
     "ema_decay": 0.98,
     "model": None,
     "threads": 1,
-    "aug": "heavy",
+    "aug": "medium",
 }
 
 
@@ -325,10 +325,10 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     final = binary_metrics(labels[val_idx], p_val)
     _write_predictions(out / "val_predictions.csv", [items[i] for i in val_idx], p_val)
     _write_history(out / "history.csv", history)
+    keys = ("data", "out", "epochs", "seed", "arch", "input_size", "batch_size", "lr", "val_fraction", "fold",
+            "patience", "aug")
     cmd = "covidct train classifier " + " ".join(
-        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in ("data", "out", "epochs", "seed", "arch", "input_size",
-                                                              "batch_size", "lr", "val_fraction", "fold", "aug")
-        if getattr(args, k, None) is not None or k in DEFAULTS)
+        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in keys if k != "aug" or _opt(args, k) != DEFAULTS["aug"])
     summary = {
         "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
         "validation": final, "validation_no_tta_best": best["val"],
