@@ -275,7 +275,10 @@ def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: A
     if not models:
         print("No trained model installed; `covidct analyze` uses the classical method.")
     for entry in models:
-        print(f"{entry.get('name')}  version {entry.get('version')}  task {entry.get('task')}")
+        if entry.get("ok"):
+            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  (checksum verified)")
+        else:
+            print(f"{entry['name']}  NOT USABLE: {entry.get('error')}")
     return 0
 
 

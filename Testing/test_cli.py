@@ -175,3 +175,24 @@ def test_demo_runs_on_the_builtin_phantom(tmp_path: Path, capsys) -> None:
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["lungs"]["total_ml"] > 100
     assert (tmp_path / "demo" / "phantom_ct.nii.gz").is_file()
+
+
+def test_models_lists_installed_models_and_flags_a_tampered_one(tmp_path: Path, monkeypatch, capsys) -> None:
+    import shutil
+
+    from CovidCTLib.models.registry import models_dir
+
+    shipped = models_dir()
+    if not any(shipped.glob("*/manifest.json")):
+        pytest.skip("no shipped model")
+    copy = tmp_path / "Models"
+    shutil.copytree(shipped, copy)
+    weights = sorted(p for p in (copy / "lung-attunet").iterdir() if p.suffix == ".pt")[0]
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(copy))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "lung-attunet  NOT USABLE" in out
+    assert "infection-unet  version" in out and "checksum verified" in out
