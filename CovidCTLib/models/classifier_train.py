@@ -202,12 +202,18 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray], list[int], list[int], Path]:
+def _data_and_out(args: argparse.Namespace) -> tuple[str, Path]:
+    """Check ``--data`` is the dataset folder and create ``--out``."""
     data = getattr(args, "data", None)
     if not data or not Path(data).is_dir():
         raise InputError(f"--data {data!r} is not a folder; give the folder holding COVID/ and NonCOVID/.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    return data, out
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray], list[int], list[int], Path]:
+    data, out = _data_and_out(args)
     items = list_dataset(data)
     cache_dir = Path(_opt(args, "cache_dir") or out / "cache")
     cache = build_cache(items, cache_dir, CROP_SIZE)
@@ -391,11 +397,7 @@ def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """
     from CovidCTLib.models.classifier_inference import classify_images, load_classifier
 
-    data = getattr(args, "data", None)
-    if not data or not Path(data).is_dir():
-        raise InputError(f"--data {data!r} is not a folder; give the folder holding COVID/ and NonCOVID/.")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    data, out = _data_and_out(args)
     items = list_dataset(data)
     if getattr(args, "split", "all") == "val":
         _, idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
