@@ -189,7 +189,7 @@ def analyze(
             "model_version": scan.model_version,
             "meaning": "Model output for COVID-19 pneumonia pattern; research use only, not a diagnosis.",
         }
-        model_versions[scan.model_name] = scan.model_version
+        model_versions["classifier"] = f"{scan.model_name} {scan.model_version}"
 
     from CovidCTLib.quantify import quantify
     from CovidCTLib.report.report_json import build_report

@@ -196,3 +196,19 @@ def test_models_lists_installed_models_and_flags_a_tampered_one(tmp_path: Path, 
     out = capsys.readouterr().out
     assert "lung-attunet  NOT USABLE" in out
     assert "infection-unet  version" in out and "checksum verified" in out
+
+
+def test_model_method_names_every_model_version_in_the_report(tmp_path: Path) -> None:
+    from CovidCTLib.pipeline import analyze, classifier_available, segmentation_models_available
+
+    if not (segmentation_models_available() and classifier_available()):
+        pytest.skip("trained models not installed")
+    phantom = make_phantom(shape=(40, 96, 96), spacing=(3.0, 2.0, 2.0), seed=2)
+    result = analyze(phantom.ct, method="model", device="cpu")
+    models = result.report["versions"]["models"]
+    assert set(models) == {"lung", "infection", "classifier"}
+    assert all(" " in name_and_version for name_and_version in models.values())  # "<name> <version>"
+    assert 0.0 <= result.report["covid_probability"] <= 1.0
+    truth = phantom.lungs > 0
+    dice = 2 * np.count_nonzero((result.lungs > 0) & truth) / (np.count_nonzero(result.lungs) + truth.sum())
+    assert dice > 0.85
