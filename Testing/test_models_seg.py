@@ -237,3 +237,17 @@ def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
     assert out[:, 10:14, 8:12].all()
     assert not out[:, 25:35, 22:35].any()
     assert _clean_lungs(mask).sum() == mask.sum()
+
+
+def test_data_spec_parsing_prefixed_detected_and_missing(tmp_path) -> None:
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.datasets import parse_data_spec
+
+    medseg = tmp_path / "medseg_like"
+    (medseg / "Imgs").mkdir(parents=True)
+    (medseg / "GT_multiclass").mkdir()
+    other = tmp_path / "mine"
+    other.mkdir()
+    assert parse_data_spec(f" {medseg} , nifti-binary:{other}") == [("medseg", medseg), ("nifti-binary", other)]
+    with pytest.raises(InputError, match="does not exist"):
+        parse_data_spec(f"png256:{tmp_path / 'absent'}")

@@ -264,6 +264,24 @@ def detect_kind(path: Path) -> str:
     )
 
 
+DATA_KINDS = ("png256", "medseg", "lidc-synth", "nifti", "nifti-binary")
+
+
+def parse_data_spec(spec: str) -> list[tuple[str, Path]]:
+    """Split a ``--data`` specification (comma-separated ``kind:path`` or plain paths) into (kind, path).
+
+    Plain paths get their kind from :func:`detect_kind`; a path that does not exist is refused.
+    """
+    sources = []
+    for item in [part.strip() for part in spec.split(",") if part.strip()]:
+        prefix, _, rest = item.partition(":")
+        kind, path = (prefix, Path(rest)) if prefix in DATA_KINDS else ("", Path(item))
+        if not path.exists():
+            raise InputError(f"Training data {path} (from --data) does not exist.")
+        sources.append((kind or detect_kind(path), path))
+    return sources
+
+
 def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | None = None,
                  limit: int | None = None) -> SliceSet:
     """Load a comma-separated ``--data`` specification (``kind:path`` or plain paths).
@@ -272,13 +290,7 @@ def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | N
     """
     CROP_TO_LUNG["on"] = task == "infection"
     sets = []
-    for item in [s.strip() for s in spec.split(",") if s.strip()]:
-        kind, _, path_s = item.partition(":") if item.split(":", 1)[0] in (
-            "png256", "medseg", "lidc-synth", "nifti", "nifti-binary") else ("", "", item)
-        path = Path(path_s)
-        if not path.exists():
-            raise InputError(f"Training data {path} does not exist.")
-        kind = kind or detect_kind(path)
+    for kind, path in parse_data_spec(spec):
         if kind == "png256":
             sets.append(load_png256(path, size, limit))
         elif kind == "medseg":

@@ -26,7 +26,7 @@ from PIL import Image
 from CovidCTLib.atomic import write_text_atomic
 from CovidCTLib.errors import InputError
 from CovidCTLib.models import inference
-from CovidCTLib.models.datasets import _nifti_pairs, detect_kind, grouped_split
+from CovidCTLib.models.datasets import _nifti_pairs, grouped_split, parse_data_spec
 from CovidCTLib.models.metrics import confusion, mask_metrics, mean_metrics, pooled_metrics
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -177,13 +177,7 @@ def evaluate(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for spec in [s.strip() for s in data.split(",") if s.strip()]:
-        kind, _, path_s = spec.partition(":") if spec.split(":", 1)[0] in (
-            "png256", "medseg", "lidc-synth", "nifti", "nifti-binary") else ("", "", spec)
-        root = Path(path_s)
-        if not root.exists():
-            raise InputError(f"--data {root} does not exist.")
-        kind = kind or detect_kind(root)
+    for kind, root in parse_data_spec(data):
         if kind in ("png256", "medseg"):
             items = _items_png256(root) if kind == "png256" else _items_medseg(root)
             if task == "lung" and kind == "medseg":
