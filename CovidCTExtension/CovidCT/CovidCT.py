@@ -383,14 +383,17 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowTable(self) -> None:
         self.logic.showTable(self._parameterNode.statisticsTable)
 
+    def _resultVolume(self):
+        """The volume the shown results were computed on (falls back to the current input selection)."""
+        return self.logic.inputVolumeOf(self._parameterNode.statisticsTable) or self._parameterNode.inputVolume
+
     def onSaveReport(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Save the CovidCT report into")
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Saving the report failed.", waitCursor=True):
             table = self._parameterNode.statisticsTable
-            volume = self.logic.inputVolumeOf(table) or self._parameterNode.inputVolume
-            paths = self.logic.saveReport(volume, table, folder, interactive=True)
+            paths = self.logic.saveReport(self._resultVolume(), table, folder, interactive=True)
             self._setStatus("Report saved: " + ", ".join(p.name for p in paths))
 
     def onExport(self) -> None:
@@ -398,9 +401,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            table = self._parameterNode.statisticsTable
-            volume = self.logic.inputVolumeOf(table) or self._parameterNode.inputVolume
-            paths = self.logic.exportResults(volume, folder, interactive=True)
+            paths = self.logic.exportResults(self._resultVolume(), folder, interactive=True)
             self._setStatus(f"Exported {len(paths)} files to {folder}")
 
     def onCompare(self) -> None:
