@@ -237,3 +237,54 @@ def test_classify_path_on_an_image_file(trained: Path, tmp_path: Path) -> None:
     p = classify_path(png, device="cpu", model_dir=trained / "model")
     row = classify_path_details(png, device="cpu", model_dir=trained / "model")
     assert 0.0 <= p <= 1.0 and row["kind"] == "image" and row["probability"] == pytest.approx(p, abs=1e-4)
+
+
+def _png256_like(root: Path) -> Path:
+    """A covid19_ct_seg_png256-shaped folder: 4 slices, the 3rd the 1st stored upside down (flagged)."""
+    img = _chest(size=64, covid=True, seed=7)
+    img[4:10, 24:40] = 250  # an anterior marker, to see the orientation
+    lung = (img < 60).astype(np.uint8) * 255
+    lung[:, :8] = 0
+    lung[:, -8:] = 0
+    rows = []
+    for i, flipped in enumerate([False, False, True, False]):
+        pair = (img[::-1], lung[::-1]) if flipped else (img, lung)
+        _write_png(root / "ct" / f"{i:04d}.png", pair[0])
+        _write_png(root / "lungs" / f"{i:04d}.png", pair[1])
+        rows.append({"index": f"{i:04d}", "ct": f"ct/{i:04d}.png", "lung_mask": f"lungs/{i:04d}.png",
+                     "infection_mask": "", "source": "radiopaedia" if flipped else "coronacases",
+                     "inferred_group": "g0", "vertically_flipped_vs_coronacases": "yes" if flipped else "no"})
+    with open(root / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def test_aux_slices_train_but_never_validate(tiny_dataset: Path, tmp_path: Path) -> None:
+    from CovidCTLib.models.classifier_aux import build_aux_cache
+    from CovidCTLib.models.classifier_train import main_train
+    from CovidCTLib.phantom import make_phantom
+
+    png = _png256_like(tmp_path / "png256")
+    vol = tmp_path / "lidc" / "case.nii.gz"
+    vol.parent.mkdir()
+    sitk.WriteImage(make_phantom((32, 96, 96), seed=3).ct.image, str(vol))
+    spec = f"png256:{png},lidc-synth:{vol}"
+    aux = build_aux_cache(spec, tmp_path / "cache", 64, seed=0)
+    groups, labels = aux["groups"].tolist(), aux["labels"]
+    png_rows = [i for i, g in enumerate(groups) if g.startswith("png256")]
+    assert len(png_rows) == 2 and all(labels[i] == 1 for i in png_rows)  # every 2nd slice, all COVID
+    # the upside-down slice is turned back: both kept png256 crops show the marker at the top
+    assert np.abs(aux["crops"][png_rows[0]].astype(int) - aux["crops"][png_rows[1]]).mean() < 2
+    synth = [i for i, g in enumerate(groups) if g.startswith("synth/")]
+    assert {0, 1} <= set(labels[synth].tolist())
+    assert aux["crops"].dtype == np.uint8 and aux["clahe"].shape == aux["crops"].shape
+
+    out = tmp_path / "run"
+    summary = main_train(_args(tiny_dataset, out, epochs=1, max_steps=2, aux_data=spec, aux_fraction=0.5,
+                               cache_dir=str(tmp_path / "cache")))
+    plain = grouped_split(list_dataset(tiny_dataset), 0.5, 1)[1]
+    assert summary["n_val"] == len(plain)  # validation holds only COVID-CT images
+    manifest = json.loads((out / "model" / "manifest.json").read_text())
+    assert manifest["training"]["n_aux"] == len(labels) and "--aux-data" in manifest["training"]["command"]

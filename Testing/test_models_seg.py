@@ -251,3 +251,24 @@ def test_data_spec_parsing_prefixed_detected_and_missing(tmp_path) -> None:
     assert parse_data_spec(f" {medseg} , nifti-binary:{other}") == [("medseg", medseg), ("nifti-binary", other)]
     with pytest.raises(InputError, match="does not exist"):
         parse_data_spec(f"png256:{tmp_path / 'absent'}")
+
+
+def test_source_weights_option_parsed_and_applied() -> None:
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.cli import parse_source_weights
+    from CovidCTLib.models.datasets import SliceSet
+    from CovidCTLib.models.train_seg import _sampling_probs
+
+    assert parse_source_weights(None) is None
+    assert parse_source_weights("png256=0.8, lidc-synth=0.2") == {"png256": 0.8, "lidc-synth": 0.2}
+    for bad in ("png256", "png256=x", "png256=-1", "png256=0"):
+        with pytest.raises(InputError, match="source-weights"):
+            parse_source_weights(bad)
+    n = 10  # 8 png256 slices, 2 lidc-synth slices
+    zeros = np.zeros((n, 4, 4), np.uint8)
+    data = SliceSet(zeros.astype(np.float32), zeros.astype(np.float32), zeros, np.ones(n, bool), zeros,
+                    np.zeros(n, np.int64), ["g"] * n, ["png256"] * 8 + ["lidc-synth"] * 2)
+    default = _sampling_probs(data, "lung")
+    assert default[:8].sum() == pytest.approx(0.5) and default[8:].sum() == pytest.approx(0.5)
+    tuned = _sampling_probs(data, "lung", {"png256": 0.8, "lidc-synth": 0.2})
+    assert tuned[:8].sum() == pytest.approx(0.8) and tuned[9] == pytest.approx(0.1)

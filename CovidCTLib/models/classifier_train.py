@@ -56,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "model": None,
     "threads": 1,
     "aug": "medium",
+    "aux_data": None,
+    "aux_fraction": 0.35,
 }
 
 
@@ -239,7 +241,9 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     if init_state is not None:
         model.load_state_dict({k: v.float() for k, v in init_state.items()})
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(_opt(args, "weight_decay")))
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / bs))
+    aux, aux_probs, n_aux = _aux_pool(args, out, seed, bs)
+    bs_main = max(2, bs - n_aux)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / bs_main))
     total = epochs * steps_per_epoch
     warm = min(3 * steps_per_epoch, total // 10 + 1)
 
@@ -279,12 +283,18 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
         perm = rng.permutation(train_idx)
         losses = []
         for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
+            idx = perm[b * bs_main:(b + 1) * bs_main]
             if len(idx) < 2:
                 continue
-            x = augment_batch(cache["crops"][idx], cache["clahe"][idx], config.input_size, aug, rng)
+            crops, clahe, y_np = cache["crops"][idx], cache["clahe"][idx], labels[idx]
+            if aux is not None:
+                a_idx = rng.choice(len(aux_probs), size=n_aux, p=aux_probs)
+                crops = np.concatenate([crops, aux["crops"][a_idx]])
+                clahe = np.concatenate([clahe, aux["clahe"][a_idx]])
+                y_np = np.concatenate([y_np, aux["labels"][a_idx]])
+            x = augment_batch(crops, clahe, config.input_size, aug, rng)
             x = standardize(x).to(device)
-            y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
+            y = torch.from_numpy(y_np.astype(np.float32)).to(device)
             y_s = y * 0.95 + 0.025  # label smoothing
             with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
                 logit = model(x).float().view(-1)
@@ -332,9 +342,11 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     _write_predictions(out / "val_predictions.csv", [items[i] for i in val_idx], p_val)
     _write_history(out / "history.csv", history)
     keys = ("data", "out", "epochs", "seed", "arch", "input_size", "batch_size", "lr", "val_fraction", "fold",
-            "patience", "aug")
+            "patience", "aug", "aux_data", "aux_fraction")
+    optional = {"aug", "aux_data", "aux_fraction"}  # written only when not the default
     cmd = "covidct train classifier " + " ".join(
-        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in keys if k != "aug" or _opt(args, k) != DEFAULTS["aug"])
+        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in keys
+        if k not in optional or _opt(args, k) != DEFAULTS[k])
     summary = {
         "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
         "validation": final, "validation_no_tta_best": best["val"],
@@ -348,11 +360,34 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
         "training": {"command": cmd, "seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history),
                      "n_train": len(train_idx), "n_val": len(val_idx), "n_val_groups": summary["n_val_groups"],
                      "data": "COVID-CT dataset (Zhao et al., arXiv:2003.13865; 8-bit images from papers), "
-                             "grouped by source (paper / series) for the split",
+                             "grouped by source (paper / series) for the split"
+                             + (f"; auxiliary training slices {_opt(args, 'aux_data')} "
+                                f"({n_aux} of {bs} slices per batch)" if aux is not None else ""),
+                     "n_aux": 0 if aux is None else len(aux["labels"]),
                      "licence": "research use only (each image's copyright stays with its publisher)"},
     })
     _log("final validation (TTA): " + json.dumps(final))
     return summary
+
+
+def _aux_pool(args: argparse.Namespace, out: Path, seed: int, batch_size: int) -> tuple[
+    dict[str, np.ndarray] | None, np.ndarray | None, int
+]:
+    """Auxiliary slices (``--aux-data``), their class-balanced sampling probabilities and slices per batch."""
+    spec = _opt(args, "aux_data")
+    if not spec:
+        return None, None, 0
+    from CovidCTLib.models.classifier_aux import build_aux_cache
+
+    fraction = float(_opt(args, "aux_fraction"))
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--aux-fraction {fraction} must lie between 0 and 1 (share of each batch).")
+    aux = build_aux_cache(spec, Path(_opt(args, "cache_dir") or out / "cache"), CROP_SIZE, seed)
+    lab = aux["labels"]
+    counts = np.bincount(lab, minlength=2).astype(float)
+    probs = 1.0 / counts[lab]
+    _log(f"auxiliary slices: {int(counts[1])} COVID-like / {int(counts[0])} non-COVID from {spec}")
+    return aux, probs / probs.sum(), max(1, int(round(batch_size * fraction)))
 
 
 def _write_predictions(path: Path, items: list[Item], probs: np.ndarray) -> None:
@@ -447,9 +482,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     for name in ("epochs", "seed", "batch_size", "max_steps", "input_size", "fold", "patience", "threads"):
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
-    for name in ("lr", "val_fraction"):
+    for name in ("lr", "val_fraction", "aux_fraction"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     p.add_argument("--arch", default=None)
+    p.add_argument("--aux-data", default=None)
     p.add_argument("--aug", default=None, choices=sorted(AUGMENT_PRESETS))
     p.add_argument("--device", default="auto")
     p.add_argument("--model", default=None)

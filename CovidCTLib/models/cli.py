@@ -42,11 +42,20 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     p.add_argument("--fold", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     if action in ("train", "finetune"):
+        p.add_argument("--aux-data", default=None, metavar="KIND:PATH,...",
+                       help="classifier only: extra training slices from segmentation data (png256:<folder>, "
+                            "lidc-synth:<volume or folder>), mixed into every batch; never used for validation")
+        p.add_argument("--aux-fraction", type=float, default=None,
+                       help="classifier only: share of each batch taken from --aux-data (default 0.35)")
+    if action in ("train", "finetune"):
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
         p.add_argument("--steps-per-epoch", type=int, default=None)
         p.add_argument("--size", type=int, default=None,
                        help="training slice size (default 128; finetune: the shipped model's size)")
+        p.add_argument("--source-weights", default=None, metavar="KIND=W,...",
+                       help="how often each data kind is sampled, e.g. png256=0.8,lidc-synth=0.2 "
+                            "(default: the task's built-in mix)")
     else:
         p.add_argument("--split", default="all", choices=("all", "val"),
                        help="evaluate all slices, or only the grouped validation split of --seed")
@@ -57,11 +66,31 @@ def _command_line(args: argparse.Namespace) -> str:
     """The equivalent ``covidct`` command (for the manifest), rebuilt from the parsed options."""
     parts = ["covidct", getattr(args, "seg_action", "train"), args.task]
     for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
-                "val_fraction", "seed", "max_steps", "model"):
+                "val_fraction", "seed", "max_steps", "model", "source_weights"):
         value = getattr(args, key, None)
         if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def parse_source_weights(text: str | None) -> dict[str, float] | None:
+    """``"png256=0.8,lidc-synth=0.2"`` -> ``{"png256": 0.8, "lidc-synth": 0.2}`` (None when not given)."""
+    if not text:
+        return None
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        kind, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not sep or not kind.strip() or weight < 0:
+            raise InputError(f"--source-weights item {item!r} is not KIND=WEIGHT with a weight >= 0 "
+                             "(example: png256=0.8,lidc-synth=0.2).")
+        weights[kind.strip()] = weight
+    if sum(weights.values()) <= 0:
+        raise InputError("--source-weights: at least one weight must be above 0.")
+    return weights
 
 
 def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,6 +103,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed if args.seed is not None else 0,
         "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size or 128,
         "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
+        "source_weights": parse_source_weights(getattr(args, "source_weights", None)),
         "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
         "command": _command_line(args),
     }

@@ -178,8 +178,6 @@ def load_lidc_synthetic(
     root: str | Path, size: int = 128, variants: int = 2, seed: int = 0, cache: Path | None = None
 ) -> SliceSet:
     """HU volumes with synthetic lesions (``variants`` differently seeded copies per volume)."""
-    from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
-
     root = Path(root)
     files = sorted(root.glob("*.nii.gz")) + sorted(root.glob("*.nii")) if root.is_dir() else [root]
     if not files:
@@ -188,22 +186,32 @@ def load_lidc_synthetic(
     for f in files:
         image = orient_lps(sitk.ReadImage(str(f)))
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        sp = image.GetSpacing()[::-1]
         lung = None
         for v in range(variants):
-            npz = cache / f"synth-{f.name.split('.')[0]}-{_cache_key(f, seed, v)}.npz" if cache else None
-            if npz is not None and npz.is_file():
-                d = np.load(npz)
-                out, inf, lung = d["hu"], d["inf"], d["lung"]
-            else:
-                if lung is None:
-                    lung = lung_mask_for(image, hu, sp)
-                out, inf = insert_lesions(hu, lung, sp, seed=seed * 1000 + v)
-                if npz is not None:
-                    npz.parent.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(npz, hu=out.astype(np.int16), inf=inf, lung=lung)
+            out, inf, lung = synthetic_volume(f, image, hu, seed, v, cache, lung)
             _volume_slices(b, out, lung, inf, INF_MULTI, f"synth/{f.name.split('.')[0]}", "lidc-synth")
     return b.build()
+
+
+def synthetic_volume(
+    path: Path, image: sitk.Image, hu: np.ndarray, seed: int, variant: int, cache: Path | None,
+    lung: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hu_with_lesions, infection, lung)`` of one LPS-oriented volume; cached per (file, seed, variant)."""
+    from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
+
+    npz = cache / f"synth-{path.name.split('.')[0]}-{_cache_key(path, seed, variant)}.npz" if cache else None
+    if npz is not None and npz.is_file():
+        d = np.load(npz)
+        return d["hu"], d["inf"], d["lung"]
+    sp = image.GetSpacing()[::-1]
+    if lung is None:
+        lung = lung_mask_for(image, hu, sp)
+    out, inf = insert_lesions(hu, lung, sp, seed=seed * 1000 + variant)
+    if npz is not None:
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(npz, hu=out.astype(np.int16), inf=inf, lung=lung)
+    return out, inf, lung
 
 
 def _nifti_pairs(root: Path) -> list[tuple[Path, Path, str]]:

@@ -54,15 +54,17 @@ def _task_subset(data: SliceSet, task: str) -> SliceSet:
     return data.subset(keep)
 
 
-def _sampling_probs(data: SliceSet, task: str) -> np.ndarray:
-    weights = SOURCE_WEIGHTS[task]
+def _sampling_probs(data: SliceSet, task: str, weights: dict[str, float] | None = None) -> np.ndarray:
+    """Per-slice sampling probability: each source gets its weight, shared evenly by its slices."""
+    weights = {**SOURCE_WEIGHTS[task], **(weights or {})}
     sources = np.array(data.source)
     p = np.zeros(len(data))
     present = sorted(set(data.source))
     for s in present:
         sel = sources == s
         p[sel] = weights.get(s, 1.0) / sel.sum()
-    return p / p.sum()
+    total = p.sum()
+    return p / total if total > 0 else p
 
 
 def _inputs(data: SliceSet, idx: np.ndarray, task: str, rng: np.random.Generator | None,
@@ -169,13 +171,15 @@ def train(
     val_fraction: float = 0.2,
     init_from: str | None = None,
     threads: int = 2,
+    source_weights: dict[str, float] | None = None,
     limit: int | None = None,
     reporter: Reporter | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train the ``task`` network on ``data``; writes checkpoints, log.jsonl and ``<out>/model/<name>/``.
 
-    ``init_from``: a registry model name to start from (fine-tuning). Returns a summary dictionary.
+    ``init_from``: a registry model name to start from (fine-tuning). ``source_weights``: sampling weight per
+    data kind, overriding the task's default mix (``SOURCE_WEIGHTS``). Returns a summary dictionary.
     """
     if task not in ARCH:
         raise InputError(f"Unknown task {task!r}; use lung or infection.")
@@ -206,7 +210,10 @@ def train(
         model.load_state_dict(loaded.module.state_dict())
         log(f"initialised from shipped model {init_from} {loaded.version}")
     model = model.to(memory_format=torch.channels_last)
-    probs = _sampling_probs(train_set, task)
+    probs = _sampling_probs(train_set, task, source_weights)
+    if probs.sum() <= 0:
+        raise InputError("--source-weights leaves no training slice to sample; give a weight above 0 to a "
+                         f"kind present in --data ({', '.join(sorted(set(train_set.source)))}).")
     aug = AugmentConfig()
     gen = torch.Generator().manual_seed(seed)
 
@@ -249,7 +256,8 @@ def train(
         "normalization": NORMALIZATION_ID,
         "training": {
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-            "seed": seed, "epochs_run": summary["last_epoch"], "best_epoch": summary["best_epoch"],
+            "seed": seed, "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
+            "epochs_run": summary["last_epoch"], "best_epoch": summary["best_epoch"],
             "data": data, "validation_groups": val_groups, "train_slices": len(train_set),
             "validation_slices": len(val_set), "licence": LICENCE_NOTE, "init_from": init_from,
             "seconds": round(time.time() - t0),
