@@ -272,3 +272,54 @@ def test_source_weights_option_parsed_and_applied() -> None:
     assert default[:8].sum() == pytest.approx(0.5) and default[8:].sum() == pytest.approx(0.5)
     tuned = _sampling_probs(data, "lung", {"png256": 0.8, "lidc-synth": 0.2})
     assert tuned[:8].sum() == pytest.approx(0.8) and tuned[9] == pytest.approx(0.1)
+
+
+def _png256_from_phantom(root: Path) -> Path:
+    """A covid19_ct_seg_png256-shaped folder made of lung-window phantom slices (5 groups)."""
+    import csv as _csv
+
+    from PIL import Image
+
+    for sub in ("ct", "lungs", "covid"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for g in range(5):
+        ph = make_phantom((16, 96, 96), seed=g)
+        hu = ph.ct.array.reshape(ph.ct.shape).astype(np.float32)
+        for z in np.nonzero(ph.infection.reshape(ph.infection.shape[0], -1).any(1))[0]:
+            i = f"{len(rows):04d}"
+            img = np.clip((hu[z] + 1250) / 1500 * 255, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / "ct" / f"{i}.png")
+            Image.fromarray((ph.lungs[z] > 0).astype(np.uint8) * 255).save(root / "lungs" / f"{i}.png")
+            Image.fromarray((ph.infection[z] > 0).astype(np.uint8) * 255).save(root / "covid" / f"{i}.png")
+            rows.append({"index": i, "ct": f"ct/{i}.png", "lung_mask": f"lungs/{i}.png",
+                         "infection_mask": f"covid/{i}.png", "source": "coronacases", "inferred_group": f"g{g}"})
+    with open(root / "index.csv", "w", newline="") as f:
+        w = _csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+@pytest.mark.parametrize("task", ["lung", "infection"])
+def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_path: Path) -> None:
+    import shutil
+
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.calibrate import THRESHOLDS
+    from CovidCTLib.models.cli import main
+    from CovidCTLib.models.inference import models_available
+
+    name = {"lung": "lung-attunet", "infection": "infection-unet"}[task]
+    if task not in models_available():
+        pytest.skip("shipped models not installed")
+    data = _png256_from_phantom(tmp_path / "png")
+    folder = tmp_path / "model" / name
+    shutil.copytree(registry.models_dir() / name, folder)
+    assert main(["calibrate", task, "--data", f"png256:{data}", "--model", str(folder)]) == 0
+    post = json.loads((folder / "manifest.json").read_text())["postprocess"]
+    table = post["calibration"]["pooled_dice"]["png256"]
+    assert set(table) == {str(t) for t in THRESHOLDS} and all(0.0 <= d <= 1.0 for d in table.values())
+    assert table[str(post["threshold"])] == max(table.values())
+    assert max(table.values()) > 0.5  # the shipped networks do find the phantom's lungs / lesions
+    registry.load_model(name, root=folder.parent)  # weights untouched: the checksum still verifies

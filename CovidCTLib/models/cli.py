@@ -172,6 +172,27 @@ def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
     return 0
 
 
+def run_calibrate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+    """``covidct calibrate <task>``: pick the probability threshold on training groups, store it in the manifest."""
+    from CovidCTLib.models.calibrate import calibrate
+
+    result = calibrate(args.task, args.data, args.model, seed=args.seed,
+                       val_fraction=args.val_fraction)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _add_calibrate(subparsers: Any) -> None:
+    text = "choose a lung / infection model's probability threshold on the training groups (stored in its manifest)"
+    p = subparsers.add_parser("calibrate", help=text, description=text + ". Research software, not for diagnosis.")
+    p.add_argument("task", choices=("lung", "infection"))
+    p.add_argument("--data", required=True, help="the training --data (its png256: / medseg: sources are used)")
+    p.add_argument("--model", required=True, help="model folder to calibrate, e.g. runs/lung/model/lung-attunet")
+    p.add_argument("--seed", type=int, default=0, help="split seed used for training (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction used for training")
+    p.set_defaults(handler=run_calibrate)
+
+
 def register(subparsers: Any) -> None:
     """Add ``train``, ``finetune`` and ``evaluate`` to the ``covidct`` argparse sub-parsers."""
     for action, handler, text in (
@@ -182,6 +203,7 @@ def register(subparsers: Any) -> None:
         p = subparsers.add_parser(action, help=text, description=text + ". Research software, not for diagnosis.")
         _add_options(p, action)
         p.set_defaults(handler=handler, seg_action=action)
+    _add_calibrate(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

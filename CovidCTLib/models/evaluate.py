@@ -241,28 +241,3 @@ def infection_burden(inputs: list[str], device: str = "auto") -> list[dict[str, 
             "lung_seconds": round(t1 - t0, 1), "infection_seconds": round(t2 - t1, 1),
         })
     return rows
-
-
-def calibrate_lung_threshold(
-    data: str, seed: int = 0, val_fraction: float = 0.2, thresholds: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-) -> dict[str, float]:
-    """Pooled lung Dice at several probability thresholds on every 4th slice of the TRAINING groups of
-    png256 data (so the validation split stays untouched for reporting)."""
-    from CovidCTLib.models.normalization import normalize_slice
-
-    root = Path(data.split(":", 1)[1] if data.startswith("png256:") else data)
-    items = _items_png256(root)
-    tr, _ = grouped_split([it["group"] for it in items], val_fraction, seed)
-    va = tr[::4]
-    model = inference.get_model(inference.LUNG_MODEL)
-    counts: dict[float, list[tuple[int, int, int, int]]] = {t: [] for t in thresholds}
-    for start in range(0, len(va), 32):
-        chunk = [items[i] for i in va[start:start + 32]]
-        grays = [_gray(it["image"]) for it in chunk]
-        inputs = [normalize_slice(g, "8bit", False, model.input_size)[None] for g in grays]
-        probs = inference._predict_probs(model, inputs, [g.shape for g in grays])
-        for it, p in zip(chunk, probs, strict=True):
-            truth = _gray(it["lung"]) > 127
-            for t in thresholds:
-                counts[t].append(confusion(inference._clean_2d(p[1] >= t), truth))
-    return {str(t): round(pooled_metrics(c)["dice"], 4) for t, c in counts.items()}

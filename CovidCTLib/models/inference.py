@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -293,14 +294,51 @@ def segment_slice_images(
     if task not in ("lung", "infection", "lesion-type"):
         raise InputError(f"unknown task {task!r}; use lung, infection or lesion-type.")
     grays = [_as_gray(im) for im in images]
-    lung_model = get_model(LUNG_MODEL, device)
-    lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
-    lprobs = _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")
-    thr = lung_threshold(device)
-    lungs = [(p[1] >= thr) for p in lprobs]
-    lungs = [_clean_2d(m) for m in lungs]
+    lungs = slice_lungs(grays, device, reporter)
     if task == "lung":
         return [m.astype(np.uint8) for m in lungs]
+    ithr = infection_threshold(device)
+    out = []
+    for region in slice_infection_probabilities(grays, lungs, device, reporter):
+        lab = region.labels(ithr)
+        out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
+    return out
+
+
+def slice_lung_probabilities(grays: list[np.ndarray], device: str = "auto",
+                             reporter: Reporter | None = None) -> list[np.ndarray]:
+    """P(lung) of each 8-bit greyscale image, at the image's size."""
+    lung_model = get_model(LUNG_MODEL, device)
+    lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
+    return [p[1] for p in _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")]
+
+
+def slice_lungs(grays: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None) -> list[np.ndarray]:
+    """Lung masks (bool) of 8-bit greyscale images: the manifest threshold, then the 2-D clean-up."""
+    thr = lung_threshold(device)
+    return [_clean_2d(p >= thr) for p in slice_lung_probabilities(grays, device, reporter)]
+
+
+@dataclass
+class SliceInfection:
+    """Infection class probabilities of one image inside its lung box, and how to turn them into labels."""
+
+    probs: np.ndarray  # (3, h, w) background / GGO / consolidation over the box
+    box: tuple[slice, slice]
+    lung: np.ndarray  # (H, W) bool lung mask of the whole image
+    is_crop: bool  # the image is a lung-region crop: labels are not restricted to the lung mask
+
+    def labels(self, threshold: float) -> np.ndarray:
+        """(H, W) uint8: 0 none, 1 GGO, 2 consolidation."""
+        lab = np.zeros(self.lung.shape, np.uint8)
+        inside = _infection_labels(self.probs, threshold)
+        lab[self.box] = inside if self.is_crop else np.where(self.lung[self.box], inside, 0)
+        return lab
+
+
+def slice_infection_probabilities(grays: list[np.ndarray], lungs: list[np.ndarray], device: str = "auto",
+                                  reporter: Reporter | None = None) -> list[SliceInfection]:
+    """Run the infection network on the lung-box crop of each 8-bit image (see :func:`segment_slice_images`)."""
     inf_model = get_model(INFECTION_MODEL, device)
     size = inf_model.input_size
     full = [(slice(0, g.shape[0]), slice(0, g.shape[1])) for g in grays]
@@ -313,14 +351,7 @@ def segment_slice_images(
            for g, m, box, c in zip(grays, lungs, boxes, crops, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
-    out = []
-    ithr = infection_threshold(device)
-    for p, m, box, c in zip(iprobs, lungs, boxes, crops, strict=True):
-        lab = np.zeros(m.shape, np.uint8)
-        labels = _infection_labels(p, ithr)
-        lab[box] = labels if c else np.where(m[box], labels, 0)
-        out.append(lab if task == "lesion-type" else (lab > 0).astype(np.uint8))
-    return out
+    return [SliceInfection(p, box, m, c) for p, box, m, c in zip(iprobs, boxes, lungs, crops, strict=True)]
 
 
 CROP_IMAGE_FRACTION = 0.75

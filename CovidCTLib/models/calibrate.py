@@ -1,0 +1,101 @@
+"""``covidct calibrate lung|infection``: choose a model's probability threshold on TRAINING groups.
+
+The threshold that turns the network's probabilities into masks is a post-processing setting stored in
+the model folder's ``manifest.json`` (``postprocess.threshold``). It is chosen by pooled Dice on a subsample
+of the slices of the *training* groups of the grouped split (the same split as ``covidct train``), so the
+validation groups stay untouched for the numbers reported in the model card.
+
+- lung: every 4th png256 training slice, through the 2-D lung inference;
+- infection: every 8th png256 and every 2nd MedSeg training slice, through the 2-D infection inference
+  (lungs from the installed lung model); the threshold with the best mean of the per-source Dice wins.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from CovidCTLib.atomic import write_text_atomic
+from CovidCTLib.errors import InputError
+from CovidCTLib.models import inference
+from CovidCTLib.models.datasets import grouped_split, parse_data_spec
+from CovidCTLib.models.evaluate import _gray, _items_medseg, _items_png256
+from CovidCTLib.models.metrics import confusion, pooled_metrics
+
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: Slice subsampling of the training groups per source (speed; neighbouring slices are near-duplicates).
+EVERY = {"lung": {"png256": 4}, "infection": {"png256": 8, "medseg": 2}}
+
+
+def _training_items(kind: str, root: Path, every: int, seed: int, val_fraction: float) -> list[dict[str, Any]]:
+    items = _items_png256(root) if kind == "png256" else _items_medseg(root)
+    train, _ = grouped_split([it["group"] for it in items], val_fraction, seed)
+    return [items[i] for i in train[::every]]
+
+
+def _truth(path: Path, multiclass: bool) -> np.ndarray:
+    t = _gray(path)
+    return t > 0 if multiclass else t > 127
+
+
+def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float = 0.2,
+                      thresholds: tuple[float, ...] = THRESHOLDS, batch: int = 32) -> dict[str, dict[str, float]]:
+    """``{source: {threshold: pooled Dice}}`` on the subsampled training groups of each 8-bit source."""
+    if task not in EVERY:
+        raise InputError(f"unknown task {task!r}; use lung or infection.")
+    result: dict[str, dict[str, float]] = {}
+    for kind, root in parse_data_spec(data):
+        if kind not in EVERY[task]:
+            continue
+        items = _training_items(kind, root, EVERY[task][kind], seed, val_fraction)
+        counts: dict[float, list[tuple[int, int, int, int]]] = {t: [] for t in thresholds}
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            grays = [_gray(it["image"]).astype(np.float32) for it in chunk]
+            if task == "lung":
+                for it, p in zip(chunk, inference.slice_lung_probabilities(grays), strict=True):
+                    truth = _truth(it["lung"], False)
+                    for t in thresholds:
+                        counts[t].append(confusion(inference._clean_2d(p >= t), truth))
+            else:
+                lungs = inference.slice_lungs(grays)
+                regions = inference.slice_infection_probabilities(grays, lungs)
+                for it, region in zip(chunk, regions, strict=True):
+                    truth = _truth(it["inf"], bool(it.get("multiclass")))
+                    for t in thresholds:
+                        counts[t].append(confusion(region.labels(t) > 0, truth))
+        if items:
+            result[kind] = {str(t): round(pooled_metrics(c)["dice"], 4) for t, c in counts.items()}
+    if not result:
+        raise InputError(f"calibrating the {task} model needs 8-bit labelled data: "
+                         f"{' or '.join(k + ':<folder>' for k in EVERY[task])}.")
+    return result
+
+
+def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2) -> dict[str, Any]:
+    """Measure the thresholds with the model in ``model_dir`` and store the best in its manifest."""
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{model_dir} is not a model folder (no manifest.json); give <train --out>/model/<name>.")
+    name = inference.LUNG_MODEL if task == "lung" else inference.INFECTION_MODEL
+    inference.use_model_folder(name, model_dir)
+    try:
+        table = dice_by_threshold(task, data, seed, val_fraction)
+    finally:
+        inference.use_model_folder(name, None)
+    thresholds = list(next(iter(table.values())))
+    score = {t: float(np.mean([table[s][t] for s in table])) for t in thresholds}
+    best = max(thresholds, key=lambda t: score[t])
+    manifest = json.loads(manifest_path.read_text())
+    manifest["postprocess"] = {
+        "threshold": float(best),
+        "calibration": {"rule": "best mean over sources of the pooled Dice on subsampled TRAINING-group slices "
+                                f"(split seed {seed}, validation fraction {val_fraction})",
+                        "pooled_dice": table},
+    }
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return manifest["postprocess"]
