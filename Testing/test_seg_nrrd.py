@@ -151,3 +151,48 @@ def test_write_result_seg_nrrd_carries_versions(tmp_path: Path) -> None:
     assert meta["fields"]["CovidCT_model_lungs"] == "unet-1.2"
     assert meta["fields"]["CovidCT_method"] == "model"
     assert meta["fields"]["CovidCT_SoftwareVersion"].startswith("CovidCT ")
+
+
+def test_one_layer_label_seg_loads_in_slicer_on_oblique_grid(tmp_path: Path) -> None:
+    """The generic one-layer writer (used for the longitudinal change map) overlays its CT in Slicer."""
+    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    vtk = pytest.importorskip("vtk")
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from CovidCTLib.io.seg_nrrd import write_label_seg_nrrd
+
+    ref = reference_image()
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[3:7, 4:12, 6:20] = 1
+    labels[9:11, 15:25, 22:30] = 3
+    segments = [(1, "New infection", (1.0, 0.0, 0.0)), (2, "Resolved infection", (0.0, 1.0, 0.0)),
+                (3, "Persistent infection", (1.0, 1.0, 0.0))]
+    path = write_label_seg_nrrd(labels, ref, segments, tmp_path / "change.seg.nrrd")
+    image = sitk.ReadImage(str(path))
+    assert image.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(image.GetOrigin(), ref.GetOrigin(), atol=TOL)
+    np.testing.assert_allclose(image.GetDirection(), ref.GetDirection(), atol=TOL)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
+
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 3 and segmentation.GetNumberOfLayers() == 1
+    for value, name, _ in segments:
+        segment = segmentation.GetSegment(f"Segment_{value}")
+        assert segment.GetName() == name and segment.GetLabelValue() == value
+        labelmap = segment.GetRepresentation("Binary labelmap")
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(matrix)
+        got = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        np.testing.assert_allclose(got, _ijk_to_ras(ref), atol=TOL)
+        ext = labelmap.GetExtent()
+        dims = (ext[5] - ext[4] + 1, ext[3] - ext[2] + 1, ext[1] - ext[0] + 1)
+        values = vtk_to_numpy(labelmap.GetPointData().GetScalars()).reshape(dims) if value != 2 else None
+        if values is not None:
+            assert int((values == value).sum()) == int((labels == value).sum()), name

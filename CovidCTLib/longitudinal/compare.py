@@ -28,9 +28,9 @@ import SimpleITK as sitk
 
 from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
 from CovidCTLib.errors import InputError
+from CovidCTLib.io.seg_nrrd import write_label_seg_nrrd
 from CovidCTLib.longitudinal import change as chg
 from CovidCTLib.longitudinal import registration as regn
-from CovidCTLib.longitudinal.segfile import write_label_seg_nrrd
 from CovidCTLib.longitudinal.trend import trend_rows, write_compare_csv, write_trend_png
 from CovidCTLib.progress import Reporter
 from CovidCTLib.version import DISCLAIMER, __version__
