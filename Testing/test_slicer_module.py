@@ -383,3 +383,12 @@ def test_auto_falls_back_when_model_packages_missing(module, monkeypatch):
     with pytest.raises(dependencies.DependencyError, match="covidct-no-such-torch"):
         logic.ensureDependencies("model", interactive=False)
     assert module.shell.dialogs == []
+
+
+def test_reload_forgets_library_modules(module):
+    """The developer Reload re-imports CovidCTLib: its modules are dropped from the module table given."""
+    table = {"CovidCTLib": 1, "CovidCTLib.models.inference": 2, "CovidCTLibrary": 3, "numpy": 4}
+    dropped = module.module.forgetLibraryModules(table)
+    assert sorted(dropped) == ["CovidCTLib", "CovidCTLib.models.inference"]
+    assert table == {"CovidCTLibrary": 3, "numpy": 4}
+    assert callable(module.module.CovidCTWidget.onReload)

@@ -51,6 +51,16 @@ if _LIBRARY_ROOT not in sys.path:
 
 from CovidCTLib.version import DISCLAIMER, __version__  # noqa: E402
 
+
+def forgetLibraryModules(modules: dict[str, Any] | None = None) -> list[str]:
+    """Drop ``CovidCTLib`` and its sub-modules from ``modules`` (default ``sys.modules``) so the next import
+    reads the library's files again; returns the names dropped. Used by the developer "Reload" button."""
+    modules = sys.modules if modules is None else modules
+    names = [name for name in modules if name == "CovidCTLib" or name.startswith("CovidCTLib.")]
+    for name in names:
+        del modules[name]
+    return names
+
 METHOD_LABELS = {
     "auto": "Automatic (trained models when installed, else classical)",
     "classical": "Classical (HU thresholds, no model)",
@@ -155,6 +165,12 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._timer = None
         self._deviceProbe = None
+
+    def onReload(self) -> None:
+        """Developer "Reload": re-import CovidCTLib as well, so library edits apply without restarting Slicer."""
+        dropped = forgetLibraryModules()
+        logging.info("CovidCT: reloading the module and %d CovidCTLib modules", len(dropped))
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
