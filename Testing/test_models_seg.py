@@ -219,7 +219,7 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
     out = tmp_path / "ft"
     assert main(["finetune", "lung", "--data", f"nifti:{data}", "--out", str(out), "--epochs", "1",
                  "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--threads", "1"]) == 0
-    assert "initialised from shipped model lung-attunet" in (out / "train.log").read_text()
+    assert "initialised from model lung-attunet" in (out / "train.log").read_text()
     manifest = registry.read_manifest("lung-attunet", out / "model")
     assert manifest["training"]["init_from"] == "lung-attunet"
 
@@ -323,3 +323,32 @@ def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_pat
     assert table[str(post["threshold"])] == max(table.values())
     assert max(table.values()) > 0.5  # the shipped networks do find the phantom's lungs / lesions
     registry.load_model(name, root=folder.parent)  # weights untouched: the checksum still verifies
+
+
+def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path) -> None:
+    if not {"lung", "infection"} <= set(_shipped()):
+        pytest.skip("models not shipped")
+    import shutil
+
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.cli import main
+    from CovidCTLib.models.datasets import CROP_TO_LUNG, load_png256
+
+    data = _png256_from_phantom(tmp_path / "png")
+    CROP_TO_LUNG["on"] = False
+    truth = load_png256(data, 64)
+    predicted = load_png256(data, 64, predicted_lungs=True)
+    assert len(predicted) == len(truth)
+    inter = (truth.lung & predicted.lung).sum()
+    assert 0.8 < 2 * inter / (truth.lung.sum() + predicted.lung.sum()) < 1.0  # the lung model's masks, not a copy
+
+    start = tmp_path / "start" / "infection-unet"
+    shutil.copytree(registry.models_dir() / "infection-unet", start)
+    out = tmp_path / "ft"
+    assert main(["finetune", "infection", "--model", str(start), "--data", f"png256:{data}", "--out", str(out),
+                 "--epochs", "1", "--max-steps", "1", "--batch-size", "2", "--size", "64",
+                 "--lung-input", "predicted", "--threads", "1"]) == 0
+    assert f"initialised from model {start}" in (out / "train.log").read_text()
+    training = registry.read_manifest("infection-unet", out / "model")["training"]
+    assert training["lung_input"].startswith("predicted by lung-attunet")
+    assert "--lung-input predicted" in training["command"]

@@ -53,6 +53,9 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
         p.add_argument("--steps-per-epoch", type=int, default=None)
         p.add_argument("--size", type=int, default=None,
                        help="training slice size (default 128; finetune: the shipped model's size)")
+        p.add_argument("--lung-input", default=None, choices=("truth", "predicted"),
+                       help="infection: lung-mask channel of png256 slices from the reference masks (truth, "
+                            "default) or from the installed lung model (predicted, as at inference)")
         p.add_argument("--source-weights", default=None, metavar="KIND=W,...",
                        help="how often each data kind is sampled, e.g. png256=0.8,lidc-synth=0.2 "
                             "(default: the task's built-in mix)")
@@ -66,7 +69,7 @@ def _command_line(args: argparse.Namespace) -> str:
     """The equivalent ``covidct`` command (for the manifest), rebuilt from the parsed options."""
     parts = ["covidct", getattr(args, "seg_action", "train"), args.task]
     for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
-                "val_fraction", "seed", "max_steps", "model", "source_weights"):
+                "val_fraction", "seed", "max_steps", "model", "source_weights", "lung_input"):
         value = getattr(args, key, None)
         if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
@@ -104,6 +107,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size or 128,
         "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
         "source_weights": parse_source_weights(getattr(args, "source_weights", None)),
+        "lung_input": getattr(args, "lung_input", None) or "truth",
         "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
         "command": _command_line(args),
     }

@@ -122,18 +122,28 @@ def _read_gray(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
-def load_png256(root: str | Path, size: int = 128, limit: int | None = None) -> SliceSet:
-    """COVID-19-CT-Seg per-slice PNGs (already min-max + CLAHE; CLAHE is not applied again by default)."""
+def load_png256(root: str | Path, size: int = 128, limit: int | None = None,
+                predicted_lungs: bool = False) -> SliceSet:
+    """COVID-19-CT-Seg per-slice PNGs (already min-max + CLAHE; CLAHE is not applied again by default).
+
+    ``predicted_lungs``: use the installed lung model's masks instead of the reference lung masks (for the
+    infection network, so that it learns from the same lung input it gets at inference).
+    """
     root = Path(root)
     index = root / "index.csv"
     if not index.is_file():
         raise InputError(f"{root} has no index.csv; expected the covid19_ct_seg_png256 layout.")
     b = _Builder(size)
     with index.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows[:limit]:
-        img = _read_gray(root / row["ct"])
-        lung = _read_gray(root / row["lung_mask"]) > 127
+        rows = list(csv.DictReader(fh))[:limit]
+    images = [_read_gray(root / row["ct"]) for row in rows]
+    if predicted_lungs:
+        from CovidCTLib.models.inference import slice_lungs
+
+        lungs = [m for i in range(0, len(images), 64) for m in slice_lungs(images[i:i + 64], "cpu")]
+    else:
+        lungs = [_read_gray(root / row["lung_mask"]) > 127 for row in rows]
+    for row, img, lung in zip(rows, images, lungs, strict=True):
         inf = (_read_gray(root / row["infection_mask"]) > 127).astype(np.uint8)
         b.add(img, "8bit", lung, inf, INF_BINARY, f"png256/{row['inferred_group']}", "png256", False)
     return b.build()
@@ -291,16 +301,17 @@ def parse_data_spec(spec: str) -> list[tuple[str, Path]]:
 
 
 def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | None = None,
-                 limit: int | None = None) -> SliceSet:
+                 limit: int | None = None, predicted_lungs: bool = False) -> SliceSet:
     """Load a comma-separated ``--data`` specification (``kind:path`` or plain paths).
 
-    For the infection task every slice that has a lung mask is cropped to its lung box first.
+    For the infection task every slice that has a lung mask is cropped to its lung box first;
+    ``predicted_lungs`` takes the png256 lung masks from the installed lung model (see :func:`load_png256`).
     """
     CROP_TO_LUNG["on"] = task == "infection"
     sets = []
     for kind, path in parse_data_spec(spec):
         if kind == "png256":
-            sets.append(load_png256(path, size, limit))
+            sets.append(load_png256(path, size, limit, predicted_lungs))
         elif kind == "medseg":
             sets.append(load_medseg(path, size))
         elif kind == "lidc-synth":

@@ -131,21 +131,32 @@ def _validator(val: SliceSet, task: str, device: str, batch: int = 32):
     return validate
 
 
-def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit: int | None) -> SliceSet:
+def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit: int | None,
+                 lung_input: str = "truth") -> SliceSet:
     """Load the ``--data`` slices once; later runs (``--resume``) reuse ``<out>/cache/slices-*.npz``."""
     import hashlib
 
-    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v3".encode()).hexdigest()[:16]
+    variant = "" if lung_input == "truth" else f"|lungs-{lung_input}-{_lung_model_tag()}"
+    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v3{variant}".encode()).hexdigest()[:16]
     path = cache / f"slices-{key}.npz"
     if path.is_file():
         d = np.load(path, allow_pickle=False)
         return SliceSet(d["img"], d["img_alt"], d["lung"], d["lung_known"], d["inf"], d["inf_kind"],
                         d["groups"].tolist(), d["source"].tolist())
-    ss = load_sources(data, task, size, seed=seed, cache=cache, limit=limit)
+    ss = load_sources(data, task, size, seed=seed, cache=cache, limit=limit,
+                      predicted_lungs=lung_input == "predicted")
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, img=ss.img, img_alt=ss.img_alt, lung=ss.lung, lung_known=ss.lung_known, inf=ss.inf,
              inf_kind=ss.inf_kind, groups=np.array(ss.groups), source=np.array(ss.source))
     return ss
+
+
+def _lung_model_tag() -> str:
+    """Name, version and checksum of the installed lung model (the predicted lung masks depend on it)."""
+    from CovidCTLib.models.inference import LUNG_MODEL, get_model
+
+    m = get_model(LUNG_MODEL, "cpu").manifest
+    return f"{m['name']}-{m['version']}-{m['sha256'][:12]}"
 
 
 def build_model(task: str) -> torch.nn.Module:
@@ -172,14 +183,17 @@ def train(
     init_from: str | None = None,
     threads: int = 2,
     source_weights: dict[str, float] | None = None,
+    lung_input: str = "truth",
     limit: int | None = None,
     reporter: Reporter | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Train the ``task`` network on ``data``; writes checkpoints, log.jsonl and ``<out>/model/<name>/``.
 
-    ``init_from``: a registry model name to start from (fine-tuning). ``source_weights``: sampling weight per
-    data kind, overriding the task's default mix (``SOURCE_WEIGHTS``). Returns a summary dictionary.
+    ``init_from``: a registry model name or model folder to start from (fine-tuning). ``source_weights``:
+    sampling weight per data kind, overriding the task's default mix (``SOURCE_WEIGHTS``). ``lung_input`` (infection):
+    ``truth`` feeds the reference lung masks of png256 data, ``predicted`` the installed lung model's masks,
+    as at inference. Returns a summary dictionary.
     """
     if task not in ARCH:
         raise InputError(f"Unknown task {task!r}; use lung or infection.")
@@ -196,7 +210,11 @@ def train(
 
     dev = pick_device(device)
     t0 = time.time()
-    all_data = _task_subset(_load_cached(data, task, size, seed, out / "cache", limit), task)
+    if lung_input not in ("truth", "predicted"):
+        raise InputError(f"--lung-input {lung_input!r}: use truth or predicted.")
+    if lung_input == "predicted" and task != "infection":
+        raise InputError("--lung-input predicted only applies to the infection network.")
+    all_data = _task_subset(_load_cached(data, task, size, seed, out / "cache", limit, lung_input), task)
     tr_idx, va_idx = grouped_split(all_data.groups, val_fraction, seed)
     train_set, val_set = all_data.subset(tr_idx), all_data.subset(va_idx)
     val_groups = sorted(set(val_set.groups))
@@ -206,9 +224,13 @@ def train(
                                                 "train_groups": sorted(set(train_set.groups))}, indent=1))
     model = build_model(task)
     if init_from:
-        loaded = registry.load_model(init_from, "cpu")
+        folder = Path(init_from)
+        if (folder / "manifest.json").is_file():  # a trained model folder (<out>/model/<name>)
+            loaded = registry.load_model(folder.name, "cpu", root=folder.parent)
+        else:
+            loaded = registry.load_model(init_from, "cpu")
         model.load_state_dict(loaded.module.state_dict())
-        log(f"initialised from shipped model {init_from} {loaded.version}")
+        log(f"initialised from model {init_from} {loaded.version} (sha256 {loaded.manifest['sha256'][:12]}...)")
     model = model.to(memory_format=torch.channels_last)
     probs = _sampling_probs(train_set, task, source_weights)
     if probs.sum() <= 0:
@@ -257,6 +279,7 @@ def train(
         "training": {
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
             "seed": seed, "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
+            "lung_input": lung_input if lung_input == "truth" else f"predicted by {_lung_model_tag()}",
             "epochs_run": summary["last_epoch"], "best_epoch": summary["best_epoch"],
             "data": data, "validation_groups": val_groups, "train_slices": len(train_set),
             "validation_slices": len(val_set), "licence": LICENCE_NOTE, "init_from": init_from,
