@@ -288,3 +288,54 @@ def test_aux_slices_train_but_never_validate(tiny_dataset: Path, tmp_path: Path)
     assert summary["n_val"] == len(plain)  # validation holds only COVID-CT images
     manifest = json.loads((out / "model" / "manifest.json").read_text())
     assert manifest["training"]["n_aux"] == len(labels) and "--aux-data" in manifest["training"]["command"]
+
+
+def test_platt_fit_recovers_known_scaling() -> None:
+    from CovidCTLib.models.calibrate import fit_platt
+    from CovidCTLib.models.classifier_inference import apply_calibration
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 0.4, 4000)  # raw logits crowded around 0, as a smoothed network gives
+    labels = rng.random(4000) < 1 / (1 + np.exp(-(3.0 * z - 0.5)))
+    slope, intercept = fit_platt(1 / (1 + np.exp(-z)), labels)
+    assert slope == pytest.approx(3.0, abs=0.35) and intercept == pytest.approx(-0.5, abs=0.12)
+    p = np.array([0.2, 0.5, 0.7])
+    np.testing.assert_allclose(apply_calibration(p, None), p)
+    calibrated = apply_calibration(p, {"method": "platt", "slope": 2.0, "intercept": 0.0})
+    assert calibrated[0] < 0.2 and calibrated[1] == pytest.approx(0.5) and calibrated[2] > 0.7
+
+
+def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Path, tiny_dataset: Path,
+                                                                      tmp_path: Path) -> None:
+    import shutil
+
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.calibrate import calibrate_classifier
+
+    folder = tmp_path / "covid-classifier"
+    shutil.copytree(trained / "model", folder)  # two optimiser steps: chance level
+    with pytest.raises(InputError, match="does not separate"):
+        calibrate_classifier(tiny_dataset, folder, seed=1, val_fraction=0.5)
+    assert "calibration" not in json.loads((folder / "manifest.json").read_text())
+
+
+def test_calibrate_classifier_cli_stores_scaling_used_by_inference(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from CovidCTLib.models.classifier_inference import apply_calibration
+    from CovidCTLib.models.classifier_train import main_train
+    from CovidCTLib.models.cli import main
+
+    run = tmp_path / "run"  # long enough to learn the synthetic lesions (validation AUC 1 here)
+    assert main_train(_args(tiny_dataset, run, epochs=12, lr=3e-3, batch_size=4))["validation"]["auc"] > 0.8
+    folder = tmp_path / "covid-classifier"
+    shutil.copytree(run / "model", folder)
+    raw = classify_images([str(p) for p in sorted(tiny_dataset.rglob("*.png"))], model_dir=folder, device="cpu")
+    assert main(["calibrate", "classifier", "--data", str(tiny_dataset), "--model", str(folder),
+                 "--val-fraction", "0.5", "--seed", "1"]) == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    cal = manifest["calibration"]
+    assert cal["method"] == "platt" and "validation split" in cal["fitted_on"]
+    assert cal["slope"] > 0 and cal["after"]["auc"] == pytest.approx(cal["before"]["auc"], abs=1e-6)
+    now = classify_images([str(p) for p in sorted(tiny_dataset.rglob("*.png"))], model_dir=folder, device="cpu")
+    np.testing.assert_allclose(now, apply_calibration(np.array(raw), cal), atol=1e-4)

@@ -13,6 +13,7 @@ validation groups stay untouched for the numbers reported in the model card.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from CovidCTLib.models.datasets import grouped_split, parse_data_spec
 from CovidCTLib.models.evaluate import _gray, _items_medseg, _items_png256
 from CovidCTLib.models.metrics import confusion, pooled_metrics
 
+#: Below this validation AUC a probability calibration is refused (it would be fitted to noise).
+MIN_AUC_TO_CALIBRATE = 0.6
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Slice subsampling of the training groups per source (speed; neighbouring slices are near-duplicates).
 EVERY = {"lung": {"png256": 4}, "infection": {"png256": 8, "medseg": 2}}
@@ -99,3 +102,67 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return manifest["postprocess"]
+
+
+def fit_platt(probabilities: np.ndarray, labels: np.ndarray, l2: float = 1e-3, steps: int = 100) -> tuple[float, float]:
+    """Slope and intercept of ``sigmoid(slope * logit(p) + intercept)`` by penalised maximum likelihood
+    (Newton's method on the two parameters)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise InputError("calibration needs both classes (COVID and non-COVID) in the validation split.")
+    x = np.column_stack([np.log(p / (1 - p)), np.ones_like(p)])
+    w = np.array([1.0, 0.0])
+    for _ in range(steps):
+        q = 1.0 / (1.0 + np.exp(-(x @ w)))
+        grad = x.T @ (q - y) + l2 * w
+        hess = (x * (q * (1 - q))[:, None]).T @ x + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(w[0]), float(w[1])
+
+
+def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2,
+                         fold: int = 0) -> dict[str, Any]:
+    """Fit Platt scaling of the classifier on the grouped validation split and store it in its manifest.
+
+    The ranking (AUC) does not change; the probabilities get a usable scale (the raw network output of a
+    model trained with label smoothing and a class weight crowds around 0.5). The split is the one used
+    to pick the best epoch, so the calibrated F1 there is optimistic.
+    """
+    from CovidCTLib.models.classifier_data import grouped_split, list_dataset
+    from CovidCTLib.models.classifier_inference import classify_images, load_classifier
+    from CovidCTLib.models.classifier_train import binary_metrics
+
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise InputError(f"{model_dir} is not a model folder (no manifest.json); give <train --out>/model.")
+    items = list_dataset(data)
+    _, val = grouped_split(items, val_fraction, seed, fold)
+    items = [items[i] for i in val]
+    labels = np.array([it.label for it in items])
+    loaded = load_classifier(model_dir, "cpu")
+    raw_output = replace(loaded, manifest={k: v for k, v in loaded.manifest.items() if k != "calibration"})
+    raw = np.asarray(classify_images([it.path for it in items], loaded=raw_output))
+    from CovidCTLib.models.classifier_train import roc_auc
+
+    auc = roc_auc(labels, raw)
+    if not auc >= MIN_AUC_TO_CALIBRATE:
+        raise InputError(f"the classifier does not separate COVID from non-COVID on the validation split "
+                         f"(AUC {auc:.2f}); train it further before calibrating its probabilities.")
+    slope, intercept = fit_platt(raw, labels)
+    from CovidCTLib.models.classifier_inference import apply_calibration
+
+    calibration = {"method": "platt", "slope": round(slope, 5), "intercept": round(intercept, 5),
+                   "fitted_on": f"grouped validation split (seed {seed}, fraction {val_fraction}, fold {fold}): "
+                                f"{len(items)} images, {int(labels.sum())} COVID"}
+    calibrated = apply_calibration(raw, calibration)
+    calibration["before"] = binary_metrics(labels, raw)
+    calibration["after"] = binary_metrics(labels, calibrated)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["calibration"] = calibration
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    return calibration

@@ -203,7 +203,17 @@ def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray]) -> np.ndarra
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if loaded.config.in_channels == 3:
         x = x.repeat(1, 3, 1, 1)
-    return predict_crops(loaded.model, x, loaded.device, tta=loaded.tta)
+    raw = predict_crops(loaded.model, x, loaded.device, tta=loaded.tta)
+    return apply_calibration(raw, loaded.manifest.get("calibration"))
+
+
+def apply_calibration(probabilities: np.ndarray, calibration: dict[str, Any] | None) -> np.ndarray:
+    """Platt scaling ``sigmoid(slope * logit(p) + intercept)`` from the manifest (identity when absent)."""
+    if not calibration or calibration.get("method") != "platt":
+        return probabilities
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
+    z = float(calibration["slope"]) * np.log(p / (1 - p)) + float(calibration["intercept"])
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def _quantize(unit: np.ndarray) -> np.ndarray:

@@ -178,22 +178,28 @@ def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
 
 def run_calibrate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
     """``covidct calibrate <task>``: pick the probability threshold on training groups, store it in the manifest."""
-    from CovidCTLib.models.calibrate import calibrate
+    from CovidCTLib.models.calibrate import calibrate, calibrate_classifier
 
-    result = calibrate(args.task, args.data, args.model, seed=args.seed,
-                       val_fraction=args.val_fraction)
+    if args.task == "classifier":
+        result = calibrate_classifier(args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,
+                                      fold=args.fold)
+    else:
+        result = calibrate(args.task, args.data, args.model, seed=args.seed, val_fraction=args.val_fraction)
     print(json.dumps(result, indent=1))
     return 0
 
 
 def _add_calibrate(subparsers: Any) -> None:
-    text = "choose a lung / infection model's probability threshold on the training groups (stored in its manifest)"
+    text = ("choose a lung / infection model's probability threshold on the training groups, or fit the "
+            "classifier's probability calibration on its validation split (stored in the model's manifest)")
     p = subparsers.add_parser("calibrate", help=text, description=text + ". Research software, not for diagnosis.")
-    p.add_argument("task", choices=("lung", "infection"))
-    p.add_argument("--data", required=True, help="the training --data (its png256: / medseg: sources are used)")
+    p.add_argument("task", choices=("lung", "infection", "classifier"))
+    p.add_argument("--data", required=True, help="the training --data (lung / infection: its png256: and medseg: "
+                                                 "sources are used; classifier: the COVID/ NonCOVID/ folder)")
     p.add_argument("--model", required=True, help="model folder to calibrate, e.g. runs/lung/model/lung-attunet")
     p.add_argument("--seed", type=int, default=0, help="split seed used for training (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction used for training")
+    p.add_argument("--fold", type=int, default=0, help="classifier: validation fold used for training")
     p.set_defaults(handler=run_calibrate)
 
 
