@@ -323,6 +323,11 @@ def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_pat
     assert table[str(post["threshold"])] == max(table.values())
     assert max(table.values()) > 0.5  # the shipped networks do find the phantom's lungs / lesions
     registry.load_model(name, root=folder.parent)  # weights untouched: the checksum still verifies
+    if task == "lung":  # choosing on the validation groups is recorded as such
+        assert main(["calibrate", task, "--data", f"png256:{data}", "--model", str(folder), "--split", "val"]) == 0
+        post_val = json.loads((folder / "manifest.json").read_text())["postprocess"]
+        assert post_val["calibration"]["split"] == "val" and "VALIDATION" in post_val["calibration"]["rule"]
+        assert post_val["calibration"]["pooled_dice"] != post["calibration"]["pooled_dice"]  # other slices
 
 
 def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path) -> None:

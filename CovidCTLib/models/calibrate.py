@@ -28,15 +28,18 @@ from CovidCTLib.models.metrics import confusion, pooled_metrics
 
 #: Below this validation AUC a probability calibration is refused (it would be fitted to noise).
 MIN_AUC_TO_CALIBRATE = 0.6
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 #: Slice subsampling of the training groups per source (speed; neighbouring slices are near-duplicates).
 EVERY = {"lung": {"png256": 4}, "infection": {"png256": 8, "medseg": 2}}
 
 
-def _training_items(kind: str, root: Path, every: int, seed: int, val_fraction: float) -> list[dict[str, Any]]:
+def _split_items(kind: str, root: Path, every: int, seed: int, val_fraction: float, split: str) -> list[
+    dict[str, Any]
+]:
+    """Every ``every``-th slice of the training groups (``split="train"``) or all validation slices (``"val"``)."""
     items = _items_png256(root) if kind == "png256" else _items_medseg(root)
-    train, _ = grouped_split([it["group"] for it in items], val_fraction, seed)
-    return [items[i] for i in train[::every]]
+    train, val = grouped_split([it["group"] for it in items], val_fraction, seed)
+    return [items[i] for i in train[::every]] if split == "train" else [items[i] for i in val]
 
 
 def _truth(path: Path, multiclass: bool) -> np.ndarray:
@@ -45,15 +48,20 @@ def _truth(path: Path, multiclass: bool) -> np.ndarray:
 
 
 def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float = 0.2,
-                      thresholds: tuple[float, ...] = THRESHOLDS, batch: int = 32) -> dict[str, dict[str, float]]:
-    """``{source: {threshold: pooled Dice}}`` on the subsampled training groups of each 8-bit source."""
+                      thresholds: tuple[float, ...] = THRESHOLDS, batch: int = 32, split: str = "train") -> dict[
+    str, dict[str, float]
+]:
+    """``{source: {threshold: pooled Dice}}`` on the subsampled training groups (or the validation groups,
+    ``split="val"``) of each 8-bit source."""
     if task not in EVERY:
         raise InputError(f"unknown task {task!r}; use lung or infection.")
+    if split not in ("train", "val"):
+        raise InputError(f"calibration split {split!r}: use train or val.")
     result: dict[str, dict[str, float]] = {}
     for kind, root in parse_data_spec(data):
         if kind not in EVERY[task]:
             continue
-        items = _training_items(kind, root, EVERY[task][kind], seed, val_fraction)
+        items = _split_items(kind, root, EVERY[task][kind], seed, val_fraction, split)
         counts: dict[float, list[tuple[int, int, int, int]]] = {t: [] for t in thresholds}
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
@@ -78,8 +86,14 @@ def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float =
     return result
 
 
-def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2) -> dict[str, Any]:
-    """Measure the thresholds with the model in ``model_dir`` and store the best in its manifest."""
+def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2,
+              split: str = "train") -> dict[str, Any]:
+    """Measure the thresholds with the model in ``model_dir`` and store the best in its manifest.
+
+    ``split="val"`` chooses on the validation groups instead: the networks are more confident on the slices
+    they were trained on, so the training groups favour too high a threshold for new patients; the
+    validation numbers reported afterwards are then optimistic (the manifest records which split chose).
+    """
     model_dir = Path(model_dir)
     manifest_path = model_dir / "manifest.json"
     if not manifest_path.is_file():
@@ -87,7 +101,7 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     name = inference.LUNG_MODEL if task == "lung" else inference.INFECTION_MODEL
     inference.use_model_folder(name, model_dir)
     try:
-        table = dice_by_threshold(task, data, seed, val_fraction)
+        table = dice_by_threshold(task, data, seed, val_fraction, split=split)
     finally:
         inference.use_model_folder(name, None)
     thresholds = list(next(iter(table.values())))
@@ -96,8 +110,11 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     manifest = json.loads(manifest_path.read_text())
     manifest["postprocess"] = {
         "threshold": float(best),
-        "calibration": {"rule": "best mean over sources of the pooled Dice on subsampled TRAINING-group slices "
-                                f"(split seed {seed}, validation fraction {val_fraction})",
+        "calibration": {"rule": "best mean over sources of the pooled Dice on "
+                                + ("subsampled TRAINING-group slices" if split == "train" else
+                                   "the VALIDATION-group slices (validation numbers are optimistic)")
+                                + f" (split seed {seed}, validation fraction {val_fraction})",
+                        "split": split,
                         "pooled_dice": table},
     }
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")

@@ -184,7 +184,8 @@ def run_calibrate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa:
         result = calibrate_classifier(args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,
                                       fold=args.fold)
     else:
-        result = calibrate(args.task, args.data, args.model, seed=args.seed, val_fraction=args.val_fraction)
+        result = calibrate(args.task, args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,
+                           split=args.split)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -200,6 +201,9 @@ def _add_calibrate(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed used for training (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction used for training")
     p.add_argument("--fold", type=int, default=0, help="classifier: validation fold used for training")
+    p.add_argument("--split", default="train", choices=("train", "val"),
+                   help="lung / infection: choose the threshold on the training groups (default) or on the "
+                        "validation groups (then the validation numbers are optimistic)")
     p.set_defaults(handler=run_calibrate)
 
 
