@@ -22,7 +22,7 @@ def _metrics_lines(metrics: dict[str, Any], size: int) -> list[str]:
     lines = []
     for key, entry in metrics.items():
         if key == "validation_at_training_size":
-            lines.append(f"- validation at training size ({size} px, ground-truth lungs, during training): "
+            lines.append(f"- validation at training size ({size} px, measured during training): "
                          f"`{json.dumps(entry)}`")
             continue
         if not isinstance(entry, dict) or "summary" not in entry:
