@@ -30,10 +30,6 @@ MIN_LESION_SHARE = 0.03
 AUX_KINDS = ("png256", "lidc-synth")
 
 
-def _quantized(unit: np.ndarray) -> np.ndarray:
-    return np.round(unit * 255.0) / 255.0
-
-
 def _png256(root: Path, size: int, every: int = 2) -> tuple[list[np.ndarray], list[int], list[str]]:
     from PIL import Image
 
@@ -62,7 +58,7 @@ def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int
 ]:
     import SimpleITK as sitk
 
-    from CovidCTLib.models.classifier_inference import lung_slices
+    from CovidCTLib.models.classifier_inference import _quantize, lung_slices
     from CovidCTLib.models.datasets import synthetic_volume
     from CovidCTLib.models.normalization import orient_lps
 
@@ -80,7 +76,7 @@ def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int
             for arr, label in ((hu[z], 0), (lesioned[z], 1)):
                 if label == 1 and share < MIN_LESION_SHARE:
                     continue
-                crop, _ = crop_to_lungs(_quantized(to_unit(arr, "HU")), box_mask, size)
+                crop, _ = crop_to_lungs(_quantize(to_unit(arr, "HU")), box_mask, size)
                 crops.append(crop)
                 labels.append(label)
                 groups.append(f"synth/{f.name.split('.')[0]}")
