@@ -1,13 +1,17 @@
-"""``covidct calibrate lung|infection``: choose a model's probability threshold on TRAINING groups.
+"""``covidct calibrate lung|infection|classifier``: post-processing settings stored in a model's manifest.
 
-The threshold that turns the network's probabilities into masks is a post-processing setting stored in
-the model folder's ``manifest.json`` (``postprocess.threshold``). It is chosen by pooled Dice on a subsample
-of the slices of the *training* groups of the grouped split (the same split as ``covidct train``), so the
-validation groups stay untouched for the numbers reported in the model card.
+Lung / infection: the threshold that turns the network's probabilities into masks
+(``postprocess.threshold``), chosen by pooled Dice on a subsample of the slices of the *training* groups of
+the grouped split (the same split as ``covidct train``), so the validation groups stay untouched for the
+numbers reported in the model card; ``split="val"`` chooses on the validation groups instead (recorded as
+such, and those numbers are then optimistic).
 
 - lung: every 4th png256 training slice, through the 2-D lung inference;
 - infection: every 8th png256 and every 2nd MedSeg training slice, through the 2-D infection inference
   (lungs from the installed lung model); the threshold with the best mean of the per-source Dice wins.
+
+Classifier: Platt scaling of the slice probabilities (``calibration``), fitted on its grouped validation
+split (:func:`calibrate_classifier`).
 """
 
 from __future__ import annotations
