@@ -107,3 +107,40 @@ def test_normalization_hu_and_8bit_same_domain() -> None:
     assert normalize_slice(np.full((10, 10), 7, np.uint8)).max() == 0.0
     with pytest.raises(ValueError):
         normalize_slice(hu, "MR")
+
+
+@pytest.mark.parametrize("name", ["lung-attunet", "infection-unet"])
+def test_shipped_segmentation_cards_match_their_manifests(name: str) -> None:
+    """The model card shows exactly what the manifest records (measured metrics, experiments, limitations)."""
+    from CovidCTLib.models.model_card import render_card
+    from CovidCTLib.models.registry import models_dir
+
+    folder = models_dir() / name
+    if not (folder / "manifest.json").is_file():
+        pytest.skip(f"{name} not shipped")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert card == render_card(manifest)
+    assert manifest["sha256"] in card and "not a diagnosis" in card
+    for row in manifest.get("experiments_not_shipped", []):
+        assert row["result"] in card
+
+
+def test_install_adds_metrics_and_writes_card(tmp_path: Path) -> None:
+    from CovidCTLib.models.model_card import install
+    from CovidCTLib.models.registry import models_dir, verify
+
+    src = tmp_path / "trained" / "lung-attunet"
+    if not (models_dir() / "lung-attunet").is_dir():
+        pytest.skip("lung model not shipped")
+    shutil.copytree(models_dir() / "lung-attunet", src)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"split": "val", "summary": {"png256": {
+        "n_images": 3, "pooled": {"dice": 0.91, "iou": 0.83, "precision": 0.9, "recall": 0.92, "specificity": 0.99},
+        "mean_per_image": {"dice": 0.9}}}}))
+    root = tmp_path / "models"
+    dest = install(src, [("my_site", metrics, "three slices of my site")], {"version": "9.9.9"}, root=root)
+    manifest, _ = verify("lung-attunet", root)
+    assert manifest["version"] == "9.9.9" and manifest["metrics"]["my_site"]["summary"]["png256"]["n_images"] == 3
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "# lung-attunet 9.9.9" in card and "three slices of my site" in card and "| png256 | 3 | 0.91 |" in card

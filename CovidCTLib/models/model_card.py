@@ -54,6 +54,16 @@ def _burden_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _experiment_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """'Tried and not shipped' table: ``{"run", "result", "command"}`` per experiment."""
+    if not rows:
+        return []
+    lines = ["## Tried and not shipped", "", "| run | result (same validation split) |", "|---|---|"]
+    lines += [f"| {r['run']} | {r['result']} |" for r in rows]
+    lines += ["", *[f"- `{r['command']}`" for r in rows if r.get("command")], ""]
+    return lines
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """Markdown model card from a manifest."""
     t = manifest.get("training", {})
@@ -89,6 +99,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         *_metrics_lines(manifest.get("metrics", {}), int(manifest["input"]["size"])),
         "",
         *_burden_lines(manifest.get("burden_check_unlabelled", [])),
+        *_experiment_lines(manifest.get("experiments_not_shipped", [])),
         "## Limitations",
         *[f"- {x}" for x in manifest.get("limitations", [])],
         "",
