@@ -73,6 +73,18 @@ def _ijk_to_ras(ref: sitk.Image) -> np.ndarray:
     return m
 
 
+def _read_in_slicer(slicer, path: Path):
+    """Read a .seg.nrrd with Slicer's own storage node into a new scene; returns (scene, storage, node)."""
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    return scene, storage, node
+
+
 def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
     slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
     vtk = pytest.importorskip("vtk")
@@ -81,13 +93,7 @@ def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
     lungs, infection = masks()
     path = write_seg_nrrd(lungs, infection, ref, tmp_path / "case.seg.nrrd", show_3d=False)
 
-    scene = slicer.vtkMRMLScene()
-    node = slicer.vtkMRMLSegmentationNode()
-    scene.AddNode(node)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node) == 1
+    scene, storage, node = _read_in_slicer(slicer, path)
     segmentation = node.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 4
     assert segmentation.GetSourceRepresentationName() == "Binary labelmap"
@@ -174,13 +180,7 @@ def test_one_layer_label_seg_loads_in_slicer_on_oblique_grid(tmp_path: Path) -> 
     np.testing.assert_allclose(image.GetDirection(), ref.GetDirection(), atol=TOL)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), labels)
 
-    scene = slicer.vtkMRMLScene()
-    node = slicer.vtkMRMLSegmentationNode()
-    scene.AddNode(node)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    scene.AddNode(storage)
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node) == 1
+    scene, storage, node = _read_in_slicer(slicer, path)
     segmentation = node.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 3 and segmentation.GetNumberOfLayers() == 1
     for value, name, _ in segments:

@@ -207,9 +207,14 @@ def write_layered_seg_nrrd(
     overwrite: bool = False,
     extra_metadata: dict[str, Any] | None = None,
     show_3d: bool = True,
+    layer_names: list[str] | None = None,
 ) -> Path:
-    """Write labelmap ``layers`` (each ``(z, y, x)`` on the reference grid) and their ``segments`` atomically."""
-    checked = [_check_labels(arr, reference, f"layer {i}") for i, arr in enumerate(layers)]
+    """Write labelmap ``layers`` (each ``(z, y, x)`` on the reference grid) and their ``segments`` atomically.
+
+    ``layer_names`` name the layers in error messages (default ``layer 0``, ``layer 1``, ...).
+    """
+    names = layer_names or [f"layer {i}" for i in range(len(layers))]
+    checked = [_check_labels(arr, reference, name) for arr, name in zip(layers, names, strict=True)]
     header = build_layered_header(checked, segments, reference, extra_metadata, show_3d).encode("utf-8")
     # (z, y, x, layer): the layer is the fastest NRRD axis
     data = np.stack(checked, axis=-1) if len(checked) > 1 else checked[0]
@@ -240,10 +245,8 @@ def write_seg_nrrd(
             (e.g. model versions). The disclaimer and software version are always stored.
         show_3d: ask Slicer to build the closed-surface (3-D) representation on load.
     """
-    lungs = _check_labels(lungs, reference, "lungs")
-    infection = _check_labels(infection, reference, "infection")
     return write_layered_seg_nrrd([lungs, infection], covidct_segments(), reference, path, overwrite,
-                                  extra_metadata, show_3d)
+                                  extra_metadata, show_3d, layer_names=list(LAYERS))
 
 
 def write_label_seg_nrrd(
