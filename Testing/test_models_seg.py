@@ -274,6 +274,24 @@ def test_source_weights_option_parsed_and_applied() -> None:
     assert tuned[:8].sum() == pytest.approx(0.8) and tuned[9] == pytest.approx(0.1)
 
 
+def test_lesion_emphasis_draws_consolidated_slices_more_often() -> None:
+    from CovidCTLib.models.datasets import INF_BINARY, SliceSet
+    from CovidCTLib.models.train_seg import _sampling_probs, lesion_share
+
+    lung = np.zeros((3, 4, 4), np.uint8)
+    lung[:, :, :2] = 1  # 8 lung pixels per slice
+    inf = np.zeros_like(lung)
+    inf[0, :, 0] = 1  # slice 0: half of its lung is infected
+    inf[2, :, 3] = 1  # slice 2: infection outside the lung does not count
+    img = lung.astype(np.float32)
+    data = SliceSet(img, img, lung, np.ones(3, bool), inf, np.full(3, INF_BINARY), ["g"] * 3, ["png256"] * 3)
+    np.testing.assert_allclose(lesion_share(data), [0.5, 0.0, 0.0])
+    plain = _sampling_probs(data, "lung")
+    np.testing.assert_allclose(plain, [1 / 3] * 3)
+    emphasised = _sampling_probs(data, "lung", lesion_emphasis=4.0)  # weights 3 : 1 : 1
+    np.testing.assert_allclose(emphasised, [0.6, 0.2, 0.2])
+
+
 def _png256_from_phantom(root: Path) -> Path:
     """A covid19_ct_seg_png256-shaped folder made of lung-window phantom slices (5 groups)."""
     import csv as _csv

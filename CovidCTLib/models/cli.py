@@ -59,6 +59,9 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
         p.add_argument("--source-weights", default=None, metavar="KIND=W,...",
                        help="how often each data kind is sampled, e.g. png256=0.8,lidc-synth=0.2 "
                             "(default: the task's built-in mix)")
+        p.add_argument("--lesion-emphasis", type=float, default=None, metavar="K",
+                       help="draw a slice in proportion to 1 + K x (share of its lung labelled infection): "
+                            "more consolidated-lung examples for the lung network (default 0: off)")
     else:
         p.add_argument("--split", default="all", choices=("all", "val"),
                        help="evaluate all slices, or only the grouped validation split of --seed")
@@ -69,7 +72,7 @@ def _command_line(args: argparse.Namespace) -> str:
     """The equivalent ``covidct`` command (for the manifest), rebuilt from the parsed options."""
     parts = ["covidct", getattr(args, "seg_action", "train"), args.task]
     for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
-                "val_fraction", "seed", "max_steps", "model", "source_weights", "lung_input"):
+                "val_fraction", "seed", "max_steps", "model", "source_weights", "lung_input", "lesion_emphasis"):
         value = getattr(args, key, None)
         if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
@@ -108,6 +111,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
         "source_weights": parse_source_weights(getattr(args, "source_weights", None)),
         "lung_input": getattr(args, "lung_input", None) or "truth",
+        "lesion_emphasis": getattr(args, "lesion_emphasis", None) or 0.0,
         "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
         "command": _command_line(args),
     }

@@ -54,15 +54,29 @@ def _task_subset(data: SliceSet, task: str) -> SliceSet:
     return data.subset(keep)
 
 
-def _sampling_probs(data: SliceSet, task: str, weights: dict[str, float] | None = None) -> np.ndarray:
-    """Per-slice sampling probability: each source gets its weight, shared evenly by its slices."""
+def lesion_share(data: SliceSet) -> np.ndarray:
+    """Per slice: the fraction of its lung covered by labelled infection (0 where either is unknown)."""
+    lung_px = data.lung.reshape(len(data), -1).sum(1).astype(np.float64)
+    inf_px = ((data.inf > 0) & (data.lung > 0)).reshape(len(data), -1).sum(1).astype(np.float64)
+    known = data.lung_known & (data.inf_kind > 0) & (lung_px > 0)
+    return np.where(known, inf_px / np.maximum(lung_px, 1.0), 0.0)
+
+
+def _sampling_probs(data: SliceSet, task: str, weights: dict[str, float] | None = None,
+                    lesion_emphasis: float = 0.0) -> np.ndarray:
+    """Per-slice sampling probability: each source gets its weight, shared by its slices.
+
+    Within a source a slice is drawn in proportion to ``1 + lesion_emphasis * lesion_share``: with an emphasis
+    above 0 the slices whose lung is largely consolidated (the hard cases of lung segmentation) come more often.
+    """
     weights = {**SOURCE_WEIGHTS[task], **(weights or {})}
     sources = np.array(data.source)
+    per_slice = 1.0 + max(lesion_emphasis, 0.0) * lesion_share(data)
     p = np.zeros(len(data))
     present = sorted(set(data.source))
     for s in present:
         sel = sources == s
-        p[sel] = weights.get(s, 1.0) / sel.sum()
+        p[sel] = weights.get(s, 1.0) * per_slice[sel] / per_slice[sel].sum()
     total = p.sum()
     return p / total if total > 0 else p
 
@@ -184,6 +198,7 @@ def train(
     threads: int = 2,
     source_weights: dict[str, float] | None = None,
     lung_input: str = "truth",
+    lesion_emphasis: float = 0.0,
     limit: int | None = None,
     reporter: Reporter | None = None,
     command: str | None = None,
@@ -193,7 +208,8 @@ def train(
     ``init_from``: a registry model name or model folder to start from (fine-tuning). ``source_weights``:
     sampling weight per data kind, overriding the task's default mix (``SOURCE_WEIGHTS``). ``lung_input`` (infection):
     ``truth`` feeds the reference lung masks of png256 data, ``predicted`` the installed lung model's masks,
-    as at inference. Returns a summary dictionary.
+    as at inference. ``lesion_emphasis``: draw slices with more labelled infection in their lung more often
+    (see ``_sampling_probs``). Returns a summary dictionary.
     """
     if task not in ARCH:
         raise InputError(f"Unknown task {task!r}; use lung or infection.")
@@ -232,7 +248,9 @@ def train(
         model.load_state_dict(loaded.module.state_dict())
         log(f"initialised from model {init_from} {loaded.version} (sha256 {loaded.manifest['sha256'][:12]}...)")
     model = model.to(memory_format=torch.channels_last)
-    probs = _sampling_probs(train_set, task, source_weights)
+    if lesion_emphasis < 0:
+        raise InputError(f"--lesion-emphasis {lesion_emphasis}: use 0 (off) or a positive number such as 4.")
+    probs = _sampling_probs(train_set, task, source_weights, lesion_emphasis)
     if probs.sum() <= 0:
         raise InputError("--source-weights leaves no training slice to sample; give a weight above 0 to a "
                          f"kind present in --data ({', '.join(sorted(set(train_set.source)))}).")
@@ -280,6 +298,7 @@ def train(
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
             "seed": seed, "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
             "lung_input": lung_input if lung_input == "truth" else f"predicted by {_lung_model_tag()}",
+            "lesion_emphasis": lesion_emphasis,
             "epochs_run": summary["last_epoch"], "best_epoch": summary["best_epoch"],
             "data": data, "validation_groups": val_groups, "train_slices": len(train_set),
             "validation_slices": len(val_set), "licence": LICENCE_NOTE, "init_from": init_from,
