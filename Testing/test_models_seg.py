@@ -116,6 +116,27 @@ def test_synthetic_lesions_inside_lung_and_denser() -> None:
         assert np.median(out[inf == 2]) > -250
 
 
+def test_dependent_consolidation_lies_along_the_posterior_base() -> None:
+    from CovidCTLib.models.synthetic_lesions import LesionParams, dependent_band
+
+    hu = np.full((40, 60, 60), 40.0, np.float32)  # soft tissue
+    lung = np.zeros(hu.shape, bool)
+    lung[5:35, 10:50, 8:28] = True  # right lung (low x); LPS: z to the head, y to the back
+    lung[5:35, 10:50, 32:52] = True
+    hu[lung] = -850.0
+    sp = (2.0, 1.0, 1.0)
+    band = dependent_band(lung, np.ones(hu.shape, bool), sp, np.random.default_rng(0), 12.0, 0.4)
+    assert band.max() == 1.0 and not band[~lung].any()
+    zs, ys, _ = np.nonzero(band > 0.5)
+    assert ys.min() >= 49 - 1.6 * 12 and ys.max() == 49  # the back of the lung, never its front
+    assert zs.min() == 5 and zs.max() <= 5 + 0.4 * 29 + 1  # the base, up to 40 % of the lung's height
+    only_band = LesionParams(n_lesions=(0, 0), p_dependent=1.0)
+    out, inf = insert_lesions(hu, lung.astype(np.uint8), sp, seed=2, params=only_band)
+    dense = inf == 2
+    assert dense.any() and not inf[~lung].any()
+    assert np.median(out[dense]) > -100 and np.array_equal(out[~lung], hu[~lung])
+
+
 def test_metrics_known_counts() -> None:
     truth = np.zeros((10, 10), bool)
     truth[:5] = True

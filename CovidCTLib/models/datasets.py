@@ -181,7 +181,7 @@ def _volume_slices(
 
 def _cache_key(path: Path, seed: int, variant: int) -> str:
     st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime}|{seed}|{variant}|v2".encode()).hexdigest()[:16]
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime}|{seed}|{variant}|v3".encode()).hexdigest()[:16]
 
 
 def load_lidc_synthetic(

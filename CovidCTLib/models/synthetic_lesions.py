@@ -11,7 +11,10 @@ Lesion model (typical COVID-19 pattern: peripheral, bilateral, patchy, lower-lob
 * ground-glass: ``hu' = hu + w * (target - hu) * 0.6`` with target -650..-450 HU, so vessels stay visible
   (hazy increase in attenuation); label where the blended increase is clear;
 * consolidation: ``hu' = (1 - w) * hu + w * (target + texture)`` with target -40..+60 HU (vessels
-  obscured); often as the core of a ground-glass halo (mixed lesion).
+  obscured); often as the core of a ground-glass halo (mixed lesion);
+* dependent consolidation (``p_dependent`` per lung): a band of consolidation along the posterior pleura of
+  the lower lung, 8-35 mm deep, with a lobulated upper edge, thinning towards the head: the dense basal lung
+  that intensity-based and slice models tend to cut out of the lung.
 
 The lung mask is taken BEFORE insertion (so consolidated lung stays lung), from
 ``CovidCTLib.classical.lungs.segment_lungs_classical`` when available, else a simple built-in threshold
@@ -37,6 +40,9 @@ class LesionParams:
     p_mixed: float = 0.3
     ggo_hu: tuple[float, float] = (-620.0, -400.0)
     cons_hu: tuple[float, float] = (-40.0, 60.0)
+    p_dependent: float = 0.4
+    dependent_depth_mm: tuple[float, float] = (8.0, 35.0)
+    dependent_extent: tuple[float, float] = (0.15, 0.4)  # share of the lung's height, from its base
 
 
 def simple_lung_mask(hu: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
@@ -98,6 +104,34 @@ def _blob(rng: np.random.Generator, radii_vox: np.ndarray) -> np.ndarray:
     noise /= noise.std() + 1e-6
     field = 1.0 - d + 0.45 * noise
     return np.clip(field / 0.3, 0, 1)
+
+
+def dependent_band(
+    lung: np.ndarray, side: np.ndarray, spacing_zyx: tuple[float, float, float], rng: np.random.Generator,
+    depth_mm: float, extent: float,
+) -> np.ndarray:
+    """Soft (0..1) weight of a posterior basal band of ``lung & side``.
+
+    LPS arrays: y grows to the back, z to the head.
+    """
+    region = lung & side
+    weight = np.zeros(lung.shape, np.float32)
+    zs = np.nonzero(region.any(axis=(1, 2)))[0]
+    if len(zs) < 2:
+        return weight
+    z0 = zs[0]
+    z_top = z0 + max(1, int(round(extent * (zs[-1] - z0))))
+    y_idx = np.arange(lung.shape[1])[None, :, None]
+    sub = region[z0:z_top + 1]
+    y_back = np.where(sub, y_idx, -1).max(axis=1)  # (z, x): the most posterior lung voxel of each column
+    from_back_mm = (y_back[:, None, :] - y_idx) * spacing_zyx[1]
+    noise = ndi.gaussian_filter(rng.standard_normal((sub.shape[0], sub.shape[2])), sigma=(2.0, 6.0))
+    noise /= noise.std() + 1e-6
+    taper = 1.0 - np.linspace(0.0, 0.85, sub.shape[0])[:, None]  # thinner towards the head
+    depth = depth_mm * taper * np.clip(1.0 + 0.35 * noise, 0.3, 1.6)
+    w = np.clip((depth[:, None, :] - from_back_mm) / 3.0, 0.0, 1.0) * sub
+    weight[z0:z_top + 1] = w
+    return weight
 
 
 def insert_lesions(
@@ -166,5 +200,17 @@ def insert_lesions(
         lab[ggo_lab & (lab == 0)] = 1
         lab[cons_lab] = 2
         inf[dst] = lab
+    for side in (np.arange(hu.shape[2])[None, None, :] < cx_mid, np.arange(hu.shape[2])[None, None, :] >= cx_mid):
+        if rng.random() >= p.p_dependent:
+            continue
+        band = dependent_band(lung_b, side, spacing_zyx, rng, rng.uniform(*p.dependent_depth_mm),
+                              rng.uniform(*p.dependent_extent))
+        if not band.any():
+            continue
+        c_target = rng.uniform(*p.cons_hu)
+        sel = band > 0
+        w = band[sel]
+        out[sel] = (1 - w) * out[sel] + w * (c_target + texture[sel])
+        inf[band > 0.5] = 2
     inf[~lung_b] = 0
     return out, inf

@@ -151,7 +151,7 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
     import hashlib
 
     variant = "" if lung_input == "truth" else f"|lungs-{lung_input}-{_lung_model_tag()}"
-    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v3{variant}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{data}|{task}|{size}|{seed}|{limit}|v4{variant}".encode()).hexdigest()[:16]
     path = cache / f"slices-{key}.npz"
     if path.is_file():
         d = np.load(path, allow_pickle=False)
