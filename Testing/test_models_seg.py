@@ -396,3 +396,31 @@ def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path
     training = registry.read_manifest("infection-unet", out / "model")["training"]
     assert training["lung_input"].startswith("predicted by lung-attunet")
     assert "--lung-input predicted" in training["command"]
+
+
+def test_test_time_flips_average_mirrored_predictions() -> None:
+    from CovidCTLib.errors import ModelError
+    from CovidCTLib.models import inference
+    from CovidCTLib.models.registry import LoadedModel
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 2, kernel_size=3, padding=1).eval()  # not mirror-symmetric
+    x = np.random.default_rng(0).random((3, 1, 12, 12)).astype(np.float32)
+    manifest = {"input": {"size": 12}, "postprocess": {}}
+    plain = LoadedModel("toy", net, manifest)
+    flipped = LoadedModel("toy", net, {**manifest, "postprocess": {"test_time_flips": ["h", "v", "hv"]}})
+    shapes = [(12, 12)] * 3
+    p0 = np.stack(inference._predict_probs(plain, list(x), shapes))
+    p1 = np.stack(inference._predict_probs(flipped, list(x), shapes))
+    with torch.no_grad():
+        expected = sum(
+            torch.flip(torch.softmax(net(torch.flip(torch.from_numpy(x), a)), 1), a).numpy() if a
+            else torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+            for a in [(), (3,), (2,), (2, 3)]
+        ) / 4
+    np.testing.assert_allclose(p1, expected, atol=1e-5)
+    assert np.abs(p1 - p0).max() > 1e-3  # the flips change the result
+    np.testing.assert_allclose(p1.sum(1), 1.0, atol=1e-5)
+    bad = LoadedModel("toy", net, {**manifest, "postprocess": {"test_time_flips": ["rot90"]}})
+    with pytest.raises(ModelError, match="test_time_flips"):
+        inference._predict_probs(bad, list(x), shapes)

@@ -10,6 +10,9 @@
   ``CovidCTLib.classical.lungs.split_right_left``. Infection: only slices containing lung go through the
   infection network, each cropped to its lung box (``normalization.lung_box``); output is restricted
   to the lungs.
+* Test-time flips: a model whose manifest lists ``postprocess.test_time_flips`` (for example ``["h", "v",
+  "hv"]``) is also run on the horizontally / vertically / doubly mirrored inputs and the probabilities,
+  mirrored back, are averaged (the flips the network was trained with; about one forward pass more each).
 * Progress via ``reporter.update`` (which also checks cancellation) after every batch.
 """
 
@@ -91,6 +94,34 @@ def models_available() -> dict[str, str]:
     return out
 
 
+#: image axes mirrored by each test-time flip name (tensor layout ``(B, C, y, x)``)
+FLIP_AXES = {"h": (3,), "v": (2,), "hv": (2, 3)}
+
+
+def test_time_flips(model: registry.LoadedModel) -> list[str]:
+    """The manifest's ``postprocess.test_time_flips`` (validated); empty when the model has none."""
+    flips = list(model.manifest.get("postprocess", {}).get("test_time_flips", []))
+    unknown = [f for f in flips if f not in FLIP_AXES]
+    if unknown:
+        raise ModelError(f"{model.name}: unknown test_time_flips {unknown} in its manifest; use h, v or hv.")
+    return flips
+
+
+def _forward(model: registry.LoadedModel, batch: Any, flips: list[str]) -> Any:
+    """Softmax probabilities of ``batch``, averaged over the identity and the mirrored inputs ``flips``."""
+    import torch
+
+    use_amp = model.device.startswith("cuda")
+    total = None
+    for axes in [(), *(FLIP_AXES[f] for f in flips)]:
+        x = torch.flip(batch, axes) if axes else batch
+        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
+            probs = torch.softmax(model.module(x).float(), dim=1)
+        probs = torch.flip(probs, axes) if axes else probs
+        total = probs if total is None else total + probs
+    return total / (1 + len(flips))
+
+
 def _predict_probs(
     model: registry.LoadedModel,
     inputs: list[np.ndarray],
@@ -98,19 +129,20 @@ def _predict_probs(
     reporter: Reporter | None = None,
     step: str = "model",
 ) -> list[np.ndarray]:
-    """Run ``inputs`` (each ``(C, S, S)`` float32) in batches; return class probabilities ``(K, h, w)``."""
+    """Run ``inputs`` (each ``(C, S, S)`` float32) in batches; return class probabilities ``(K, h, w)``.
+
+    With ``postprocess.test_time_flips`` in the model's manifest the probabilities are flip-averaged.
+    """
     import torch
     import torch.nn.functional as F  # noqa: N812
 
     dev = model.device
-    use_amp = dev.startswith("cuda")
+    flips = test_time_flips(model)
     results: list[np.ndarray] = []
     n = len(inputs)
     for start in range(0, n, BATCH):
         chunk = np.stack(inputs[start:start + BATCH]).astype(np.float32)
-        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
-            logits = model.module(torch.from_numpy(chunk).to(dev))
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = _forward(model, torch.from_numpy(chunk).to(dev), flips)
         for j in range(probs.shape[0]):
             h, w = out_shapes[start + j]
             p = probs[j:j + 1]

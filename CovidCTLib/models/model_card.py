@@ -64,6 +64,13 @@ def _experiment_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _flip_lines(flips: list[str]) -> list[str]:
+    if not flips:
+        return []
+    return [f"- Test-time flips: {', '.join(flips)} (h: left-right, v: up-down); the class probabilities of the "
+            f"mirrored inputs, mirrored back, are averaged with the plain pass ({1 + len(flips)} forward passes)."]
+
+
 def render_card(manifest: dict[str, Any]) -> str:
     """Markdown model card from a manifest."""
     t = manifest.get("training", {})
@@ -83,6 +90,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         f"- Weights: `{manifest['weights']}` ({manifest.get('weights_dtype', '')}), SHA-256 `{manifest['sha256']}`",
         "",
         f"- Post-processing: `{json.dumps(manifest.get('postprocess', {}))}`",
+        *_flip_lines(manifest.get("postprocess", {}).get("test_time_flips", [])),
         "",
         "## Training",
         f"- Last command: `{t.get('command', '')}`",
