@@ -260,6 +260,37 @@ def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
     assert _clean_lungs(mask).sum() == mask.sum()
 
 
+def test_lung_postprocess_removes_gas_under_the_lungs_and_the_liver_dome() -> None:
+    from CovidCTLib.models.inference import _clean_lungs, drop_gas_below_lungs
+
+    hu = np.full((30, 40, 40), 40.0, np.float32)  # soft tissue; LPS: z index grows to the head
+    lung = np.zeros(hu.shape, bool)
+    lung[8:30, 4:36, 4:18] = True  # right lung, base at z = 8
+    lung[8:30, 4:36, 22:36] = True  # left lung
+    hu[lung] = -850.0
+    hu[12:15, 8:11, 8:11] = 30.0  # a dense lesion enclosed by lung
+    hu[8:16, 14:24, 7:15] = 60.0  # the liver dome: rises from below into the right lung's base
+    gas = np.zeros(hu.shape, bool)
+    gas[0:7, 10:20, 26:34] = True  # stomach gas under the left lung; z = 7 is the diaphragm
+    hu[gas] = -950.0
+    predicted = lung.copy()
+    predicted[12:15, 8:11, 8:11] = False  # the network missed the lesion...
+    predicted[8:16, 14:24, 7:15] = False  # ...and rightly left the dome out
+    predicted |= gas  # but took the gas for lung
+    predicted[2:9, 8:22, 24:36] = True  # with its wall
+    dropped = drop_gas_below_lungs(predicted, hu)
+    assert not dropped[gas].any() and dropped[lung & (hu < -600)].all()
+    out = _clean_lungs(predicted, hu)
+    assert out[12:15, 8:11, 8:11].all()  # enclosed lesion filled in
+    assert not out[8:16, 14:24, 7:15].any()  # dome open to the abdomen below: not filled
+    assert not out[:8].any()  # nothing under the lungs' base survives
+    assert out[lung & (hu < -600)].all()
+    small_bulla = predicted.copy()
+    hu2 = hu.copy()
+    hu2[20:22, 30:32, 10:12] = 40.0  # a walled air pocket inside the lung's height is left alone
+    assert drop_gas_below_lungs(small_bulla, hu2)[20:22, 29:33, 9:13].sum() == small_bulla[20:22, 29:33, 9:13].sum()
+
+
 def test_data_spec_parsing_prefixed_detected_and_missing(tmp_path) -> None:
     from CovidCTLib.errors import InputError
     from CovidCTLib.models.datasets import parse_data_spec

@@ -157,15 +157,48 @@ def _predict_probs(
 SOLID_COMPONENT_HU = -200.0
 
 
+GAS_HU = -600.0
+GAS_MAX_SHARE = 0.25
+
+
+def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Remove air pockets under the lungs (stomach / bowel gas below the diaphragm) from a lung mask.
+
+    ``mask`` and ``hu`` are LPS-oriented ``(z, y, x)`` arrays (z grows to the head). The air of the mask
+    (< ``GAS_HU``) is split into 3-D components; the lungs are those of at least ``GAS_MAX_SHARE`` of the
+    largest. A smaller component with most of its voxels below the lowest slice of the lungs' air is gas
+    under the diaphragm: it is removed with a 2-voxel in-plane rim (the stomach or bowel wall).
+    """
+    air = mask & (hu < GAS_HU)
+    lab, n = ndi.label(air)
+    if n < 2:
+        return mask
+    ids = np.arange(1, n + 1)
+    sizes = ndi.sum(air, lab, ids)
+    lungs = sizes >= GAS_MAX_SHARE * sizes.max()
+    z = np.broadcast_to(np.arange(mask.shape[0], dtype=np.int32)[:, None, None], mask.shape)
+    floor = int(np.min(np.atleast_1d(ndi.minimum(z, lab, ids[lungs]))))
+    below = ndi.sum(z < floor, lab, ids) / np.maximum(sizes, 1)
+    gas = ids[~lungs & (below > 0.5)]
+    if len(gas) == 0:
+        return mask
+    rim = ndi.binary_dilation(np.isin(lab, gas), structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool),
+                              iterations=2)
+    return mask & ~rim
+
+
 def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
     """Post-process a 3-D lung mask.
 
-    With HU: drop per-slice 2-D components whose median is above ``SOLID_COMPONENT_HU`` (solid organs
-    such as liver or spleen; lung, even with consolidation, contains aerated parts). Then keep the large
-    3-D components (>= 10 % of the largest, at most 2) and fill holes per slice (keeps dense lesions in).
+    With HU: remove gas under the lungs (:func:`drop_gas_below_lungs`), then drop per-slice 2-D components
+    whose median is above ``SOLID_COMPONENT_HU`` (solid organs such as liver or spleen; lung, even with
+    consolidation, contains aerated parts). Then keep the large 3-D components (>= 10 % of the largest,
+    at most 2) and fill their holes in 3-D: a dense lesion enclosed by lung stays in, while the dome of
+    the liver or spleen, enclosed by lung in its top slices but joined to the abdomen below, stays out.
     """
     mask = mask.copy()
     if hu is not None:
+        mask = drop_gas_below_lungs(mask, hu)
         for z in range(mask.shape[0]):
             if not mask[z].any():
                 continue
@@ -181,10 +214,7 @@ def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
     order = np.argsort(sizes)[::-1][:2]
     keep = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
     out = np.isin(lab, keep)
-    for z in range(out.shape[0]):
-        if out[z].any():
-            out[z] = ndi.binary_fill_holes(out[z])
-    return out
+    return ndi.binary_fill_holes(out)
 
 
 def _oriented(ct: CTVolume) -> tuple[sitk.Image, str]:
