@@ -386,8 +386,11 @@ def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_pat
     data = _png256_from_phantom(tmp_path / "png")
     folder = tmp_path / "model" / name
     shutil.copytree(registry.models_dir() / name, folder)
+    before = json.loads((folder / "manifest.json").read_text()).get("postprocess", {})
     assert main(["calibrate", task, "--data", f"png256:{data}", "--model", str(folder)]) == 0
     post = json.loads((folder / "manifest.json").read_text())["postprocess"]
+    kept = {k: v for k, v in before.items() if k not in ("threshold", "calibration")}
+    assert {k: post[k] for k in kept} == kept  # e.g. test-time flips survive a re-calibration
     table = post["calibration"]["pooled_dice"]["png256"]
     assert set(table) == {str(t) for t in THRESHOLDS} and all(0.0 <= d <= 1.0 for d in table.values())
     assert table[str(post["threshold"])] == max(table.values())

@@ -113,6 +113,7 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     best = max(thresholds, key=lambda t: score[t])
     manifest = json.loads(manifest_path.read_text())
     manifest["postprocess"] = {
+        **manifest.get("postprocess", {}),  # other settings (test-time flips) stay
         "threshold": float(best),
         "calibration": {"rule": "best mean over sources of the pooled Dice on "
                                 + ("subsampled TRAINING-group slices" if split == "train" else
