@@ -173,18 +173,32 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     lab, n = ndi.label(air)
     if n < 2:
         return mask
-    ids = np.arange(1, n + 1)
-    sizes = ndi.sum(air, lab, ids)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    boxes = ndi.find_objects(lab)
     lungs = sizes >= GAS_MAX_SHARE * sizes.max()
-    z = np.broadcast_to(np.arange(mask.shape[0], dtype=np.int32)[:, None, None], mask.shape)
-    floor = int(np.min(np.atleast_1d(ndi.minimum(z, lab, ids[lungs]))))
-    below = ndi.sum(z < floor, lab, ids) / np.maximum(sizes, 1)
-    gas = ids[~lungs & (below > 0.5)]
+    floor = min(boxes[i][0].start for i in np.nonzero(lungs)[0])
+    below = np.bincount(lab[:floor].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
+    gas = np.nonzero(~lungs & (below > 0.5))[0]
     if len(gas) == 0:
         return mask
-    rim = ndi.binary_dilation(np.isin(lab, gas), structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool),
-                              iterations=2)
-    return mask & ~rim
+    out = mask.copy()
+    ring = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
+    for i in gas:
+        box = (boxes[i][0], *(slice(max(b.start - 2, 0), b.stop + 2) for b in boxes[i][1:]))  # room for the rim
+        rim = ndi.binary_dilation(lab[box] == i + 1, structure=ring, iterations=2)
+        out[box] &= ~rim
+    return out
+
+
+def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """Fill the background pockets of ``mask`` that do not reach the volume's border (one labelling pass)."""
+    background, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    faces = [background[0], background[-1], background[:, 0], background[:, -1], background[:, :, 0],
+             background[:, :, -1]]
+    outside = np.unique(np.concatenate([f.ravel() for f in faces]))
+    return mask | ((background > 0) & ~np.isin(background, outside[outside > 0]))
 
 
 def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
@@ -195,7 +209,18 @@ def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
     consolidation, contains aerated parts). Then keep the large 3-D components (>= 10 % of the largest,
     at most 2) and fill their holes in 3-D: a dense lesion enclosed by lung stays in, while the dome of
     the liver or spleen, enclosed by lung in its top slices but joined to the abdomen below, stays out.
+    Works inside the mask's bounding box (one voxel of margin), which gives the same result faster.
     """
+    found = ndi.find_objects(mask.astype(np.uint8))
+    if not found:
+        return np.zeros(mask.shape, bool)
+    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, dim)) for b, dim in zip(found[0], mask.shape, strict=True))
+    out = np.zeros(mask.shape, bool)
+    out[box] = _clean_lungs_in_box(mask[box], None if hu is None else hu[box])
+    return out
+
+
+def _clean_lungs_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarray:
     mask = mask.copy()
     if hu is not None:
         mask = drop_gas_below_lungs(mask, hu)
@@ -214,7 +239,7 @@ def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
     order = np.argsort(sizes)[::-1][:2]
     keep = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
     out = np.isin(lab, keep)
-    return ndi.binary_fill_holes(out)
+    return fill_holes_3d(out)
 
 
 def _oriented(ct: CTVolume) -> tuple[sitk.Image, str]:
