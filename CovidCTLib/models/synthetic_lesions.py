@@ -200,7 +200,8 @@ def insert_lesions(
         lab[ggo_lab & (lab == 0)] = 1
         lab[cons_lab] = 2
         inf[dst] = lab
-    for side in (np.arange(hu.shape[2])[None, None, :] < cx_mid, np.arange(hu.shape[2])[None, None, :] >= cx_mid):
+    x = np.arange(hu.shape[2])[None, None, :]
+    for side in (x < cx_mid, x >= cx_mid):
         if rng.random() >= p.p_dependent:
             continue
         band = dependent_band(lung_b, side, spacing_zyx, rng, rng.uniform(*p.dependent_depth_mm),

@@ -230,6 +230,8 @@ def train(
         raise InputError(f"--lung-input {lung_input!r}: use truth or predicted.")
     if lung_input == "predicted" and task != "infection":
         raise InputError("--lung-input predicted only applies to the infection network.")
+    if lesion_emphasis < 0:
+        raise InputError(f"--lesion-emphasis {lesion_emphasis}: use 0 (off) or a positive number such as 4.")
     all_data = _task_subset(_load_cached(data, task, size, seed, out / "cache", limit, lung_input), task)
     tr_idx, va_idx = grouped_split(all_data.groups, val_fraction, seed)
     train_set, val_set = all_data.subset(tr_idx), all_data.subset(va_idx)
@@ -248,8 +250,6 @@ def train(
         model.load_state_dict(loaded.module.state_dict())
         log(f"initialised from model {init_from} {loaded.version} (sha256 {loaded.manifest['sha256'][:12]}...)")
     model = model.to(memory_format=torch.channels_last)
-    if lesion_emphasis < 0:
-        raise InputError(f"--lesion-emphasis {lesion_emphasis}: use 0 (off) or a positive number such as 4.")
     probs = _sampling_probs(train_set, task, source_weights, lesion_emphasis)
     if probs.sum() <= 0:
         raise InputError("--source-weights leaves no training slice to sample; give a weight above 0 to a "
