@@ -197,7 +197,7 @@ def slice_segmenter(task: str, method: str, device: str) -> tuple[str, Callable[
 
     resolved = resolve_method(method)
     if resolved == "model":
-        inference = importlib.import_module("CovidCTLib.models.inference")
+        inference = importlib.import_module("CovidCTLib.models.runtime.inference")
         return resolved, lambda images: inference.segment_slice_images(task, images, device=device)
     from CovidCTLib.classical.slices2d import segment_slice_classical
 
@@ -237,7 +237,7 @@ def run_classify(args: argparse.Namespace, cancel: CancelToken) -> int:
     output = Path(args.output)
     check_writable(output, args.overwrite)
     try:
-        classifier = importlib.import_module("CovidCTLib.models.classifier_inference")
+        classifier = importlib.import_module("CovidCTLib.models.runtime.classifier_inference")
     except ImportError:
         classifier = None
     if classifier is None or not classifier.classifier_available():
@@ -267,7 +267,7 @@ def run_classify(args: argparse.Namespace, cancel: CancelToken) -> int:
 def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: ARG001
     """``covidct models``: list the installed models with version and checksum state."""
     try:
-        registry = importlib.import_module("CovidCTLib.models.registry")
+        registry = importlib.import_module("CovidCTLib.models.runtime.registry")
     except ImportError:
         print("No model support installed (torch/monai missing); the classical method is available.")
         return 0

@@ -40,7 +40,7 @@ def _optional_module(name: str) -> Any | None:
 
 def segmentation_models_available() -> bool:
     """True when the trained lung and infection models are installed and loadable."""
-    inference = _optional_module("CovidCTLib.models.inference")
+    inference = _optional_module("CovidCTLib.models.runtime.inference")
     if inference is None:
         return False
     try:
@@ -52,7 +52,7 @@ def segmentation_models_available() -> bool:
 
 def classifier_available() -> bool:
     """True when the trained COVID classifier is installed and loadable."""
-    module = _optional_module("CovidCTLib.models.classifier_inference")
+    module = _optional_module("CovidCTLib.models.runtime.classifier_inference")
     if module is None or not hasattr(module, "classifier_available"):
         return False
     try:
@@ -130,7 +130,7 @@ def analyze(
         )
     model_versions: dict[str, str] = {}
     if resolved == "model":
-        inference = importlib.import_module("CovidCTLib.models.inference")
+        inference = importlib.import_module("CovidCTLib.models.runtime.inference")
         lungs = timed(
             "lungs",
             0.1,
@@ -170,7 +170,7 @@ def analyze(
 
     covid_probability, classification, slice_probabilities = None, None, {}
     if classify and classifier_available():
-        classifier = importlib.import_module("CovidCTLib.models.classifier_inference")
+        classifier = importlib.import_module("CovidCTLib.models.runtime.classifier_inference")
         scan = timed(
             "classify",
             0.7,

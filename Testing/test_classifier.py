@@ -12,9 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from CovidCTLib.errors import ModelError
-from CovidCTLib.models.classifier import crop_to_lungs, lung_bbox, lung_mask_from_unit, pool_probabilities
-from CovidCTLib.models.classifier_data import Item, group_of, grouped_split, list_dataset
-from CovidCTLib.models.classifier_inference import (
+from CovidCTLib.models.data.classifier_data import Item, group_of, grouped_split, list_dataset
+from CovidCTLib.models.runtime.classifier import crop_to_lungs, lung_bbox, lung_mask_from_unit, pool_probabilities
+from CovidCTLib.models.runtime.classifier_inference import (
     classify_images,
     classify_scan,
     default_model_dir,
@@ -65,7 +65,7 @@ def _args(data: Path, out: Path, **kw) -> argparse.Namespace:
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from CovidCTLib.models.classifier_train import main_train
+    from CovidCTLib.models.training.classifier_train import main_train
 
     out = tmp_path_factory.mktemp("cls_run")
     main_train(_args(tiny_dataset, out, epochs=1, max_steps=2))
@@ -143,7 +143,7 @@ def test_pooling_mean_and_top_k() -> None:
 
 
 def test_smoke_training_writes_checkpoint_and_resumes(trained: Path, tiny_dataset: Path) -> None:
-    from CovidCTLib.models.classifier_train import main_train
+    from CovidCTLib.models.training.classifier_train import main_train
 
     for name in ("last.pt", "best.pt", "metrics.json", "history.csv", "val_predictions.csv",
                  "model/manifest.json", "model/covid-classifier.pt"):
@@ -171,7 +171,7 @@ def test_exported_model_classifies_and_detects_tampering(trained: Path, tmp_path
 
 
 def test_evaluate_writes_roc_metrics_and_csv(trained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
-    from CovidCTLib.models.classifier_train import main_evaluate
+    from CovidCTLib.models.training.classifier_train import main_evaluate
 
     res = main_evaluate(argparse.Namespace(data=str(tiny_dataset), out=str(tmp_path), model=str(trained / "model"),
                                            device="cpu", split="all"))
@@ -217,7 +217,7 @@ def test_classify_scan_on_phantom_with_shipped_model() -> None:
 
 
 def test_radiological_view_flips_in_plane_only() -> None:
-    from CovidCTLib.models.classifier_inference import radiological_view
+    from CovidCTLib.models.runtime.classifier_inference import radiological_view
 
     arr = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     lungs = (arr > 5).astype(np.uint8)
@@ -230,7 +230,7 @@ def test_radiological_view_flips_in_plane_only() -> None:
 
 
 def test_classify_path_on_an_image_file(trained: Path, tmp_path: Path) -> None:
-    from CovidCTLib.models.classifier_inference import classify_path, classify_path_details
+    from CovidCTLib.models.runtime.classifier_inference import classify_path, classify_path_details
 
     png = tmp_path / "slice.png"
     _write_png(png, _chest(covid=True))
@@ -262,8 +262,8 @@ def _png256_like(root: Path) -> Path:
 
 
 def test_aux_slices_train_but_never_validate(tiny_dataset: Path, tmp_path: Path) -> None:
-    from CovidCTLib.models.classifier_aux import build_aux_cache
-    from CovidCTLib.models.classifier_train import main_train
+    from CovidCTLib.models.data.classifier_aux import build_aux_cache
+    from CovidCTLib.models.training.classifier_train import main_train
     from CovidCTLib.phantom import make_phantom
 
     png = _png256_like(tmp_path / "png256")
@@ -291,8 +291,8 @@ def test_aux_slices_train_but_never_validate(tiny_dataset: Path, tmp_path: Path)
 
 
 def test_platt_fit_recovers_known_scaling() -> None:
-    from CovidCTLib.models.calibrate import fit_platt
-    from CovidCTLib.models.classifier_inference import apply_calibration
+    from CovidCTLib.models.evaluation.calibrate import fit_platt
+    from CovidCTLib.models.runtime.classifier_inference import apply_calibration
 
     rng = np.random.default_rng(0)
     z = rng.normal(0, 0.4, 4000)  # raw logits crowded around 0, as a smoothed network gives
@@ -310,7 +310,7 @@ def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Pa
     import shutil
 
     from CovidCTLib.errors import InputError
-    from CovidCTLib.models.calibrate import calibrate_classifier
+    from CovidCTLib.models.evaluation.calibrate import calibrate_classifier
 
     folder = tmp_path / "covid-classifier"
     shutil.copytree(trained / "model", folder)  # two optimiser steps: chance level
@@ -322,9 +322,9 @@ def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Pa
 def test_calibrate_classifier_cli_stores_scaling_used_by_inference(tiny_dataset: Path, tmp_path: Path) -> None:
     import shutil
 
-    from CovidCTLib.models.classifier_inference import apply_calibration
-    from CovidCTLib.models.classifier_train import main_train
     from CovidCTLib.models.cli import main
+    from CovidCTLib.models.runtime.classifier_inference import apply_calibration
+    from CovidCTLib.models.training.classifier_train import main_train
 
     run = tmp_path / "run"  # long enough to learn the synthetic lesions (validation AUC 1 here)
     assert main_train(_args(tiny_dataset, run, epochs=12, lr=3e-3, batch_size=4))["validation"]["auc"] > 0.8

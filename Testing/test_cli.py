@@ -180,7 +180,7 @@ def test_demo_runs_on_the_builtin_phantom(tmp_path: Path, capsys) -> None:
 def test_models_lists_installed_models_and_flags_a_tampered_one(tmp_path: Path, monkeypatch, capsys) -> None:
     import shutil
 
-    from CovidCTLib.models.registry import models_dir
+    from CovidCTLib.models.runtime.registry import models_dir
 
     shipped = models_dir()
     if not any(shipped.glob("*/manifest.json")):

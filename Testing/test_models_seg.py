@@ -11,11 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from CovidCTLib.models import metrics
-from CovidCTLib.models.augment import AugmentConfig, augment_batch
-from CovidCTLib.models.datasets import grouped_split, load_nifti_pairs
-from CovidCTLib.models.losses import focal_tversky_loss, partial_label_infection_loss
-from CovidCTLib.models.synthetic_lesions import insert_lesions
+from CovidCTLib.models.data.datasets import grouped_split, load_nifti_pairs
+from CovidCTLib.models.data.synthetic_lesions import insert_lesions
+from CovidCTLib.models.evaluation import metrics
+from CovidCTLib.models.training.augment import AugmentConfig, augment_batch
+from CovidCTLib.models.training.losses import focal_tversky_loss, partial_label_infection_loss
 from CovidCTLib.phantom import make_phantom
 
 
@@ -117,7 +117,7 @@ def test_synthetic_lesions_inside_lung_and_denser() -> None:
 
 
 def test_dependent_consolidation_lies_along_the_posterior_base() -> None:
-    from CovidCTLib.models.synthetic_lesions import LesionParams, dependent_band
+    from CovidCTLib.models.data.synthetic_lesions import LesionParams, dependent_band
 
     hu = np.full((40, 60, 60), 40.0, np.float32)  # soft tissue
     lung = np.zeros(hu.shape, bool)
@@ -167,8 +167,8 @@ def _phantom_folder(root: Path, n: int = 2) -> Path:
 
 
 def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
-    from CovidCTLib.models import registry
     from CovidCTLib.models.cli import main
+    from CovidCTLib.models.runtime import registry
 
     data = _phantom_folder(tmp_path / "data")
     ss = load_nifti_pairs(data, "lung", size=64)
@@ -189,8 +189,8 @@ def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
     assert "resumed from" in (out / "train.log").read_text()
 
     # evaluation through the public inference path, with this (barely trained) model folder
-    from CovidCTLib.models import inference
-    from CovidCTLib.models.evaluate import evaluate
+    from CovidCTLib.models.evaluation.evaluate import evaluate
+    from CovidCTLib.models.runtime import inference
 
     try:
         result = evaluate("lung", f"nifti:{data}", tmp_path / "eval", model=str(out / "model" / "lung-attunet"))
@@ -205,7 +205,7 @@ def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ shipped models
 def _shipped() -> dict[str, str]:
-    from CovidCTLib.models.inference import models_available
+    from CovidCTLib.models.runtime.inference import models_available
 
     return models_available()
 
@@ -214,7 +214,7 @@ def test_inference_on_phantom_with_shipped_models() -> None:
     available = _shipped()
     if "lung" not in available:
         pytest.skip("lung model not shipped")
-    from CovidCTLib.models.inference import segment_infection_model, segment_lungs_model
+    from CovidCTLib.models.runtime.inference import segment_infection_model, segment_lungs_model
 
     ph = make_phantom((40, 128, 128), seed=2)
     lungs = segment_lungs_model(ph.ct, device="cpu")
@@ -233,8 +233,8 @@ def test_inference_on_phantom_with_shipped_models() -> None:
 def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
     if "lung" not in _shipped():
         pytest.skip("lung model not shipped")
-    from CovidCTLib.models import registry
     from CovidCTLib.models.cli import main
+    from CovidCTLib.models.runtime import registry
 
     data = _phantom_folder(tmp_path / "data", n=2)
     out = tmp_path / "ft"
@@ -246,7 +246,7 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
 
 
 def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
-    from CovidCTLib.models.inference import _clean_lungs
+    from CovidCTLib.models.runtime.inference import _clean_lungs
 
     hu = np.full((6, 40, 40), 40.0, np.float32)  # soft tissue
     hu[:, 5:20, 5:18] = -850.0  # aerated lung
@@ -261,7 +261,7 @@ def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
 
 
 def test_lung_postprocess_removes_gas_under_the_lungs_and_the_liver_dome() -> None:
-    from CovidCTLib.models.inference import _clean_lungs, drop_gas_below_lungs
+    from CovidCTLib.models.runtime.inference import _clean_lungs, drop_gas_below_lungs
 
     hu = np.full((30, 40, 40), 40.0, np.float32)  # soft tissue; LPS: z index grows to the head
     lung = np.zeros(hu.shape, bool)
@@ -293,7 +293,7 @@ def test_lung_postprocess_removes_gas_under_the_lungs_and_the_liver_dome() -> No
 
 def test_data_spec_parsing_prefixed_detected_and_missing(tmp_path) -> None:
     from CovidCTLib.errors import InputError
-    from CovidCTLib.models.datasets import parse_data_spec
+    from CovidCTLib.models.data.datasets import parse_data_spec
 
     medseg = tmp_path / "medseg_like"
     (medseg / "Imgs").mkdir(parents=True)
@@ -308,8 +308,8 @@ def test_data_spec_parsing_prefixed_detected_and_missing(tmp_path) -> None:
 def test_source_weights_option_parsed_and_applied() -> None:
     from CovidCTLib.errors import InputError
     from CovidCTLib.models.cli import parse_source_weights
-    from CovidCTLib.models.datasets import SliceSet
-    from CovidCTLib.models.train_seg import _sampling_probs
+    from CovidCTLib.models.data.datasets import SliceSet
+    from CovidCTLib.models.training.train_seg import _sampling_probs
 
     assert parse_source_weights(None) is None
     assert parse_source_weights("png256=0.8, lidc-synth=0.2") == {"png256": 0.8, "lidc-synth": 0.2}
@@ -327,8 +327,8 @@ def test_source_weights_option_parsed_and_applied() -> None:
 
 
 def test_lesion_emphasis_draws_consolidated_slices_more_often() -> None:
-    from CovidCTLib.models.datasets import INF_BINARY, SliceSet
-    from CovidCTLib.models.train_seg import _sampling_probs, lesion_share
+    from CovidCTLib.models.data.datasets import INF_BINARY, SliceSet
+    from CovidCTLib.models.training.train_seg import _sampling_probs, lesion_share
 
     lung = np.zeros((3, 4, 4), np.uint8)
     lung[:, :, :2] = 1  # 8 lung pixels per slice
@@ -375,10 +375,10 @@ def _png256_from_phantom(root: Path) -> Path:
 def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_path: Path) -> None:
     import shutil
 
-    from CovidCTLib.models import registry
-    from CovidCTLib.models.calibrate import THRESHOLDS
     from CovidCTLib.models.cli import main
-    from CovidCTLib.models.inference import models_available
+    from CovidCTLib.models.evaluation.calibrate import THRESHOLDS
+    from CovidCTLib.models.runtime import registry
+    from CovidCTLib.models.runtime.inference import models_available
 
     name = {"lung": "lung-attunet", "infection": "infection-unet"}[task]
     if task not in models_available():
@@ -408,9 +408,9 @@ def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path
         pytest.skip("models not shipped")
     import shutil
 
-    from CovidCTLib.models import registry
     from CovidCTLib.models.cli import main
-    from CovidCTLib.models.datasets import CROP_TO_LUNG, load_png256
+    from CovidCTLib.models.data.datasets import CROP_TO_LUNG, load_png256
+    from CovidCTLib.models.runtime import registry
 
     data = _png256_from_phantom(tmp_path / "png")
     CROP_TO_LUNG["on"] = False
@@ -434,8 +434,8 @@ def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path
 
 def test_test_time_flips_average_mirrored_predictions() -> None:
     from CovidCTLib.errors import ModelError
-    from CovidCTLib.models import inference
-    from CovidCTLib.models.registry import LoadedModel
+    from CovidCTLib.models.runtime import inference
+    from CovidCTLib.models.runtime.registry import LoadedModel
 
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 2, kernel_size=3, padding=1).eval()  # not mirror-symmetric

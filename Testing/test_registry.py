@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from CovidCTLib.errors import ModelError
-from CovidCTLib.models import registry
-from CovidCTLib.models.normalization import NORMALIZATION_ID, normalize_slice
+from CovidCTLib.models.runtime import registry
+from CovidCTLib.models.runtime.normalization import NORMALIZATION_ID, normalize_slice
 
 
 def _tiny_manifest() -> dict:
     return {
         "name": "tiny", "version": "0.0.1", "task": "lung",
-        "architecture": {"builder": "CovidCTLib.models.networks:attention_unet",
+        "architecture": {"builder": "CovidCTLib.models.runtime.networks:attention_unet",
                          "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]}},
         "input": {"channels": 1, "size": 32}, "normalization": NORMALIZATION_ID,
     }
@@ -112,8 +112,8 @@ def test_normalization_hu_and_8bit_same_domain() -> None:
 @pytest.mark.parametrize("name", ["lung-attunet", "infection-unet"])
 def test_shipped_segmentation_cards_match_their_manifests(name: str) -> None:
     """The model card shows exactly what the manifest records (measured metrics, experiments, limitations)."""
-    from CovidCTLib.models.model_card import render_card
-    from CovidCTLib.models.registry import models_dir
+    from CovidCTLib.models.evaluation.model_card import render_card
+    from CovidCTLib.models.runtime.registry import models_dir
 
     folder = models_dir() / name
     if not (folder / "manifest.json").is_file():
@@ -127,8 +127,8 @@ def test_shipped_segmentation_cards_match_their_manifests(name: str) -> None:
 
 
 def test_install_adds_metrics_and_writes_card(tmp_path: Path) -> None:
-    from CovidCTLib.models.model_card import install
-    from CovidCTLib.models.registry import models_dir, verify
+    from CovidCTLib.models.evaluation.model_card import install
+    from CovidCTLib.models.runtime.registry import models_dir, verify
 
     src = tmp_path / "trained" / "lung-attunet"
     if not (models_dir() / "lung-attunet").is_dir():

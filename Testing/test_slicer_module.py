@@ -24,7 +24,7 @@ slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
 from slicer_fixture import REPO_ROOT, install_app_standins, make_mrml_context  # noqa: E402
 
 from CovidCTLib.mrml import add_volume_from_image  # noqa: E402
-from CovidCTLib.mrml.background import BackgroundAnalysis, analyze_command, read_outputs  # noqa: E402
+from CovidCTLib.runner.background import BackgroundAnalysis, analyze_command, read_outputs  # noqa: E402
 
 
 def _engine_available() -> bool:
@@ -249,7 +249,7 @@ def test_failed_background_run_adds_nothing(module, tmp_path):
 
 
 def test_python_executable_is_this_interpreter():
-    from CovidCTLib.mrml.background import python_executable
+    from CovidCTLib.runner.background import python_executable
 
     exe = python_executable()
     out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
@@ -387,8 +387,8 @@ def test_auto_falls_back_when_model_packages_missing(module, monkeypatch):
 
 def test_reload_forgets_library_modules(module):
     """The developer Reload re-imports CovidCTLib: its modules are dropped from the module table given."""
-    table = {"CovidCTLib": 1, "CovidCTLib.models.inference": 2, "CovidCTLibrary": 3, "numpy": 4}
+    table = {"CovidCTLib": 1, "CovidCTLib.models.runtime.inference": 2, "CovidCTLibrary": 3, "numpy": 4}
     dropped = module.module.forgetLibraryModules(table)
-    assert sorted(dropped) == ["CovidCTLib", "CovidCTLib.models.inference"]
+    assert sorted(dropped) == ["CovidCTLib", "CovidCTLib.models.runtime.inference"]
     assert table == {"CovidCTLibrary": 3, "numpy": 4}
     assert callable(module.module.CovidCTWidget.onReload)

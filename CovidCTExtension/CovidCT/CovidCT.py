@@ -273,7 +273,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateDeviceStatus(self) -> None:
         """Show what device is available; torch is inspected in another process, never installed here."""
-        from CovidCTLib.mrml.background import BackgroundAnalysis, python_executable
+        from CovidCTLib.runner.background import BackgroundAnalysis, python_executable
         from CovidCTLib.mrml.dependencies import device_probe_command, is_importable
 
         if not is_importable("torch"):
@@ -497,7 +497,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
     def installedModels() -> list[str]:
         """``name version`` of every installed model (empty when none, or when the registry is absent)."""
         try:
-            from CovidCTLib.models.registry import list_models
+            from CovidCTLib.models.runtime.registry import list_models
 
             return [f"{m.get('name')} {m.get('version')}" for m in list_models()]
         except Exception as error:  # noqa: BLE001 - a broken model folder must not break the panel
@@ -588,7 +588,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         import SimpleITK as sitk
 
         from CovidCTLib.mrml import image_from_volume_node
-        from CovidCTLib.mrml.background import BackgroundAnalysis, analyze_command
+        from CovidCTLib.runner.background import BackgroundAnalysis, analyze_command
 
         if not inputVolume or inputVolume.GetImageData() is None:
             raise ValueError("Select an input CT volume that has voxel data.")
@@ -610,7 +610,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
     def finishBackground(self, job: CovidCTJob, inputVolume, surfaces: bool = True, smoothing: float = 0.5):
         """Load a finished background run into the scene (or raise its error); removes its temp folder."""
         from CovidCTLib.mrml import check_result_geometry, results_to_mrml
-        from CovidCTLib.mrml.background import read_outputs
+        from CovidCTLib.runner.background import read_outputs
         from CovidCTLib.results import AnalysisResult
 
         try:

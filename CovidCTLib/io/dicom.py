@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from CovidCTLib.errors import GeometryError, InputError, NotCTError
+from CovidCTLib.io.checks import check_size, check_slices
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -359,7 +360,6 @@ def build_volume(
     reporter: Reporter | None = None,
 ) -> CTVolume:
     """Check geometry of the chosen series, read its pixels and wrap everything as a CTVolume."""
-    from CovidCTLib.io.loader import check_size, check_slices  # local import: avoid cycle
 
     first = slices[0]
     if first.is_localizer:

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.errors import InputError, NotCTError
+from CovidCTLib.io.checks import check_size, check_slices
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -183,7 +184,6 @@ def _as_slice_volume(image: sitk.Image) -> sitk.Image:
 
 def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = None) -> CTVolume:
     """Load a NIfTI, NRRD or MetaImage file as a CTVolume (HU or 8-bit by the module rule)."""
-    from CovidCTLib.io.loader import check_size, check_slices
 
     label = str(path)
     reader = _read_information(path, label)

@@ -1,5 +1,5 @@
-"""Trained networks: normalisation, registry (manifest + SHA-256), training, inference and evaluation.
+"""Trained networks, laid out by role: ``runtime`` (what the analysis imports), ``training``, ``data``,
+``evaluation``, and ``cli`` (the train / finetune / evaluate / calibrate commands).
 
-Research software, not for diagnosis. Importing this package does not import torch; the submodules
-that need it (networks, trainer, inference) import it themselves.
+Research software, not for diagnosis. Importing this package does not import torch.
 """

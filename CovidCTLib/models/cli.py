@@ -1,7 +1,7 @@
 """``covidct train | finetune | evaluate  lung | infection | classifier`` subcommands.
 
 ``register(subparsers)`` is called by ``CovidCTLib/cli.py``; ``python -m CovidCTLib.models.cli ...`` runs the
-same commands stand-alone. The classifier is delegated to ``CovidCTLib.models.classifier_train``.
+same commands stand-alone. The classifier is delegated to ``CovidCTLib.models.training.classifier_train``.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _classifier(name: str) -> Any:
     try:
-        return getattr(importlib.import_module("CovidCTLib.models.classifier_train"), name)
+        return getattr(importlib.import_module("CovidCTLib.models.training.classifier_train"), name)
     except (ImportError, AttributeError) as exc:
         raise InputError("The COVID classifier trainer is not installed in this build.") from exc
 
@@ -135,7 +135,7 @@ def run_train(args: argparse.Namespace, cancel: Any = None) -> int:
     if args.task == "classifier":
         _classifier("main_train")(args)
         return 0
-    from CovidCTLib.models.train_seg import train
+    from CovidCTLib.models.training.train_seg import train
 
     summary = train(args.task, args.data, args.out, reporter=_reporter(cancel), **_seg_kwargs(args))
     print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
@@ -148,8 +148,8 @@ def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:
     if args.task == "classifier":
         _classifier("main_finetune")(args)
         return 0
-    from CovidCTLib.models.registry import read_manifest
-    from CovidCTLib.models.train_seg import MODEL_NAMES, train
+    from CovidCTLib.models.runtime.registry import read_manifest
+    from CovidCTLib.models.training.train_seg import MODEL_NAMES, train
 
     kw = _seg_kwargs(args)
     name = args.model or MODEL_NAMES[args.task]
@@ -171,7 +171,7 @@ def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
     if args.task == "classifier":
         _classifier("main_evaluate")(args)
         return 0
-    from CovidCTLib.models.evaluate import evaluate
+    from CovidCTLib.models.evaluation.evaluate import evaluate
 
     result = evaluate(args.task, args.data, args.out, model=args.model, device=args.device, split=args.split,
                       seed=args.seed if args.seed is not None else 0,
@@ -182,7 +182,7 @@ def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
 
 def run_calibrate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
     """``covidct calibrate <task>``: pick the probability threshold on training groups, store it in the manifest."""
-    from CovidCTLib.models.calibrate import calibrate, calibrate_classifier
+    from CovidCTLib.models.evaluation.calibrate import calibrate, calibrate_classifier
 
     if args.task == "classifier":
         result = calibrate_classifier(args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from CovidCTLib.atomic import atomic_path
-from CovidCTLib.errors import InputError
 from CovidCTLib.progress import Reporter
 
 
@@ -39,15 +38,6 @@ class TrainConfig:
     device: str = "cpu"
     max_steps: int | None = None  # stop after this many optimiser steps in total (smoke runs)
     monitor: str = "dice"
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu or auto.")
-    return device
 
 
 def _save(obj: Any, path: Path) -> None:

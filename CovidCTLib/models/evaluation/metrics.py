@@ -73,3 +73,38 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(s)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ---------------------------------------------------------------- scores (classification)
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds (descending scores)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    thr = np.r_[np.inf, np.unique(s)[::-1]]
+    tpr = np.array([(s[y] >= t).mean() if y.any() else 0.0 for t in thr])
+    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else 0.0 for t in thr])
+    return fpr, tpr, thr
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, F1, accuracy, sensitivity, specificity, precision at ``threshold``."""
+    y = np.asarray(labels).astype(bool)
+    pred = np.asarray(scores) >= threshold
+    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
+    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
+    sens = tp / max(tp + fn, 1)
+    spec = tn / max(tn + fp, 1)
+    prec = tp / max(tp + fp, 1)
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return {
+        "auc": round(roc_auc(y, scores), 4),
+        "f1": round(f1, 4),
+        "accuracy": round((tp + tn) / max(y.size, 1), 4),
+        "sensitivity": round(sens, 4),
+        "specificity": round(spec, 4),
+        "precision": round(prec, 4),
+        "threshold": threshold,
+        "n": int(y.size),
+        "n_positive": int(y.sum()),
+    }

@@ -25,10 +25,9 @@ import numpy as np
 
 from CovidCTLib.atomic import write_text_atomic
 from CovidCTLib.errors import InputError
-from CovidCTLib.models import inference
-from CovidCTLib.models.datasets import grouped_split, parse_data_spec
-from CovidCTLib.models.evaluate import _gray, _items_medseg, _items_png256
-from CovidCTLib.models.metrics import confusion, pooled_metrics
+from CovidCTLib.models.data.datasets import grouped_split, medseg_items, parse_data_spec, png256_items, read_gray
+from CovidCTLib.models.evaluation.metrics import confusion, pooled_metrics
+from CovidCTLib.models.runtime import inference
 
 #: Below this validation AUC a probability calibration is refused (it would be fitted to noise).
 MIN_AUC_TO_CALIBRATE = 0.6
@@ -41,13 +40,13 @@ def _split_items(kind: str, root: Path, every: int, seed: int, val_fraction: flo
     dict[str, Any]
 ]:
     """Every ``every``-th slice of the training groups (``split="train"``) or all validation slices (``"val"``)."""
-    items = _items_png256(root) if kind == "png256" else _items_medseg(root)
+    items = png256_items(root) if kind == "png256" else medseg_items(root)
     train, val = grouped_split([it["group"] for it in items], val_fraction, seed)
     return [items[i] for i in train[::every]] if split == "train" else [items[i] for i in val]
 
 
 def _truth(path: Path, multiclass: bool) -> np.ndarray:
-    t = _gray(path)
+    t = read_gray(path)
     return t > 0 if multiclass else t > 127
 
 
@@ -69,7 +68,7 @@ def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float =
         counts: dict[float, list[tuple[int, int, int, int]]] = {t: [] for t in thresholds}
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
-            grays = [_gray(it["image"]).astype(np.float32) for it in chunk]
+            grays = [read_gray(it["image"]).astype(np.float32) for it in chunk]
             if task == "lung":
                 for it, p in zip(chunk, inference.slice_lung_probabilities(grays), strict=True):
                     truth = _truth(it["lung"], False)
@@ -154,9 +153,9 @@ def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0,
     model trained with label smoothing and a class weight crowds around 0.5). The split is the one used
     to pick the best epoch, so the calibrated F1 there is optimistic.
     """
-    from CovidCTLib.models.classifier_data import grouped_split, list_dataset
-    from CovidCTLib.models.classifier_inference import classify_images, load_classifier
-    from CovidCTLib.models.classifier_train import binary_metrics
+    from CovidCTLib.models.data.classifier_data import grouped_split, list_dataset
+    from CovidCTLib.models.evaluation.metrics import binary_metrics
+    from CovidCTLib.models.runtime.classifier_inference import classify_images, load_classifier
 
     model_dir = Path(model_dir)
     manifest_path = model_dir / "manifest.json"
@@ -169,14 +168,14 @@ def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0,
     loaded = load_classifier(model_dir, "cpu")
     raw_output = replace(loaded, manifest={k: v for k, v in loaded.manifest.items() if k != "calibration"})
     raw = np.asarray(classify_images([it.path for it in items], loaded=raw_output))
-    from CovidCTLib.models.classifier_train import roc_auc
+    from CovidCTLib.models.evaluation.metrics import roc_auc
 
     auc = roc_auc(labels, raw)
     if not auc >= MIN_AUC_TO_CALIBRATE:
         raise InputError(f"the classifier does not separate COVID from non-COVID on the validation split "
                          f"(AUC {auc:.2f}); train it further before calibrating its probabilities.")
     slope, intercept = fit_platt(raw, labels)
-    from CovidCTLib.models.classifier_inference import apply_calibration
+    from CovidCTLib.models.runtime.classifier_inference import apply_calibration
 
     calibration = {"method": "platt", "slope": round(slope, 5), "intercept": round(intercept, 5),
                    "fitted_on": f"grouped validation split (seed {seed}, fraction {val_fraction}, fold {fold}): "

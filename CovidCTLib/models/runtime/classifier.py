@@ -68,11 +68,11 @@ def build_classifier(config: ClassifierConfig) -> torch.nn.Module:
 def to_unit(array: np.ndarray, intensity: str) -> np.ndarray:
     """Map a 2-D slice to float32 0..1 with the shared normalisation (HU: lung window; no CLAHE).
 
-    ``CovidCTLib.models.normalization.normalize_slice`` (window, per-slice min-max) is the one definition
+    ``CovidCTLib.models.runtime.normalization.normalize_slice`` (window, per-slice min-max) is the one definition
     used for HU volumes and 8-bit images alike. The classifier standardises every crop afterwards
     (zero mean, unit variance), so any affine change of the 0..1 range does not change its input.
     """
-    from CovidCTLib.models.normalization import normalize_slice
+    from CovidCTLib.models.runtime.normalization import normalize_slice
 
     return normalize_slice(to_gray(array), "HU" if intensity == "HU" else "8bit", clahe=False)
 
@@ -178,3 +178,24 @@ def pool_probabilities(probabilities: list[float] | np.ndarray, top_fraction: fl
     k = max(1, int(np.ceil(top_fraction * p.size)))
     top = np.sort(p)[::-1][:k]
     return float(p.mean()), float(top.mean()), k
+
+
+def quantize_8bit(unit: np.ndarray) -> np.ndarray:
+    """Round to the 8-bit grid the training images had (so HU inputs see the same value levels)."""
+    return np.round(unit * 255.0) / 255.0
+
+
+@torch.no_grad()
+def predict_crops(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device,
+                  batch_size: int = 64, tta: bool = True) -> np.ndarray:
+    """COVID probability for (B, 1, S, S) 0..1 crops; ``tta`` averages with the left-right flip."""
+    model.eval()
+    out = []
+    for i in range(0, crops_01.shape[0], batch_size):
+        x = standardize(crops_01[i:i + batch_size]).to(device)
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            p = torch.sigmoid(model(x).float())
+            if tta:
+                p = 0.5 * (p + torch.sigmoid(model(torch.flip(x, dims=[-1])).float()))
+        out.append(p.float().cpu().numpy().ravel())
+    return np.concatenate(out) if out else np.zeros(0)

@@ -40,7 +40,7 @@ REQUIRED_KEYS = ("name", "version", "task", "architecture", "input", "normalizat
 def models_dir() -> Path:
     """The folder holding one sub-folder per shipped model."""
     env = os.environ.get("COVIDCT_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "Resources" / "Models"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -134,9 +134,17 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
     return out
 
 
+# Modules that moved when ``models/`` was laid out by role; manifests written before keep working.
+MOVED_MODULES = {
+    "CovidCTLib.models.networks": "CovidCTLib.models.runtime.networks",
+    "CovidCTLib.models.classifier": "CovidCTLib.models.runtime.classifier",
+}
+
+
 def resolve_builder(spec: str) -> Callable[..., Any]:
     """Import ``"CovidCTLib.pkg.module:function"`` (only CovidCTLib modules are allowed)."""
     module_name, _, attr = spec.partition(":")
+    module_name = MOVED_MODULES.get(module_name, module_name)
     if not module_name.startswith("CovidCTLib.") or not attr:
         raise ModelError(f"Unsupported architecture builder '{spec}' in a model manifest; reinstall the model.")
     try:

@@ -15,7 +15,7 @@ Normalisation id ``lungwin-minmax-clahe-v1`` (stored in every manifest as ``norm
 Orientation: the training slices are in the radiological display orientation (anterior at the top,
 patient right on the image left), which is what a SimpleITK ``array[z]`` slice of a volume oriented to LPS
 (``sitk.DICOMOrient(image, "LPS")``) shows. :func:`orient_lps` does that for 3-D volumes;
-:mod:`CovidCTLib.models.inference` maps the results back onto the original grid.
+:mod:`CovidCTLib.models.runtime.inference` maps the results back onto the original grid.
 
 Output: float32 in ``[0, 1]``, shape ``(size, size)`` (or the input shape when ``size`` is None).
 """

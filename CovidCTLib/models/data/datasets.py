@@ -1,7 +1,7 @@
 """Training-data readers for the lung and infection networks, and the grouped train/validation split.
 
 Every reader returns a :class:`SliceSet` of 2-D slices already normalised
-(:mod:`CovidCTLib.models.normalization`) and resized to the training size, with two intensity variants per
+(:mod:`CovidCTLib.models.runtime.normalization`) and resized to the training size, with two intensity variants per
 slice (``img``: default normalisation, ``img_alt``: CLAHE toggled) that training picks at random.
 
 Sources (``--data`` accepts a comma-separated list of ``kind:path`` or plain paths whose kind is detected):
@@ -11,7 +11,7 @@ Sources (``--data`` accepts a comma-separated list of ``kind:path`` or plain pat
 * ``medseg``: MedSeg / Inf-Net slices (``Imgs/N.jpg``, ``GT_multiclass/N.png`` 0/1/2); no lung mask; no
   patient identity, so every slice is its own group.
 * ``lidc-synth``: HU NIfTI volumes (``*.nii.gz``, e.g. LIDC-IDRI) with synthetic GGO/consolidation inserted
-  (:mod:`CovidCTLib.models.synthetic_lesions`), cached as ``.npz`` in the cache folder; group = volume.
+  (:mod:`CovidCTLib.models.data.synthetic_lesions`), cached as ``.npz`` in the cache folder; group = volume.
 * ``nifti``: users' own labelled volumes: a folder with ``images/`` and ``masks/`` holding files of the same
   name, or files named ``<case>_img.nii.gz`` + ``<case>_seg.nii.gz``. Images in HU (or 8-bit). Masks: for
   the lung task any value > 0 is lung; for the infection task 1 = GGO, 2 = consolidation (multiclass), or
@@ -26,13 +26,14 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.models.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
+from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
 
 # infection label kinds per slice
 INF_NONE, INF_BINARY, INF_MULTI = 0, 1, 2
@@ -138,7 +139,7 @@ def load_png256(root: str | Path, size: int = 128, limit: int | None = None,
         rows = list(csv.DictReader(fh))[:limit]
     images = [_read_gray(root / row["ct"]) for row in rows]
     if predicted_lungs:
-        from CovidCTLib.models.inference import slice_lungs
+        from CovidCTLib.models.runtime.inference import slice_lungs
 
         lungs = [m for i in range(0, len(images), 64) for m in slice_lungs(images[i:i + 64], "cpu")]
     else:
@@ -208,7 +209,7 @@ def synthetic_volume(
     lung: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(hu_with_lesions, infection, lung)`` of one LPS-oriented volume; cached per (file, seed, variant)."""
-    from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
+    from CovidCTLib.models.data.synthetic_lesions import insert_lesions, lung_mask_for
 
     npz = cache / f"synth-{path.name.split('.')[0]}-{_cache_key(path, seed, variant)}.npz" if cache else None
     if npz is not None and npz.is_file():
@@ -224,7 +225,7 @@ def synthetic_volume(
     return out, inf, lung
 
 
-def _nifti_pairs(root: Path) -> list[tuple[Path, Path, str]]:
+def nifti_pairs(root: Path) -> list[tuple[Path, Path, str]]:
     pairs = []
     if (root / "images").is_dir() and (root / "masks").is_dir():
         for img in sorted((root / "images").iterdir()):
@@ -242,7 +243,7 @@ def _nifti_pairs(root: Path) -> list[tuple[Path, Path, str]]:
 def load_nifti_pairs(root: str | Path, task: str, size: int = 128, binary: bool = False) -> SliceSet:
     """Users' own labelled volumes (see the module docstring for the folder layout)."""
     root = Path(root)
-    pairs = _nifti_pairs(root)
+    pairs = nifti_pairs(root)
     if not pairs:
         raise InputError(
             f"No image/mask pairs in {root}: use images/ + masks/ with the same file names, "
@@ -272,7 +273,7 @@ def detect_kind(path: Path) -> str:
         return "png256"
     if (path / "Imgs").is_dir() and (path / "GT_multiclass").is_dir():
         return "medseg"
-    if _nifti_pairs(path):
+    if nifti_pairs(path):
         return "nifti"
     if list(path.glob("*.nii.gz")):
         return "lidc-synth"
@@ -351,3 +352,31 @@ def grouped_split(groups: list[str], val_fraction: float = 0.2, seed: int = 0) -
     val_arr = np.array(sorted(val), dtype=int)
     train_arr = np.array(sorted(set(range(len(groups))) - set(val)), dtype=int)
     return train_arr, val_arr
+
+
+# ---------------------------------------------------------------- evaluation items
+
+Item = dict[str, Any]
+
+
+def read_gray(path: Path) -> np.ndarray:
+    """An image file as an 8-bit grey array."""
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def png256_items(root: Path) -> list[Item]:
+    """COVID-19-CT-Seg png256 slices as evaluation items (image, lung, infection paths and group)."""
+    with (root / "index.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{"source": "png256", "id": r["index"], "group": f"png256/{r['inferred_group']}",
+             "image": root / r["ct"], "lung": root / r["lung_mask"], "inf": root / r["infection_mask"]}
+            for r in rows]
+
+
+def medseg_items(root: Path) -> list[Item]:
+    """MedSeg slices as evaluation items (every slice its own group; multiclass truth)."""
+    out = []
+    for p in sorted((root / "Imgs").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
+        out.append({"source": "medseg", "id": p.stem, "group": f"medseg/{p.stem}", "image": p, "lung": None,
+                    "inf": root / "GT_multiclass" / f"{p.stem}.png", "multiclass": True})
+    return out

@@ -6,7 +6,7 @@ specificity, accuracy, pixel counts) and ``metrics.json`` (per source: pooled an
 for multiclass data also GGO / consolidation Dice), each with the model version and the research-only
 statement. ``split="val"`` keeps only the grouped validation split of ``seed`` (the one training used).
 
-8-bit data (png256, medseg) goes through :func:`CovidCTLib.models.inference.segment_slice_images` (the
+8-bit data (png256, medseg) goes through :func:`CovidCTLib.models.runtime.inference.segment_slice_images` (the
 infection task runs the lung model first, as users' 2-D images do); HU volumes (``lidc-synth``, ``nifti``)
 through ``segment_lungs_model`` / ``segment_infection_model`` (infection inside the model's lungs).
 """
@@ -25,38 +25,25 @@ from PIL import Image
 
 from CovidCTLib.atomic import write_text_atomic
 from CovidCTLib.errors import InputError
-from CovidCTLib.models import inference
-from CovidCTLib.models.datasets import _nifti_pairs, grouped_split, parse_data_spec
-from CovidCTLib.models.metrics import confusion, mask_metrics, mean_metrics, pooled_metrics
+from CovidCTLib.models.data.datasets import (
+    grouped_split,
+    medseg_items,
+    nifti_pairs,
+    parse_data_spec,
+    png256_items,
+    read_gray,
+)
+from CovidCTLib.models.evaluation.metrics import confusion, mask_metrics, mean_metrics, pooled_metrics
+from CovidCTLib.models.runtime import inference
 from CovidCTLib.version import DISCLAIMER, __version__
 
 Item = dict[str, Any]
 
 
-def _gray(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("L"))
-
-
-def _items_png256(root: Path) -> list[Item]:
-    with (root / "index.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{"source": "png256", "id": r["index"], "group": f"png256/{r['inferred_group']}",
-             "image": root / r["ct"], "lung": root / r["lung_mask"], "inf": root / r["infection_mask"]}
-            for r in rows]
-
-
-def _items_medseg(root: Path) -> list[Item]:
-    out = []
-    for p in sorted((root / "Imgs").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
-        out.append({"source": "medseg", "id": p.stem, "group": f"medseg/{p.stem}", "image": p, "lung": None,
-                    "inf": root / "GT_multiclass" / f"{p.stem}.png", "multiclass": True})
-    return out
-
-
 def _eval_2d(task: str, items: list[Item], rows: list[dict[str, Any]], batch: int = 32) -> None:
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
-        images = [_gray(it["image"]) for it in chunk]
+        images = [read_gray(it["image"]) for it in chunk]
         preds = inference.segment_slice_images("lung" if task == "lung" else "lesion-type", images)
         for it, pred in zip(chunk, preds, strict=True):
             truth_path = it["lung"] if task == "lung" else it["inf"]
@@ -81,8 +68,8 @@ def _row(it: Item, pred: np.ndarray, truth: np.ndarray, multiclass: bool) -> dic
 
 def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path,
                   keep: Any = None) -> None:
-    from CovidCTLib.models.normalization import orient_lps
-    from CovidCTLib.models.synthetic_lesions import insert_lesions, lung_mask_for
+    from CovidCTLib.models.data.synthetic_lesions import insert_lesions, lung_mask_for
+    from CovidCTLib.models.runtime.normalization import orient_lps
     from CovidCTLib.volume import CTVolume
 
     cases: list[tuple[str, sitk.Image, np.ndarray | None, np.ndarray | None]] = []
@@ -106,7 +93,7 @@ def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], 
             img.CopyInformation(image)
             cases.append((f"synth/{name}", img, lung, inf))
     else:
-        for img_p, mask_p, case in _nifti_pairs(root):
+        for img_p, mask_p, case in nifti_pairs(root):
             if keep is not None and not keep(f"nifti/{case}"):
                 continue
             img = sitk.ReadImage(str(img_p))
@@ -179,7 +166,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     for kind, root in parse_data_spec(data):
         if kind in ("png256", "medseg"):
-            items = _items_png256(root) if kind == "png256" else _items_medseg(root)
+            items = png256_items(root) if kind == "png256" else medseg_items(root)
             if task == "lung" and kind == "medseg":
                 raise InputError("medseg data has no lung masks; evaluate the lung model on png256 or nifti data.")
             if split == "val":
@@ -192,7 +179,7 @@ def evaluate(
                 if kind == "lidc-synth":
                     names = [f"synth/{f.name.split('.')[0]}" for f in sorted(root.glob("*.nii.gz"))]
                 else:
-                    names = [f"nifti/{case}" for _, _, case in _nifti_pairs(root)]
+                    names = [f"nifti/{case}" for _, _, case in nifti_pairs(root)]
                 _, va = grouped_split(names, val_fraction, seed)
                 val_names = {names[i] for i in va}
                 keep = val_names.__contains__

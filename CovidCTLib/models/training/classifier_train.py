@@ -25,8 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from CovidCTLib.atomic import atomic_path, write_text_atomic
 from CovidCTLib.errors import InputError
-from CovidCTLib.models.classifier import CROP_SIZE, ClassifierConfig, build_classifier, standardize
-from CovidCTLib.models.classifier_data import (
+from CovidCTLib.models.data.classifier_data import (
     AUGMENT_PRESETS,
     Item,
     augment_batch,
@@ -35,6 +34,15 @@ from CovidCTLib.models.classifier_data import (
     grouped_split,
     list_dataset,
 )
+from CovidCTLib.models.evaluation.metrics import binary_metrics, roc_curve
+from CovidCTLib.models.runtime.classifier import (
+    CROP_SIZE,
+    ClassifierConfig,
+    build_classifier,
+    predict_crops,
+    standardize,
+)
+from CovidCTLib.models.runtime.device import resolve_device, set_training_threads
 from CovidCTLib.version import DISCLAIMER, __version__
 
 DEFAULTS: dict[str, Any] = {
@@ -66,84 +74,19 @@ def _opt(args: argparse.Namespace, name: str) -> Any:
     return DEFAULTS[name] if value is None else value
 
 
-def resolve_device(device: str | None, threads: int | None = None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU with ``threads`` torch threads (default 1).
+def training_device(device: str | None, threads: int | None = None) -> torch.device:
+    """The training device; on the CPU ``threads`` torch threads (default 1).
 
     One thread is the default for training: on a shared 2-core machine under load, 2 threads measured
     5-10x *slower* per image than 1 (OpenMP threads waiting on each other while the cores are busy).
     """
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(max(1, int(threads or DEFAULTS["threads"])))
-    return torch.device(device)
-
-
-# ---------------------------------------------------------------- metrics
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); NaN with a single class."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    pos, neg = s[y], s[~y]
-    if pos.size == 0 or neg.size == 0:
-        return float("nan")
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
-
-
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rate, true-positive rate and thresholds (descending scores)."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    thr = np.r_[np.inf, np.unique(s)[::-1]]
-    tpr = np.array([(s[y] >= t).mean() if y.any() else 0.0 for t in thr])
-    fpr = np.array([(s[~y] >= t).mean() if (~y).any() else 0.0 for t in thr])
-    return fpr, tpr, thr
-
-
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, F1, accuracy, sensitivity, specificity, precision at ``threshold``."""
-    y = np.asarray(labels).astype(bool)
-    pred = np.asarray(scores) >= threshold
-    tp, fp = int((pred & y).sum()), int((pred & ~y).sum())
-    fn, tn = int((~pred & y).sum()), int((~pred & ~y).sum())
-    sens = tp / max(tp + fn, 1)
-    spec = tn / max(tn + fp, 1)
-    prec = tp / max(tp + fp, 1)
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    return {
-        "auc": round(roc_auc(y, scores), 4),
-        "f1": round(f1, 4),
-        "accuracy": round((tp + tn) / max(y.size, 1), 4),
-        "sensitivity": round(sens, 4),
-        "specificity": round(spec, 4),
-        "precision": round(prec, 4),
-        "threshold": threshold,
-        "n": int(y.size),
-        "n_positive": int(y.sum()),
-    }
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        set_training_threads(int(threads or DEFAULTS["threads"]))
+    return dev
 
 
 # ---------------------------------------------------------------- model helpers
-
-@torch.no_grad()
-def predict_crops(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device,
-                  batch_size: int = 64, tta: bool = True) -> np.ndarray:
-    """COVID probability for (B, 1, S, S) 0..1 crops; ``tta`` averages with the left-right flip."""
-    model.eval()
-    out = []
-    for i in range(0, crops_01.shape[0], batch_size):
-        x = standardize(crops_01[i:i + batch_size]).to(device)
-        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-            p = torch.sigmoid(model(x).float())
-            if tta:
-                p = 0.5 * (p + torch.sigmoid(model(torch.flip(x, dims=[-1])).float()))
-        out.append(p.float().cpu().numpy().ravel())
-    return np.concatenate(out) if out else np.zeros(0)
-
 
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
@@ -192,8 +135,8 @@ def export_model(module: torch.nn.Module, config: ClassifierConfig, out_dir: Pat
     str, Any
 ]:
     """Write an installable model folder (registry format): fp16 weights + manifest.json with SHA-256."""
-    from CovidCTLib.models.classifier_inference import WEIGHTS_FILE, classifier_manifest
-    from CovidCTLib.models.registry import save_model
+    from CovidCTLib.models.runtime.classifier_inference import WEIGHTS_FILE, classifier_manifest
+    from CovidCTLib.models.runtime.registry import save_model
 
     return save_model(module, out_dir, classifier_manifest(config, info), weights_name=WEIGHTS_FILE)
 
@@ -228,7 +171,7 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
                config: ClassifierConfig | None = None) -> dict[str, Any]:
     """Shared training loop for train / finetune. Returns the final summary (also in ``metrics.json``)."""
     seed = int(_opt(args, "seed"))
-    device = resolve_device(_opt(args, "device"), _opt(args, "threads"))
+    device = training_device(_opt(args, "device"), _opt(args, "threads"))
     items, cache, train_idx, val_idx, out = _prepare(args)
     config = config or ClassifierConfig(arch=_opt(args, "arch"), input_size=int(_opt(args, "input_size")))
     epochs, bs = int(_opt(args, "epochs")), int(_opt(args, "batch_size"))
@@ -377,7 +320,7 @@ def _aux_pool(args: argparse.Namespace, out: Path, seed: int, batch_size: int) -
     spec = _opt(args, "aux_data")
     if not spec:
         return None, None, 0
-    from CovidCTLib.models.classifier_aux import build_aux_cache
+    from CovidCTLib.models.data.classifier_aux import build_aux_cache
 
     fraction = float(_opt(args, "aux_fraction"))
     if not 0.0 < fraction < 1.0:
@@ -416,7 +359,7 @@ def main_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def main_finetune(args: argparse.Namespace) -> dict[str, Any]:
     """``covidct finetune classifier``: continue from the installed (or ``--model``) classifier, lower LR."""
-    from CovidCTLib.models.classifier_inference import load_classifier
+    from CovidCTLib.models.runtime.classifier_inference import load_classifier
 
     loaded = load_classifier(getattr(args, "model", None), device="cpu")
     if getattr(args, "lr", None) is None:
@@ -430,7 +373,7 @@ def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     ``args.split``: ``all`` (default, every image: for a held-out test folder) or ``val`` (the grouped
     validation split given by ``seed`` / ``val_fraction`` / ``fold``).
     """
-    from CovidCTLib.models.classifier_inference import classify_images, load_classifier
+    from CovidCTLib.models.runtime.classifier_inference import classify_images, load_classifier
 
     data, out = _data_and_out(args)
     items = list_dataset(data)
@@ -495,6 +438,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-if __name__ == "__main__":  # python -m CovidCTLib.models.classifier_train train --data ... --out ...
+if __name__ == "__main__":  # python -m CovidCTLib.models.training.classifier_train train --data ... --out ...
     a = _parser().parse_args()
     {"train": main_train, "finetune": main_finetune, "evaluate": main_evaluate}[a.action](a)

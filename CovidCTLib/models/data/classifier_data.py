@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.models.classifier import crop_to_lungs, to_gray, to_unit
+from CovidCTLib.models.runtime.classifier import crop_to_lungs, to_gray, to_unit
 
 CLASS_DIRS = {"COVID": 1, "NonCOVID": 0}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}

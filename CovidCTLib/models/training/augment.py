@@ -1,6 +1,6 @@
 """Batch augmentation on tensors (CPU-cheap): geometry (flips, rotation, scale, shift) and intensity
 (contrast, brightness, gamma, blur, noise). CLAHE on/off is chosen per sample by the dataset
-(:mod:`CovidCTLib.models.datasets` keeps both variants), so the networks see plain, CLAHE and HU-derived
+(:mod:`CovidCTLib.models.data.datasets` keeps both variants), so the networks see plain, CLAHE and HU-derived
 slices; vertical and horizontal flips cover the flipped Radiopaedia slices and left/right mirroring.
 """
 

@@ -19,16 +19,18 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from CovidCTLib.errors import AnalysisError, InputError, ModelError
-from CovidCTLib.models.classifier import (
+from CovidCTLib.models.runtime.classifier import (
     CROP_MARGIN,
     CROP_SIZE,
     TOP_K_FRACTION,
     ClassifierConfig,
     crop_to_lungs,
     pool_probabilities,
+    quantize_8bit,
     to_gray,
     to_unit,
 )
+from CovidCTLib.models.runtime.device import resolve_device
 from CovidCTLib.progress import Reporter
 from CovidCTLib.version import DISCLAIMER
 from CovidCTLib.volume import CTVolume
@@ -92,14 +94,14 @@ class LoadedClassifier:
 
 def default_model_dir() -> Path:
     """``<models dir>/covid-classifier`` (``$COVIDCT_MODELS_DIR`` or ``Resources/Models``)."""
-    from CovidCTLib.models.registry import models_dir
+    from CovidCTLib.models.runtime.registry import models_dir
 
     return models_dir() / MODEL_NAME
 
 
 def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[str, Any]:
     """Manifest (registry format) describing the classifier network, preprocessing and pooling."""
-    from CovidCTLib.models.normalization import HU_WINDOW, NORMALIZATION_ID
+    from CovidCTLib.models.runtime.normalization import HU_WINDOW, NORMALIZATION_ID
 
     manifest: dict[str, Any] = {
         "name": MODEL_NAME,
@@ -108,7 +110,7 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
         "description": "COVID-19 vs non-COVID axial CT slice classifier (lung-cropped), pooled to a scan score",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "framework": f"torch {torch.__version__.split('+')[0]} + MONAI EfficientNetBN (trained from scratch)",
-        "architecture": {"builder": "CovidCTLib.models.classifier:build_efficientnet",
+        "architecture": {"builder": "CovidCTLib.models.runtime.classifier:build_efficientnet",
                          "kwargs": {"model_name": config.arch, "in_channels": config.in_channels}},
         "input": {"channels": config.in_channels, "size": config.input_size},
         "normalization": f"{NORMALIZATION_ID} (CLAHE off; HU window {list(HU_WINDOW)})",
@@ -131,20 +133,6 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
     return manifest
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU (at most 2 threads)."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(min(2, torch.get_num_threads()))
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda.") from exc
-
-
 _CACHE: dict[tuple[str, str, float], LoadedClassifier] = {}
 
 
@@ -154,13 +142,13 @@ def load_classifier(model_dir: str | Path | None = None, device: str | torch.dev
 
     Raises :class:`ModelError` with instructions when no model is installed or the weights do not match.
     """
-    from CovidCTLib.models.registry import load_model
+    from CovidCTLib.models.runtime.registry import load_model
 
     folder = Path(model_dir) if model_dir else default_model_dir()
     if folder.is_file():
         folder = folder.parent
     if model_dir and not folder.exists():  # a model *name* in the models folder
-        from CovidCTLib.models.registry import models_dir
+        from CovidCTLib.models.runtime.registry import models_dir
 
         if (models_dir() / str(model_dir)).is_dir():
             folder = models_dir() / str(model_dir)
@@ -193,7 +181,7 @@ def classifier_available(model_dir: str | Path | None = None) -> bool:
 @torch.no_grad()
 def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray]) -> np.ndarray:
     """Probabilities for ``CROP_SIZE`` 0..1 crops (resized to the input size, flip TTA)."""
-    from CovidCTLib.models.classifier_train import predict_crops
+    from CovidCTLib.models.runtime.classifier import predict_crops
 
     if not crops:
         return np.zeros(0)
@@ -214,11 +202,6 @@ def apply_calibration(probabilities: np.ndarray, calibration: dict[str, Any] | N
     p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
     z = float(calibration["slope"]) * np.log(p / (1 - p)) + float(calibration["intercept"])
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def _quantize(unit: np.ndarray) -> np.ndarray:
-    """Round to the 8-bit grid the training images had (so HU inputs see the same value levels)."""
-    return np.round(unit * 255.0) / 255.0
 
 
 def lung_slices(lungs: np.ndarray) -> list[int]:
@@ -272,7 +255,7 @@ def classify_scan(ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporte
     probs: dict[int, float] = {}
     for start in range(0, len(zs), batch_size):
         chunk = zs[start:start + batch_size]
-        crops = [crop_to_lungs(_quantize(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0]
+        crops = [crop_to_lungs(quantize_8bit(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0]
                  for z in chunk]
         for z, p in zip(chunk, _score_crops(loaded, crops), strict=True):
             probs[z] = float(p)
@@ -290,7 +273,7 @@ def classify_images(paths_or_arrays: list[str | Path | np.ndarray], device: str 
 
     Each image is lung-cropped automatically (Otsu; whole image when no lungs are found), as in training.
     """
-    from CovidCTLib.models.classifier_data import read_image
+    from CovidCTLib.models.data.classifier_data import read_image
 
     loaded = loaded or load_classifier(model_dir, device)
     out: list[float] = []
@@ -312,7 +295,7 @@ def _lungs_for(ct: CTVolume) -> np.ndarray:
 
         return np.asarray(segment_lungs_classical(ct))
     except ImportError:
-        from CovidCTLib.models.classifier import lung_mask_from_unit
+        from CovidCTLib.models.runtime.classifier import lung_mask_from_unit
 
         arr = ct.array
         return np.stack([lung_mask_from_unit(to_unit(s, ct.intensity)) for s in arr]).astype(np.uint8)

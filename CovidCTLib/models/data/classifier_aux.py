@@ -2,7 +2,7 @@
 
 The COVID-CT images are paper figures; real scans are HU volumes. To teach the classifier what a
 COVID-19 pattern looks like on real CT, training batches can mix in lung-cropped slices prepared the
-same way inference prepares a scan (:func:`CovidCTLib.models.classifier_inference.classify_scan`):
+same way inference prepares a scan (:func:`CovidCTLib.models.runtime.classifier_inference.classify_scan`):
 
 - ``png256:`` COVID-19-CT-Seg slices (every slice holds infection: label 1), cropped with their lung mask;
   the Radiopaedia slices, stored upside down, are turned back to the radiological view;
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.models.classifier import crop_to_lungs, to_unit
+from CovidCTLib.models.runtime.classifier import crop_to_lungs, to_unit
 
 #: Lesion share of a slice's lung above which a synthetic-lesion slice counts as COVID-like.
 MIN_LESION_SHARE = 0.03
@@ -58,9 +58,10 @@ def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int
 ]:
     import SimpleITK as sitk
 
-    from CovidCTLib.models.classifier_inference import _quantize, lung_slices
-    from CovidCTLib.models.datasets import synthetic_volume
-    from CovidCTLib.models.normalization import orient_lps
+    from CovidCTLib.models.data.datasets import synthetic_volume
+    from CovidCTLib.models.runtime.classifier import quantize_8bit
+    from CovidCTLib.models.runtime.classifier_inference import lung_slices
+    from CovidCTLib.models.runtime.normalization import orient_lps
 
     files = sorted(path.glob("*.nii.gz")) + sorted(path.glob("*.nii")) if path.is_dir() else [path]
     if not files:
@@ -76,7 +77,7 @@ def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int
             for arr, label in ((hu[z], 0), (lesioned[z], 1)):
                 if label == 1 and share < MIN_LESION_SHARE:
                     continue
-                crop, _ = crop_to_lungs(_quantize(to_unit(arr, "HU")), box_mask, size)
+                crop, _ = crop_to_lungs(quantize_8bit(to_unit(arr, "HU")), box_mask, size)
                 crops.append(crop)
                 labels.append(label)
                 groups.append(f"synth/{f.name.split('.')[0]}")
@@ -87,7 +88,7 @@ def build_aux_cache(spec: str, cache_dir: str | Path, size: int, seed: int = 0) 
     """Lung-cropped auxiliary slices (uint8 crops, CLAHE versions, labels, groups), cached as ``.npz``."""
     from skimage.exposure import equalize_adapthist
 
-    from CovidCTLib.models.datasets import parse_data_spec
+    from CovidCTLib.models.data.datasets import parse_data_spec
 
     sources = parse_data_spec(spec)
     for kind, _ in sources:

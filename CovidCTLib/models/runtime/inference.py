@@ -2,7 +2,7 @@
 
 * Device: ``auto`` picks CUDA when available, else CPU; on CUDA the forward pass runs under autocast.
 * Volumes are reoriented to LPS (radiological display, as the training slices) without resampling, every
-  axial slice is normalised (:mod:`CovidCTLib.models.normalization`), resized to the network size, run in
+  axial slice is normalised (:mod:`CovidCTLib.models.runtime.normalization`), resized to the network size, run in
   batches, and the class probabilities are resized back (bilinear) before the arg-max, so the labelmaps
   are on the CT's own voxel grid. Results are mapped back to the original axis order.
 * Lungs: on HU volumes solid 2-D components (median > -200 HU: liver, spleen) are dropped, the largest
@@ -28,8 +28,9 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from CovidCTLib.errors import InputError, ModelError
-from CovidCTLib.models import registry
-from CovidCTLib.models.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
+from CovidCTLib.models.runtime import registry
+from CovidCTLib.models.runtime.device import device_name
+from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -55,20 +56,9 @@ def use_model_folder(name: str, folder: str | Path | None) -> None:
         _FOLDERS[name] = folder
 
 
-def pick_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu.")
-    return str(device)
-
-
 def get_model(name: str, device: str = "auto") -> registry.LoadedModel:
     """Load (once per process and device) a verified registry model."""
-    dev = pick_device(device)
+    dev = device_name(device)
     with _LOCK:
         key = (name, dev)
         if key not in _CACHE:

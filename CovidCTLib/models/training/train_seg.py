@@ -1,8 +1,8 @@
 """Train / fine-tune the lung (AttentionUnet, Focal Tversky) and infection (UNet, partial labels) networks.
 
-``train(task, data, out, ...)`` loads the ``--data`` sources (:mod:`CovidCTLib.models.datasets`), splits
-them by group, trains with augmentation (:mod:`CovidCTLib.models.augment`) in the resumable loop
-(:mod:`CovidCTLib.models.trainer`) and exports the best checkpoint as a registry model folder
+``train(task, data, out, ...)`` loads the ``--data`` sources (:mod:`CovidCTLib.models.data.datasets`), splits
+them by group, trains with augmentation (:mod:`CovidCTLib.models.training.augment`) in the resumable loop
+(:mod:`CovidCTLib.models.training.trainer`) and exports the best checkpoint as a registry model folder
 ``<out>/model/<name>/`` (fp16 weights, manifest.json with SHA-256). ``finetune`` starts from a shipped model.
 """
 
@@ -19,20 +19,21 @@ import numpy as np
 import torch
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.models import networks, registry
-from CovidCTLib.models.augment import AugmentConfig, augment_batch
-from CovidCTLib.models.datasets import INF_MULTI, SliceSet, grouped_split, load_sources
-from CovidCTLib.models.losses import focal_tversky_loss, partial_label_infection_loss
-from CovidCTLib.models.normalization import NORMALIZATION_ID
-from CovidCTLib.models.trainer import TrainConfig, pick_device, train_loop
+from CovidCTLib.models.data.datasets import INF_MULTI, SliceSet, grouped_split, load_sources
+from CovidCTLib.models.runtime import networks, registry
+from CovidCTLib.models.runtime.device import device_name, set_training_threads
+from CovidCTLib.models.runtime.normalization import NORMALIZATION_ID
+from CovidCTLib.models.training.augment import AugmentConfig, augment_batch
+from CovidCTLib.models.training.losses import focal_tversky_loss, partial_label_infection_loss
+from CovidCTLib.models.training.trainer import TrainConfig, train_loop
 from CovidCTLib.progress import Reporter
 from CovidCTLib.version import DISCLAIMER, __version__
 
 MODEL_NAMES = {"lung": "lung-attunet", "infection": "infection-unet"}
 ARCH = {
-    "lung": {"builder": "CovidCTLib.models.networks:attention_unet",
+    "lung": {"builder": "CovidCTLib.models.runtime.networks:attention_unet",
              "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128]}},
-    "infection": {"builder": "CovidCTLib.models.networks:unet",
+    "infection": {"builder": "CovidCTLib.models.runtime.networks:unet",
                   "kwargs": {"in_channels": 2, "out_channels": 3, "channels": [16, 32, 64, 128, 256],
                              "num_res_units": 1}},
 }
@@ -167,7 +168,7 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
 
 def _lung_model_tag() -> str:
     """Name, version and checksum of the installed lung model (the predicted lung masks depend on it)."""
-    from CovidCTLib.models.inference import LUNG_MODEL, get_model
+    from CovidCTLib.models.runtime.inference import LUNG_MODEL, get_model
 
     m = get_model(LUNG_MODEL, "cpu").manifest
     return f"{m['name']}-{m['version']}-{m['sha256'][:12]}"
@@ -213,7 +214,7 @@ def train(
     """
     if task not in ARCH:
         raise InputError(f"Unknown task {task!r}; use lung or infection.")
-    torch.set_num_threads(max(1, threads))
+    set_training_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     logf = (out / "train.log").open("a", encoding="utf-8")
@@ -224,7 +225,7 @@ def train(
         logf.write(line + "\n")
         logf.flush()
 
-    dev = pick_device(device)
+    dev = device_name(device)
     t0 = time.time()
     if lung_input not in ("truth", "predicted"):
         raise InputError(f"--lung-input {lung_input!r}: use truth or predicted.")

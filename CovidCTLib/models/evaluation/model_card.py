@@ -1,6 +1,6 @@
 """Install a trained model folder into the models directory and render its MODEL_CARD.md from the manifest.
 
-``python -m CovidCTLib.models.model_card <trained model folder> [--metrics evaluate/metrics.json ...]``
+``python -m CovidCTLib.models.evaluation.model_card <trained model folder> [--metrics evaluate/metrics.json ...]``
 copies ``weights.pt`` + ``manifest.json`` into ``Resources/Models/<name>/`` (or ``$COVIDCT_MODELS_DIR``),
 merges measured evaluation metrics into the manifest and writes the card.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.atomic import write_text_atomic
-from CovidCTLib.models.registry import MANIFEST, models_dir, sha256_file, verify
+from CovidCTLib.models.runtime.registry import MANIFEST, models_dir, sha256_file, verify
 from CovidCTLib.version import DISCLAIMER
 
 

@@ -1,0 +1,1 @@
+"""Training and evaluation data: dataset readers, grouped splits, synthetic lesions, classifier slices."""

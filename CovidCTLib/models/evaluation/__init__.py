@@ -1,0 +1,1 @@
+"""Evaluation of the networks: metrics, ``covidct evaluate``, calibration of thresholds, model cards."""
