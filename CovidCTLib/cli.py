@@ -192,16 +192,11 @@ def _write_png(mask: np.ndarray, path: Path) -> None:
 
 
 def slice_segmenter(task: str, method: str, device: str) -> tuple[str, Callable[[list[np.ndarray]], list[np.ndarray]]]:
-    """Pick the trained 2-D segmenter for ``task`` when installed (or asked), else the classical one."""
-    from CovidCTLib.pipeline import resolve_method
+    """The 2-D segmenter for ``task`` from the segmentation registry (trained when installed or asked)."""
+    from CovidCTLib.segmentation.registry import make_slice_segmenter
 
-    resolved = resolve_method(method)
-    if resolved == "model":
-        inference = importlib.import_module("CovidCTLib.models.runtime.inference")
-        return resolved, lambda images: inference.segment_slice_images(task, images, device=device)
-    from CovidCTLib.classical.slices2d import segment_slice_classical
-
-    return resolved, lambda images: [segment_slice_classical(image, task) for image in images]
+    segmenter = make_slice_segmenter(method, device)
+    return segmenter.method, lambda images: segmenter.segment_images(task, images)
 
 
 def run_segment_slices(args: argparse.Namespace, cancel: CancelToken) -> int:

@@ -1,80 +1,148 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
-``analyze`` computes an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
+``analyze`` runs :data:`STAGES` (load, lungs, infection, classify, quantify; progress from their weights)
+and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
+The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
 The trained models are used when installed (``method="auto"``), the classical HU method otherwise.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from CovidCTLib.atomic import check_writable
-from CovidCTLib.errors import AnalysisError, CovidCTError, ModelError, NotCTError
+from CovidCTLib.errors import AnalysisError, CovidCTError, NotCTError
 from CovidCTLib.progress import Reporter
 from CovidCTLib.results import AnalysisResult
+from CovidCTLib.segmentation.registry import (
+    METHODS,
+    Segmenters,
+    make_segmenters,
+    model_problem,
+    trained_segmentation_available,
+)
 from CovidCTLib.volume import CTVolume
 
-METHODS = ("auto", "classical", "model")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Smallest plausible lung volume (mL) below which the result is refused as "no lung found".
 MIN_LUNG_ML = 50.0
 
 
-def _optional_module(name: str) -> Any | None:
-    """Import an optional engine part (trained models); None when that part is not installed."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        if error.name and not name.startswith(error.name) and error.name not in name:
-            raise  # the module exists but one of its own imports is broken: do not hide that
-        return None
-
-
 def segmentation_models_available() -> bool:
-    """True when the trained lung and infection models are installed and loadable."""
-    inference = _optional_module("CovidCTLib.models.runtime.inference")
-    if inference is None:
-        return False
-    try:
-        available = inference.models_available()
-    except Exception:  # noqa: BLE001 - torch missing or a broken install: fall back to classical
-        return False
-    return bool(available.get("lung")) and bool(available.get("infection"))
+    """True when the trained lung and infection models are installed and verify."""
+    return trained_segmentation_available()
 
 
 def classifier_available() -> bool:
-    """True when the trained COVID classifier is installed and loadable."""
-    module = _optional_module("CovidCTLib.models.runtime.classifier_inference")
-    if module is None or not hasattr(module, "classifier_available"):
-        return False
-    try:
-        return bool(module.classifier_available())
-    except Exception:  # noqa: BLE001
-        return False
+    """True when the trained COVID classifier is installed and verifies."""
+    from CovidCTLib.models.runtime.classifier_inference import classifier_available as available
+
+    return bool(available())
 
 
-def resolve_method(method: str) -> str:
-    """Turn ``auto`` into ``model`` or ``classical``; refuse ``model`` when no model is installed."""
-    if method not in METHODS:
-        raise CovidCTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
-    if method == "classical":
-        return method
-    if segmentation_models_available():
-        return "model"
-    if method == "model":
-        raise ModelError(
-            "No trained lung/infection model is installed. Train one with "
-            "`covidct train lung --data ... --out ...` (see README), or use --method classical."
+@dataclass
+class AnalysisState:
+    """What the stages of one analysis have produced so far."""
+
+    source: str | os.PathLike | CTVolume
+    method: str
+    device: str
+    classify: bool
+    infection_thresholds: Any | None
+    reporter: Reporter
+    ct: CTVolume | None = None
+    segmenters: Segmenters | None = None
+    lungs: np.ndarray | None = None
+    infection: np.ndarray | None = None
+    scan: Any | None = None  # the classifier's ScanClassification
+    numbers: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the analysis: its name, its share of the progress bar, its message and its work."""
+
+    name: str
+    weight: float
+    message: str
+    run: Callable[[AnalysisState], None]
+
+
+def _stage_load(state: AnalysisState) -> None:
+    state.ct = _load(state.source, state.reporter)
+    if not state.ct.is_3d:
+        raise NotCTError(
+            f"{state.ct.source} is a 2-D image; `covidct analyze` needs a 3-D chest CT. "
+            "Use `covidct segment-slices` or `covidct classify` for 2-D images."
         )
-    return "classical"
+    if state.method == "auto" and not trained_segmentation_available():
+        problem = model_problem()
+        if problem:
+            state.notes.append(f"Trained models not used (classical method instead): {problem}")
+    state.segmenters = make_segmenters(state.method, state.device, infection_thresholds=state.infection_thresholds)
+    if state.segmenters.method == "classical" and state.ct.intensity != "HU":
+        raise NotCTError(
+            f"{state.ct.source} is not in Hounsfield units (8-bit intensities); the classical method needs HU. "
+            "Use the original DICOM/NIfTI in HU, or --method model with trained models installed."
+        )
+
+
+def _stage_lungs(state: AnalysisState) -> None:
+    state.lungs = state.segmenters.lungs.segment(state.ct, reporter=state.reporter).astype(np.uint8)
+    _check_lungs(state.ct, state.lungs)
+
+
+def _stage_infection(state: AnalysisState) -> None:
+    infection = state.segmenters.infection.segment(state.ct, state.lungs, reporter=state.reporter)
+    state.infection = np.where(state.lungs > 0, infection, 0).astype(np.uint8)
+
+
+def _stage_classify(state: AnalysisState) -> None:
+    if not (state.classify and classifier_available()):
+        state.notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
+        return
+    from CovidCTLib.models.runtime.classifier_inference import classify_scan
+
+    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter)
+
+
+def _stage_quantify(state: AnalysisState) -> None:
+    from CovidCTLib.quantify import quantify
+
+    state.numbers = quantify(state.ct, state.lungs, state.infection)
+
+
+#: the analysis, in order; progress fractions come from the weights (measured share of the run time)
+STAGES: tuple[Stage, ...] = (
+    Stage("load", 10, "Reading the CT", _stage_load),
+    Stage("lungs", 35, "Segmenting the lungs", _stage_lungs),
+    Stage("infection", 25, "Segmenting infection", _stage_infection),
+    Stage("classify", 15, "Classifying COVID vs non-COVID", _stage_classify),
+    Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
+)
+
+
+def run_stages(state: AnalysisState, stages: tuple[Stage, ...] = STAGES) -> dict[str, float]:
+    """Run ``stages`` on ``state``; progress spans 0..0.97 by weight. Returns seconds per stage."""
+    total = sum(stage.weight for stage in stages) / 0.97
+    timings: dict[str, float] = {}
+    done = 0.0
+    for stage in stages:
+        state.reporter.stage(stage.name, done / total, (done + stage.weight) / total, stage.message)
+        t0 = time.perf_counter()
+        stage.run(state)
+        timings[stage.name] = time.perf_counter() - t0
+        done += stage.weight
+    return timings
 
 
 def _load(source: str | os.PathLike | CTVolume, reporter: Reporter) -> CTVolume:
@@ -105,79 +173,19 @@ def analyze(
     """
     if device not in DEVICES:
         raise CovidCTError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
+    if method not in METHODS:
+        raise CovidCTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     reporter = reporter or Reporter()
-    timings: dict[str, float] = {}
     started = time.perf_counter()
-
-    def timed(name: str, start: float, end: float, message: str, work: Callable[[], Any]) -> Any:
-        reporter.stage(name, start, end, message)
-        t0 = time.perf_counter()
-        value = work()
-        timings[name] = time.perf_counter() - t0
-        return value
-
-    ct = timed("load", 0.0, 0.1, "Reading the CT", lambda: _load(source, reporter))
-    if not ct.is_3d:
-        raise NotCTError(
-            f"{ct.source} is a 2-D image; `covidct analyze` needs a 3-D chest CT. "
-            "Use `covidct segment-slices` or `covidct classify` for 2-D images."
-        )
-    resolved = resolve_method(method)
-    if resolved == "classical" and ct.intensity != "HU":
-        raise NotCTError(
-            f"{ct.source} is not in Hounsfield units (8-bit intensities); the classical method needs HU. "
-            "Use the original DICOM/NIfTI in HU, or --method model with trained models installed."
-        )
+    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter)
+    timings = run_stages(state)
+    timings["total"] = time.perf_counter() - started
+    ct, scan = state.ct, state.scan
     model_versions: dict[str, str] = {}
-    if resolved == "model":
-        inference = importlib.import_module("CovidCTLib.models.runtime.inference")
-        lungs = timed(
-            "lungs",
-            0.1,
-            0.45,
-            "Segmenting the lungs (model)",
-            lambda: inference.segment_lungs_model(ct, device=device, reporter=reporter),
-        )
-        _check_lungs(ct, lungs)
-        infection = timed(
-            "infection",
-            0.45,
-            0.7,
-            "Segmenting infection (model)",
-            lambda: inference.segment_infection_model(ct, lungs, device=device, reporter=reporter),
-        )
-        model_versions.update(inference.models_available())
-    else:
-        from CovidCTLib.classical.infection import segment_infection_classical
-        from CovidCTLib.classical.lungs import segment_lungs_classical
-
-        lungs = timed(
-            "lungs",
-            0.1,
-            0.45,
-            "Segmenting the lungs (classical)",
-            lambda: segment_lungs_classical(ct, reporter=reporter),
-        )
-        _check_lungs(ct, lungs)
-        infection = timed(
-            "infection",
-            0.45,
-            0.7,
-            "Segmenting infection (HU classes)",
-            lambda: segment_infection_classical(ct, lungs, infection_thresholds, reporter=reporter),
-        )
-    infection = np.where(lungs > 0, infection, 0).astype(np.uint8)
-
+    model_versions.update(state.segmenters.lungs.versions())
+    model_versions.update(state.segmenters.infection.versions())
     covid_probability, classification, slice_probabilities = None, None, {}
-    if classify and classifier_available():
-        classifier = importlib.import_module("CovidCTLib.models.runtime.classifier_inference")
-        scan = timed(
-            "classify",
-            0.7,
-            0.85,
-            "Classifying COVID vs non-COVID",
-            lambda: classifier.classify_scan(ct, lungs, device=device, reporter=reporter),
-        )
+    if scan is not None:
         covid_probability = float(scan.probability)
         slice_probabilities = dict(scan.slice_probabilities)
         classification = {
@@ -191,24 +199,18 @@ def analyze(
         }
         model_versions["classifier"] = f"{scan.model_name} {scan.model_version}"
 
-    from CovidCTLib.quantify import quantify
     from CovidCTLib.report.report_json import build_report
 
-    numbers = timed(
-        "quantify", 0.85, 0.97, "Measuring volumes, zones and lesions", lambda: quantify(ct, lungs, infection)
-    )
-    timings["total"] = time.perf_counter() - started
-    notes = list(ct.notes)
-    if classification is None:
-        notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
+    notes = list(ct.notes) + state.notes
+    resolved = state.segmenters.method
     report = build_report(
-        ct.identity(), numbers, resolved, model_versions, timings, covid_probability, classification, notes
+        ct.identity(), state.numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
     reporter.stage("done", 1.0, 1.0, "Analysis finished")
     return AnalysisResult(
         ct=ct,
-        lungs=lungs.astype(np.uint8),
-        infection=infection,
+        lungs=state.lungs,
+        infection=state.infection,
         report=report,
         covid_probability=covid_probability,
         slice_probabilities=slice_probabilities,

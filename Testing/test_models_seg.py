@@ -246,7 +246,7 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
 
 
 def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
-    from CovidCTLib.models.runtime.inference import _clean_lungs
+    from CovidCTLib.segmentation.postprocess import clean_lung_mask
 
     hu = np.full((6, 40, 40), 40.0, np.float32)  # soft tissue
     hu[:, 5:20, 5:18] = -850.0  # aerated lung
@@ -254,14 +254,14 @@ def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:
     mask = np.zeros(hu.shape, bool)
     mask[:, 5:20, 5:18] = True  # lung (with its lesion)
     mask[:, 25:35, 22:35] = True  # false positive over solid tissue (liver-like)
-    out = _clean_lungs(mask, hu)
+    out = clean_lung_mask(mask, hu)
     assert out[:, 10:14, 8:12].all()
     assert not out[:, 25:35, 22:35].any()
-    assert _clean_lungs(mask).sum() == mask.sum()
+    assert clean_lung_mask(mask).sum() == mask.sum()
 
 
 def test_lung_postprocess_removes_gas_under_the_lungs_and_the_liver_dome() -> None:
-    from CovidCTLib.models.runtime.inference import _clean_lungs, drop_gas_below_lungs
+    from CovidCTLib.segmentation.postprocess import clean_lung_mask, drop_gas_below_lungs
 
     hu = np.full((30, 40, 40), 40.0, np.float32)  # soft tissue; LPS: z index grows to the head
     lung = np.zeros(hu.shape, bool)
@@ -280,7 +280,7 @@ def test_lung_postprocess_removes_gas_under_the_lungs_and_the_liver_dome() -> No
     predicted[2:9, 8:22, 24:36] = True  # with its wall
     dropped = drop_gas_below_lungs(predicted, hu)
     assert not dropped[gas].any() and dropped[lung & (hu < -600)].all()
-    out = _clean_lungs(predicted, hu)
+    out = clean_lung_mask(predicted, hu)
     assert out[12:15, 8:11, 8:11].all()  # enclosed lesion filled in
     assert not out[8:16, 14:24, 7:15].any()  # dome open to the abdomen below: not filled
     assert not out[:8].any()  # nothing under the lungs' base survives

@@ -273,8 +273,8 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateDeviceStatus(self) -> None:
         """Show what device is available; torch is inspected in another process, never installed here."""
-        from CovidCTLib.runner.background import BackgroundAnalysis, python_executable
         from CovidCTLib.mrml.dependencies import device_probe_command, is_importable
+        from CovidCTLib.runner.background import BackgroundAnalysis, python_executable
 
         if not is_importable("torch"):
             self.ui.deviceStatusLabel.text = "PyTorch not installed (CPU)"
@@ -610,8 +610,8 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
     def finishBackground(self, job: CovidCTJob, inputVolume, surfaces: bool = True, smoothing: float = 0.5):
         """Load a finished background run into the scene (or raise its error); removes its temp folder."""
         from CovidCTLib.mrml import check_result_geometry, results_to_mrml
-        from CovidCTLib.runner.background import read_outputs
         from CovidCTLib.results import AnalysisResult
+        from CovidCTLib.runner.background import read_outputs
 
         try:
             error = job.runner.error_message()

@@ -5,7 +5,8 @@ Research software, not a diagnosis: every mask must be reviewed.
 """
 
 from CovidCTLib.classical.infection import InfectionThresholds, segment_infection_classical
-from CovidCTLib.classical.lungs import segment_lungs_classical, split_right_left
+from CovidCTLib.classical.lungs import segment_lungs_classical
+from CovidCTLib.segmentation.sides import split_right_left
 
 __all__ = [
     "InfectionThresholds",

@@ -25,9 +25,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from CovidCTLib.classical.grid import block_factors, block_mean, upsample_nearest
-from CovidCTLib.classical.orientation import oriented_target
 from CovidCTLib.errors import InputError
+from CovidCTLib.imaging.grid import block_factors, block_mean, upsample_nearest
+from CovidCTLib.imaging.orientation import oriented_target
 from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume

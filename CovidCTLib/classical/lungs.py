@@ -37,11 +37,12 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image, disk
 
-from CovidCTLib.classical.grid import block_factors, block_mean, fine_box_of, upsample_nearest
-from CovidCTLib.classical.orientation import left_axis, oriented_target, superior_axis
 from CovidCTLib.errors import AnalysisError, InputError
+from CovidCTLib.imaging.grid import block_factors, block_mean, fine_box_of, upsample_nearest
+from CovidCTLib.imaging.orientation import oriented_target
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.progress import Reporter
+from CovidCTLib.segmentation.sides import CanonicalView, body_midline, fine_offset, split_mask
 from CovidCTLib.volume import CTVolume
 
 _STRUCT_2D = np.ones((3, 3), dtype=bool)
@@ -90,39 +91,6 @@ class LungParameters:
     lumen_reach_mm: float = 15.0
     gas_pocket_ml: float = 5.0
     gas_wall_fraction: float = 0.3
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-class _Canon:
-    """View arrays with the cranio-caudal axis first and index 0 the most superior slice."""
-
-    def __init__(self, image) -> None:
-        self.sup_axis, self.sup_sign = superior_axis(image)
-        lr_axis, self.lr_sign = left_axis(image)
-        order = [self.sup_axis] + [a for a in range(3) if a != self.sup_axis]
-        self.lr_axis = order.index(lr_axis) if lr_axis != self.sup_axis else 2  # axis in canonical 3-D order
-        self.order = order
-
-    def to(self, a: np.ndarray) -> np.ndarray:
-        c = np.moveaxis(a, self.sup_axis, 0)
-        return c[::-1] if self.sup_sign > 0 else c
-
-    def back(self, c: np.ndarray) -> np.ndarray:
-        c = c[::-1] if self.sup_sign > 0 else c
-        return np.moveaxis(c, 0, self.sup_axis)
-
-    def spacing(self, spacing_zyx: tuple[float, ...]) -> tuple[float, float, float]:
-        return tuple(float(spacing_zyx[a]) for a in self.order)  # type: ignore[return-value]
-
-
-def _body_midline(hu_c: np.ndarray, lr_axis: int) -> float:
-    """Centre of the body along the right-left axis (canonical index units)."""
-    body = hu_c > -500
-    other = tuple(a for a in range(3) if a != lr_axis)
-    profile = body.sum(axis=other).astype(float)
-    if profile.sum() == 0:
-        return (hu_c.shape[lr_axis] - 1) / 2.0
-    return float((profile * np.arange(profile.size)).sum() / profile.sum())
 
 
 def _remove_outside_air(air: np.ndarray) -> np.ndarray:
@@ -297,70 +265,6 @@ def _grow_airways(airway: np.ndarray, hu: np.ndarray, mask: np.ndarray, spacing:
         grown = nxt
     out = airway.copy()
     out[box] |= grown
-    return out
-
-
-def _sides(lab: np.ndarray, n: int, coords: np.ndarray, midline: float, lr_sign: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per component (index 0 unused): size, side (RIGHT_LUNG / LEFT_LUNG by its centroid vs the midline)
-    and the fraction of its voxels on the patient-left side of the midline."""
-    idx = lab.ravel()
-    sizes = np.bincount(idx, minlength=n + 1).astype(float)
-    sizes[0] = 0
-    towards_left = np.broadcast_to((coords - midline) * lr_sign, lab.shape).ravel()
-    mean_pos = np.bincount(idx, weights=towards_left, minlength=n + 1) / np.maximum(sizes, 1)
-    frac_left = np.bincount(idx, weights=towards_left > 0, minlength=n + 1) / np.maximum(sizes, 1)
-    side = np.where(mean_pos > 0, LEFT_LUNG, RIGHT_LUNG).astype(np.uint8)
-    side[0] = 0
-    return sizes, side, frac_left
-
-
-def _split(mask: np.ndarray, spacing: tuple[float, float, float], midline: float, lr_axis: int,
-           lr_sign: int, max_erosion_mm: float) -> np.ndarray:
-    """Right (1) / left (2) labels for a binary lung mask (canonical array).
-
-    Components are given the side of their centroid; while a large component straddles the midline
-    (touching lungs) the mask is eroded deeper (Euclidean distance threshold). Voxels outside the seeds
-    take the side of the nearest seed voxel; when no erosion separates the lungs, the midline plane splits.
-    """
-    out = np.zeros(mask.shape, dtype=np.uint8)
-    if not mask.any():
-        return out
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    m = mask[box]
-    lr_mid = midline - box[lr_axis].start
-    shape = [1, 1, 1]
-    shape[lr_axis] = -1
-    coords = np.arange(m.shape[lr_axis], dtype=np.float32).reshape(shape)
-    seeds = None
-    dist = None
-    level = 0.0
-    while level <= max_erosion_mm:
-        core = m if dist is None else dist > level
-        lab, n = ndimage.label(core)
-        if n:
-            sizes, side, frac_left = _sides(lab, n, coords, lr_mid, lr_sign)
-            total = sizes.sum()
-            significant = sizes >= 0.02 * total
-            vol_r = sizes[(side == RIGHT_LUNG) & significant].sum()
-            vol_l = sizes[(side == LEFT_LUNG) & significant].sum()
-            straddle = significant & (frac_left > 0.2) & (frac_left < 0.8) & (sizes > 0.2 * total)
-            if vol_r >= 0.1 * total and vol_l >= 0.1 * total and not straddle.any():
-                seeds = np.where(significant[lab], side[lab], 0).astype(np.uint8)
-                break
-        if dist is None:
-            dist = ndimage.distance_transform_edt(m, sampling=spacing)
-        level += max(1.5 * min(spacing), 1.0)
-    if seeds is None or not seeds.any():
-        sub = np.where(m, np.where((coords - lr_mid) * lr_sign > 0, LEFT_LUNG, RIGHT_LUNG), 0)
-        out[box] = sub
-        return out
-    if np.array_equal(seeds > 0, m):
-        out[box] = seeds
-        return out
-    _, idx = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
-    nearest = seeds[tuple(idx)]
-    out[box] = np.where(m, nearest, 0)
     return out
 
 
@@ -555,7 +459,7 @@ def segment_lungs_classical(
         reporter.update(step, 0.0, "Lung segmentation: thresholding")
     hu, hu_lr, factors = _coarse(ct, params)
     spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
-    canon = _Canon(ct.image)
+    canon = CanonicalView(ct.image)
     hu_c = canon.to(hu_lr)
     gas_c = canon.to(block_mean(hu < params.lumen_hu, factors))
     sp_c = canon.spacing(spacing_lr)
@@ -563,7 +467,7 @@ def segment_lungs_classical(
 
     inside = _remove_outside_air(hu_c < params.threshold_hu)
     candidates = _lung_candidates(inside, gas_c, params, voxel_ml_lr)
-    midline = _body_midline(hu_c, canon.lr_axis)
+    midline = body_midline(hu_c, canon.lr_axis)
     if reporter:
         reporter.update(step, 0.25, "Lung segmentation: removing the airways")
     airway = _track_airways(candidates, hu_c, sp_c, midline, canon.lr_axis, params)
@@ -582,7 +486,7 @@ def segment_lungs_classical(
         lungs_air = (sizes >= 0.005 * sizes.sum())[lab]
     if reporter:
         reporter.update(step, 0.45, "Lung segmentation: separating right and left")
-    sides = _split(lungs_air, sp_c, midline, canon.lr_axis, canon.lr_sign, params.max_split_erosion_mm)
+    sides = split_mask(lungs_air, sp_c, midline, canon.lr_axis, canon.lr_sign, params.max_split_erosion_mm)
     if reporter:
         reporter.update(step, 0.6, "Lung segmentation: filling lesions")
     labels_c = np.zeros(sides.shape, dtype=np.uint8)
@@ -630,7 +534,7 @@ def _refine_full_resolution(hu: np.ndarray, labels_lr: np.ndarray, hu_lr: np.nda
         return out
     box_lr = ndimage.find_objects((extended > 0).astype(np.uint8))[0]
     fine_box = fine_box_of(box_lr, factors, hu.shape)
-    rel = _shift(fine_box, box_lr, factors)
+    rel = fine_offset(fine_box, box_lr, factors)
     ext_f = upsample_nearest(extended[box_lr], factors, hu.shape, rel)
     core_f = upsample_nearest(core[box_lr], factors, hu.shape, rel)
     air_f = upsample_nearest(airway_lr[box_lr], factors, hu.shape, rel)
@@ -640,56 +544,3 @@ def _refine_full_resolution(hu: np.ndarray, labels_lr: np.ndarray, hu_lr: np.nda
     return out
 
 
-def _shift(fine_box: tuple[slice, ...], box_lr: tuple[slice, ...], factors: tuple[int, ...]) -> tuple[slice, ...]:
-    """Fine box expressed relative to the start of the coarse box (for upsampling a cropped coarse array)."""
-    return tuple(
-        slice(fb.start - cb.start * f, fb.stop - cb.start * f)
-        for fb, cb, f in zip(fine_box, box_lr, factors, strict=True)
-    )
-
-
-def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float = 30.0) -> np.ndarray:
-    """Split a binary lung mask (any non-zero = lung) into 1 = right / 2 = left using the image direction.
-
-    Used by the trained-model path. Works on a coarse grid (about 2.5 x 2 x 2 mm) and transfers the sides
-    to every full-resolution voxel by the nearest coarse label.
-    """
-    mask = np.asarray(lung_mask) > 0
-    if mask.shape != ct.shape:
-        raise InputError(f"lung mask shape {mask.shape} does not match the CT {ct.shape} (z, y, x)")
-    out = np.zeros(mask.shape, dtype=np.uint8)
-    if not mask.any():
-        return out
-    import SimpleITK as sitk
-
-    factors = block_factors(
-        ct.spacing_zyx, oriented_target(ct.image, LungParameters().coarse_spacing_mm), ct.shape
-    )
-    mask_lr = block_mean(mask.astype(np.uint8), factors) >= 0.5
-    if not mask_lr.any():
-        mask_lr = block_mean(mask.astype(np.uint8), factors) > 0
-    spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
-    canon = _Canon(ct.image)
-    hu = sitk.GetArrayViewFromImage(ct.image) if ct.intensity == "HU" else None
-    if hu is not None:
-        midline = _body_midline(canon.to(block_mean(hu, factors)), canon.lr_axis)
-    else:
-        m_c = canon.to(mask_lr)
-        other = tuple(a for a in range(3) if a != canon.lr_axis)
-        profile = m_c.sum(axis=other).astype(float)
-        midline = float((profile * np.arange(profile.size)).sum() / max(profile.sum(), 1.0))
-    sides_c = _split(canon.to(mask_lr), canon.spacing(spacing_lr), midline, canon.lr_axis, canon.lr_sign,
-                     max_erosion_mm)
-    sides_lr = np.ascontiguousarray(canon.back(sides_c))
-    if all(f == 1 for f in factors):
-        if np.array_equal(sides_lr > 0, mask):
-            return sides_lr
-        _, idx = ndimage.distance_transform_edt(sides_lr == 0, return_indices=True)
-        return np.where(mask, sides_lr[tuple(idx)], 0).astype(np.uint8)
-    _, idx = ndimage.distance_transform_edt(sides_lr == 0, sampling=spacing_lr, return_indices=True)
-    nearest = sides_lr[tuple(idx)]
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    box_lr = tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(box, factors, strict=True))
-    fine = upsample_nearest(nearest[box_lr], factors, mask.shape, _shift(box, box_lr, factors))
-    out[box] = np.where(mask[box], fine, 0)
-    return out

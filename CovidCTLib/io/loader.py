@@ -13,7 +13,6 @@ from pathlib import Path
 
 from CovidCTLib.errors import InputError, NotCTError
 from CovidCTLib.io import dicom, images
-from CovidCTLib.io.checks import check_size, check_slices
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 

@@ -136,24 +136,16 @@ def segment_slice(ct: CTVolume) -> tuple[np.ndarray, np.ndarray, str]:
     if ct.intensity == "HU":
         lungs = quick_lungs(ct.image)
         return lungs, quick_infection(ct.image, lungs), "2-D HU thresholds (longitudinal.quicklungs)"
-    try:
-        from CovidCTLib.classical.slices2d import segment_slice_classical
-    except ImportError as error:
-        raise InputError(
-            f"{ct.source} is an 8-bit image, and the 8-bit slice segmenter is not installed; pass DICOM/HU slices."
-        ) from error
+    from CovidCTLib.segmentation.registry import make_slice_segmenter
+    from CovidCTLib.segmentation.sides import split_at_midline
+
+    segmenter = make_slice_segmenter("classical")
     image = ct.array[0].astype(np.uint8)
-    lung_mask = np.asarray(segment_slice_classical(image, "lung")) > 0
-    lungs = np.zeros(image.shape, np.uint8)
-    cols = np.nonzero(lung_mask)[1]
-    if cols.size:
-        mid = 0.5 * (cols.min() + cols.max())
-        lungs[lung_mask & (np.arange(image.shape[1])[None, :] < mid)] = 1
-        lungs[lung_mask & (np.arange(image.shape[1])[None, :] >= mid)] = 2
-    infection = np.asarray(segment_slice_classical(image, "infection")).astype(np.uint8)
-    infection[lungs == 0] = 0
-    infection[infection > 2] = 2
-    return lungs[None], infection[None], "2-D classical 8-bit slice segmenter"
+    lung_mask = np.asarray(segmenter.segment_images("lung", [image])[0]) > 0
+    lungs = split_at_midline(lung_mask[None], ct.image)
+    infection = np.asarray(segmenter.segment_images("infection", [image])[0]).astype(np.uint8)
+    infection = np.where(lungs[0] > 0, np.minimum(infection, 2), 0).astype(np.uint8)
+    return lungs, infection[None], "2-D classical 8-bit slice segmenter"
 
 
 def load_timepoint(path: str | os.PathLike, method: str = "auto", device: str = "auto") -> TimePoint:

@@ -9,8 +9,8 @@ a lung mask quickly. Method (documented thresholds):
   result is split into right (label 1) and left (label 2) at the lungs' mid-line along the patient's
   left-right axis (LPS +x is the patient's left);
 * infection, inside the lungs: ground-glass ``-750 <= HU < -300`` (label 1), consolidation
-  ``-300 <= HU <= 100`` (label 2) on the smoothed HU, without the 2 mm rim along the lung wall (partial
-  volume), opened with a 2 / 2.5 mm disk to remove vessels, regions under 10 mm^2 dropped (per slice).
+  ``-300 <= HU <= +50`` (label 2, the classical ranges) on the smoothed HU, without the 2 mm rim along the lung wall
+  (partial volume), opened with a 2 / 2.5 mm disk to remove vessels, regions under 10 mm^2 dropped (per slice).
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from CovidCTLib.classical.infection import InfectionThresholds
+from CovidCTLib.segmentation.sides import split_at_midline
+
 LUNG_MAX_HU = -400.0
 #: air regions whose median is below this are pure gas (bowel, outside air), not aerated lung parenchyma
 GAS_MEDIAN_HU = -930.0
 BODY_MIN_HU = -500.0
-GGO_RANGE = (-750.0, -300.0)
-CONSOLIDATION_RANGE = (-300.0, 100.0)
+#: the classical method's HU classes (one definition: :class:`CovidCTLib.classical.infection.InfectionThresholds`)
+GGO_RANGE = (InfectionThresholds.ggo_min_hu, InfectionThresholds.ggo_max_hu)
+CONSOLIDATION_RANGE = (InfectionThresholds.consolidation_min_hu, InfectionThresholds.consolidation_max_hu)
 
 
 def _in_plane_border_labels(labels: np.ndarray) -> set[int]:
@@ -66,20 +70,7 @@ def quick_lungs(ct: sitk.Image) -> np.ndarray:
         lungs = lungs[tuple(slice(r, s - r) for r, s in zip(radius, lungs.shape, strict=True))]
         for z in range(lungs.shape[0]):
             lungs[z] = ndimage.binary_fill_holes(lungs[z])
-    out = np.zeros(hu.shape, np.uint8)
-    if lungs.any():
-        # patient left-right axis: the image axis whose direction is closest to LPS x
-        dim = ct.GetDimension()
-        direction = np.array(ct.GetDirection()).reshape(dim, dim)
-        axis_xyz = int(np.argmax(np.abs(direction[0])))
-        sign = np.sign(direction[0, axis_xyz]) or 1.0
-        array_axis = 2 - axis_xyz if not squeeze else (2 if axis_xyz == 0 else 1)
-        coords = np.nonzero(lungs)[array_axis].astype(float)
-        mid = 0.5 * (np.percentile(coords, 2) + np.percentile(coords, 98))
-        index = np.arange(hu.shape[array_axis]).reshape([-1 if a == array_axis else 1 for a in range(3)])
-        left = (index - mid) * sign > 0  # LPS +x is the patient's left
-        out[lungs & ~left] = 1
-        out[lungs & left] = 2
+    out = split_at_midline(lungs, ct)
     return out[0] if squeeze else out
 
 

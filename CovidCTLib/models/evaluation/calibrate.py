@@ -28,6 +28,7 @@ from CovidCTLib.errors import InputError
 from CovidCTLib.models.data.datasets import grouped_split, medseg_items, parse_data_spec, png256_items, read_gray
 from CovidCTLib.models.evaluation.metrics import confusion, pooled_metrics
 from CovidCTLib.models.runtime import inference
+from CovidCTLib.segmentation.postprocess import clean_lung_mask_2d
 
 #: Below this validation AUC a probability calibration is refused (it would be fitted to noise).
 MIN_AUC_TO_CALIBRATE = 0.6
@@ -73,7 +74,7 @@ def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float =
                 for it, p in zip(chunk, inference.slice_lung_probabilities(grays), strict=True):
                     truth = _truth(it["lung"], False)
                     for t in thresholds:
-                        counts[t].append(confusion(inference._clean_2d(p >= t), truth))
+                        counts[t].append(confusion(clean_lung_mask_2d(p >= t), truth))
             else:
                 lungs = inference.slice_lungs(grays)
                 regions = inference.slice_infection_probabilities(grays, lungs)
@@ -101,7 +102,7 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     manifest_path = model_dir / "manifest.json"
     if not manifest_path.is_file():
         raise InputError(f"{model_dir} is not a model folder (no manifest.json); give <train --out>/model/<name>.")
-    name = inference.LUNG_MODEL if task == "lung" else inference.INFECTION_MODEL
+    name = inference.model_name(task)
     inference.use_model_folder(name, model_dir)
     try:
         table = dice_by_threshold(task, data, seed, val_fraction, split=split)

@@ -158,7 +158,7 @@ def evaluate(
     """Evaluate the lung / infection model on ``data`` (comma-separated, kind-prefixed like training)."""
     if task not in ("lung", "infection"):
         raise InputError(f"unknown task {task!r}")
-    name = inference.LUNG_MODEL if task == "lung" else inference.INFECTION_MODEL
+    name = inference.model_name(task)
     if model:
         inference.use_model_folder(name, model)
     out = Path(out)

@@ -24,18 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
-from scipy import ndimage as ndi
 
 from CovidCTLib.errors import InputError, ModelError
 from CovidCTLib.models.runtime import registry
 from CovidCTLib.models.runtime.device import device_name
-from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, orient_lps, resize_mask
+from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, resize_mask
+from CovidCTLib.models.runtime.slice_inferer import SliceInferer
 from CovidCTLib.progress import Reporter
+from CovidCTLib.segmentation.postprocess import clean_lung_mask, clean_lung_mask_2d
+from CovidCTLib.segmentation.sides import split_right_left
 from CovidCTLib.volume import CTVolume
 
+#: names the trainers give their models; at run time the model of a task is the one its manifest names
 LUNG_MODEL = "lung-attunet"
 INFECTION_MODEL = "infection-unet"
+DEFAULT_MODELS = {"lung": LUNG_MODEL, "infection": INFECTION_MODEL}
 BATCH = 16
 _CACHE: dict[tuple[str, str], registry.LoadedModel] = {}
 _LOCK = threading.Lock()
@@ -56,6 +59,16 @@ def use_model_folder(name: str, folder: str | Path | None) -> None:
         _FOLDERS[name] = folder
 
 
+def model_name(task: str) -> str:
+    """The model used for ``task`` (``lung`` / ``infection``): a folder given with :func:`use_model_folder`
+    for that task, else the installed model whose manifest names the task, else the default name (so the
+    "not installed" message names it)."""
+    for name, folder in _FOLDERS.items():
+        if registry.model_for_task(task, folder.parent) == name or name == DEFAULT_MODELS.get(task):
+            return name
+    return registry.model_for_task(task) or DEFAULT_MODELS[task]
+
+
 def get_model(name: str, device: str = "auto") -> registry.LoadedModel:
     """Load (once per process and device) a verified registry model."""
     dev = device_name(device)
@@ -74,7 +87,8 @@ def get_model(name: str, device: str = "auto") -> registry.LoadedModel:
 def models_available() -> dict[str, str]:
     """``{"lung": "lung-attunet 1.0.0", "infection": ...}`` for the installed models whose checksum verifies."""
     out: dict[str, str] = {}
-    for task, name in (("lung", LUNG_MODEL), ("infection", INFECTION_MODEL)):
+    for task in ("lung", "infection"):
+        name = model_name(task)
         folder = _FOLDERS.get(name)
         try:
             manifest, _ = registry.verify(folder.name, folder.parent) if folder else registry.verify(name)
@@ -144,135 +158,8 @@ def _predict_probs(
     return results
 
 
-SOLID_COMPONENT_HU = -200.0
-
-
-GAS_HU = -600.0
-GAS_MAX_SHARE = 0.25
-
-
-def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
-    """Remove air pockets under the lungs (stomach / bowel gas below the diaphragm) from a lung mask.
-
-    ``mask`` and ``hu`` are LPS-oriented ``(z, y, x)`` arrays (z grows to the head). The air of the mask
-    (< ``GAS_HU``) is split into 3-D components; the lungs are those of at least ``GAS_MAX_SHARE`` of the
-    largest. A smaller component with most of its voxels below the lowest slice of the lungs' air is gas
-    under the diaphragm: it is removed with a 2-voxel in-plane rim (the stomach or bowel wall).
-    """
-    air = mask & (hu < GAS_HU)
-    lab, n = ndi.label(air)
-    if n < 2:
-        return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    boxes = ndi.find_objects(lab)
-    lungs = sizes >= GAS_MAX_SHARE * sizes.max()
-    floor = min(boxes[i][0].start for i in np.nonzero(lungs)[0])
-    below = np.bincount(lab[:floor].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
-    gas = np.nonzero(~lungs & (below > 0.5))[0]
-    if len(gas) == 0:
-        return mask
-    out = mask.copy()
-    ring = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
-    for i in gas:
-        box = (boxes[i][0], *(slice(max(b.start - 2, 0), b.stop + 2) for b in boxes[i][1:]))  # room for the rim
-        rim = ndi.binary_dilation(lab[box] == i + 1, structure=ring, iterations=2)
-        out[box] &= ~rim
-    return out
-
-
-def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
-    """Fill the background pockets of ``mask`` that do not reach the volume's border (one labelling pass)."""
-    background, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    faces = [background[0], background[-1], background[:, 0], background[:, -1], background[:, :, 0],
-             background[:, :, -1]]
-    outside = np.unique(np.concatenate([f.ravel() for f in faces]))
-    return mask | ((background > 0) & ~np.isin(background, outside[outside > 0]))
-
-
-def _clean_lungs(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
-    """Post-process a 3-D lung mask.
-
-    With HU: remove gas under the lungs (:func:`drop_gas_below_lungs`), then drop per-slice 2-D components
-    whose median is above ``SOLID_COMPONENT_HU`` (solid organs such as liver or spleen; lung, even with
-    consolidation, contains aerated parts). Then keep the large 3-D components (>= 10 % of the largest,
-    at most 2) and fill their holes in 3-D: a dense lesion enclosed by lung stays in, while the dome of
-    the liver or spleen, enclosed by lung in its top slices but joined to the abdomen below, stays out.
-    Works inside the mask's bounding box (one voxel of margin), which gives the same result faster.
-    """
-    found = ndi.find_objects(mask.astype(np.uint8))
-    if not found:
-        return np.zeros(mask.shape, bool)
-    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, dim)) for b, dim in zip(found[0], mask.shape, strict=True))
-    out = np.zeros(mask.shape, bool)
-    out[box] = _clean_lungs_in_box(mask[box], None if hu is None else hu[box])
-    return out
-
-
-def _clean_lungs_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarray:
-    mask = mask.copy()
-    if hu is not None:
-        mask = drop_gas_below_lungs(mask, hu)
-        for z in range(mask.shape[0]):
-            if not mask[z].any():
-                continue
-            lab2, n2 = ndi.label(mask[z])
-            med = ndi.median(hu[z], lab2, range(1, n2 + 1))
-            for i, m in enumerate(np.atleast_1d(med), start=1):
-                if m > SOLID_COMPONENT_HU:
-                    mask[z][lab2 == i] = False
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = ndi.sum(mask, lab, range(1, n + 1))
-    order = np.argsort(sizes)[::-1][:2]
-    keep = [i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]
-    out = np.isin(lab, keep)
-    return fill_holes_3d(out)
-
-
-def _oriented(ct: CTVolume) -> tuple[sitk.Image, str]:
-    original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.image.GetDirection())
-    return orient_lps(ct.image), original
-
-
-def _back(array_lps: np.ndarray, oriented: sitk.Image, original: str, ct: CTVolume) -> np.ndarray:
-    img = sitk.GetImageFromArray(array_lps.astype(np.uint8))
-    img.CopyInformation(oriented)
-    back = sitk.GetArrayFromImage(sitk.DICOMOrient(img, original))
-    if back.shape != ct.shape:
-        raise ModelError("Internal orientation mapping failed; please report this with the input's geometry.")
-    return back
-
-
 def _split_sides(mask: np.ndarray, ct: CTVolume) -> np.ndarray:
-    from CovidCTLib.classical.lungs import split_right_left
-
     return split_right_left(mask, ct).astype(np.uint8)
-
-
-def _volume_slices(ct: CTVolume) -> tuple[np.ndarray, sitk.Image, str]:
-    if ct.image.GetDimension() == 2:
-        arr = sitk.GetArrayFromImage(ct.image)[None]
-        return arr, ct.image, ""
-    oriented, original = _oriented(ct)
-    return sitk.GetArrayFromImage(oriented), oriented, original
-
-
-_NORM_CACHE: dict[str, Any] = {}
-
-
-def _normalized(ct: CTVolume, arr: np.ndarray, z: int) -> np.ndarray:
-    """Slice ``z`` normalised at its own resolution (cached for the last CT: lungs then infection reuse it)."""
-    key = (id(ct.image), ct.image.GetSize(), ct.intensity)
-    if _NORM_CACHE.get("key") != key:
-        _NORM_CACHE.clear()
-        _NORM_CACHE.update(key=key, slices={})
-    slices = _NORM_CACHE["slices"]
-    if z not in slices:
-        slices[z] = normalize_slice(arr[z], ct.intensity, None, None).astype(np.float16)
-    return slices[z].astype(np.float32)
 
 
 _fit = fit
@@ -280,12 +167,12 @@ _fit = fit
 
 def lung_threshold(device: str = "auto") -> float:
     """Probability threshold of the lung model (``postprocess.threshold`` in its manifest, default 0.5)."""
-    return float(get_model(LUNG_MODEL, device).manifest.get("postprocess", {}).get("threshold", 0.5))
+    return float(get_model(model_name("lung"), device).manifest.get("postprocess", {}).get("threshold", 0.5))
 
 
 def infection_threshold(device: str = "auto") -> float:
     """Threshold on P(GGO) + P(consolidation) (``postprocess.threshold`` of the infection manifest, 0.5)."""
-    return float(get_model(INFECTION_MODEL, device).manifest.get("postprocess", {}).get("threshold", 0.5))
+    return float(get_model(model_name("infection"), device).manifest.get("postprocess", {}).get("threshold", 0.5))
 
 
 def _infection_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -294,30 +181,38 @@ def _infection_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(infected, np.where(probs[2] > probs[1], 2, 1), 0).astype(np.uint8)
 
 
-def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
+def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
+                     inferer: SliceInferer | None = None) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
-    model = get_model(LUNG_MODEL, device)
-    arr, _, _ = _volume_slices(ct)
+    model = get_model(model_name("lung"), device)
+    inferer = inferer or SliceInferer(ct)
+    arr = inferer.array
     size = model.input_size
-    inputs = [_fit(_normalized(ct, arr, z), size)[None] for z in range(arr.shape[0])]
+    inputs = [_fit(inferer.normalized(z), size)[None] for z in range(arr.shape[0])]
     probs = _predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs")
     return np.stack([p[1] for p in probs]).astype(np.float32)
 
 
-def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None) -> np.ndarray:
-    """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split)."""
-    arr, oriented, original = _volume_slices(ct)
-    prob = lung_probability(ct, device, reporter)
+def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
+                        inferer: SliceInferer | None = None) -> np.ndarray:
+    """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split).
+
+    ``inferer``: the CT's :class:`SliceInferer` when the infection network will run next (its normalised
+    slices are reused).
+    """
+    inferer = inferer or SliceInferer(ct)
+    prob = lung_probability(ct, device, reporter, inferer)
     thr = lung_threshold(device)
     if ct.image.GetDimension() != 3:
         return _split_sides((prob >= thr).reshape(ct.shape), ct)
-    hu = arr if ct.intensity == "HU" else None
-    mask = _clean_lungs(prob >= thr, hu) if ct.is_3d else prob >= thr
-    return _split_sides(_back(mask.astype(np.uint8), oriented, original, ct) > 0, ct)
+    hu = inferer.array if ct.intensity == "HU" else None
+    mask = clean_lung_mask(prob >= thr, hu) if ct.is_3d else prob >= thr
+    return _split_sides(inferer.to_ct_grid(mask) > 0, ct)
 
 
 def segment_infection_model(
-    ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None
+    ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None,
+    inferer: SliceInferer | None = None,
 ) -> np.ndarray:
     """Infection labelmap ``(z, y, x)`` uint8: 1 ground-glass, 2 consolidation, always inside ``lungs``."""
     lungs = np.asarray(lungs)
@@ -325,27 +220,22 @@ def segment_infection_model(
     if lungs.reshape(-1).size != int(np.prod(shape)):
         raise InputError(f"lung labelmap shape {lungs.shape} does not match the CT {ct.shape} (z, y, x).")
     lungs = lungs.reshape(shape)
-    model = get_model(INFECTION_MODEL, device)
-    arr, oriented, original = _volume_slices(ct)
-    if ct.image.GetDimension() == 3:
-        lung_img = sitk.GetImageFromArray((lungs > 0).astype(np.uint8))
-        lung_img.CopyInformation(ct.image)
-        lung_o = sitk.GetArrayFromImage(orient_lps(lung_img)) > 0
-    else:
-        lung_o = lungs > 0
+    model = get_model(model_name("infection"), device)
+    inferer = inferer or SliceInferer(ct)
+    arr = inferer.array
+    lung_o = inferer.from_ct_grid(lungs) > 0 if ct.image.GetDimension() == 3 else lungs > 0
     out = np.zeros(arr.shape, np.uint8)
     zs = [z for z in range(arr.shape[0]) if lung_o[z].any()]
     boxes = [lung_box(lung_o[z]) for z in zs]
     size = model.input_size
-    inputs = [_infection_input(_normalized(ct, arr, z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
+    inputs = [_infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     probs = _predict_probs(model, inputs, shapes, reporter, "infection")
     thr = infection_threshold(device)
     for z, box, p in zip(zs, boxes, probs, strict=True):
         out[z][box] = np.where(lung_o[z][box], _infection_labels(p, thr), 0).astype(np.uint8)
-    _NORM_CACHE.clear()  # the pipeline's lungs -> infection sequence is done with this CT
     if ct.image.GetDimension() == 3:
-        out = _back(out, oriented, original, ct)
+        out = inferer.to_ct_grid(out)
     return out.reshape(lungs.shape)
 
 
@@ -385,7 +275,7 @@ def segment_slice_images(
 def slice_lung_probabilities(grays: list[np.ndarray], device: str = "auto",
                              reporter: Reporter | None = None) -> list[np.ndarray]:
     """P(lung) of each 8-bit greyscale image, at the image's size."""
-    lung_model = get_model(LUNG_MODEL, device)
+    lung_model = get_model(model_name("lung"), device)
     lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
     return [p[1] for p in _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")]
 
@@ -393,7 +283,7 @@ def slice_lung_probabilities(grays: list[np.ndarray], device: str = "auto",
 def slice_lungs(grays: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None) -> list[np.ndarray]:
     """Lung masks (bool) of 8-bit greyscale images: the manifest threshold, then the 2-D clean-up."""
     thr = lung_threshold(device)
-    return [_clean_2d(p >= thr) for p in slice_lung_probabilities(grays, device, reporter)]
+    return [clean_lung_mask_2d(p >= thr) for p in slice_lung_probabilities(grays, device, reporter)]
 
 
 @dataclass
@@ -416,7 +306,7 @@ class SliceInfection:
 def slice_infection_probabilities(grays: list[np.ndarray], lungs: list[np.ndarray], device: str = "auto",
                                   reporter: Reporter | None = None) -> list[SliceInfection]:
     """Run the infection network on the lung-box crop of each 8-bit image (see :func:`segment_slice_images`)."""
-    inf_model = get_model(INFECTION_MODEL, device)
+    inf_model = get_model(model_name("infection"), device)
     size = inf_model.input_size
     full = [(slice(0, g.shape[0]), slice(0, g.shape[1])) for g in grays]
     boxes = [lung_box(m) or f for m, f in zip(lungs, full, strict=True)]
@@ -444,20 +334,10 @@ def _infection_input(norm: np.ndarray, lung: np.ndarray, box: tuple[slice, slice
     return np.stack([_fit(norm[box], size), lm])
 
 
-def _clean_2d(mask: np.ndarray) -> np.ndarray:
-    """Drop specks smaller than 2 % of the largest lung component; fill holes."""
-    lab, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    sizes = ndi.sum(mask, lab, range(1, n + 1))
-    keep = [i + 1 for i in range(n) if sizes[i] >= 0.02 * sizes.max()]
-    return ndi.binary_fill_holes(np.isin(lab, keep))
-
-
 def model_info() -> dict[str, Any]:
     """Manifests of the installed segmentation models (for reports)."""
     info: dict[str, Any] = {}
-    for name in (LUNG_MODEL, INFECTION_MODEL):
+    for name in (model_name("lung"), model_name("infection")):
         try:
             info[name] = registry.read_manifest(name)
         except ModelError:

@@ -114,6 +114,24 @@ def verify(name: str, root: Path | None = None) -> tuple[dict[str, Any], Path]:
     return manifest, weights
 
 
+def model_for_task(task: str, root: Path | None = None) -> str | None:
+    """The installed model whose manifest ``task`` is ``task`` (first by name when several); None when none.
+
+    This is how the analysis picks its networks: swapping the lung network means installing a model folder
+    whose manifest says ``"task": "lung"`` (and removing the old one), not changing code.
+    """
+    base = root or models_dir()
+    if not base.is_dir():
+        return None
+    for folder in sorted(p for p in base.iterdir() if (p / MANIFEST).is_file()):
+        try:
+            if json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("task") == task:
+                return folder.name
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
 def list_models(root: Path | None = None) -> list[dict[str, Any]]:
     """Every model folder with a manifest: name, version, task, and whether its weights verify."""
     base = root or models_dir()

@@ -168,9 +168,9 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
 
 def _lung_model_tag() -> str:
     """Name, version and checksum of the installed lung model (the predicted lung masks depend on it)."""
-    from CovidCTLib.models.runtime.inference import LUNG_MODEL, get_model
+    from CovidCTLib.models.runtime.inference import get_model, model_name
 
-    m = get_model(LUNG_MODEL, "cpu").manifest
+    m = get_model(model_name("lung"), "cpu").manifest
     return f"{m['name']}-{m['version']}-{m['sha256'][:12]}"
 
 

@@ -1,0 +1,51 @@
+"""The slice inferer's view of one CT: its axial slices on the LPS-oriented grid, each normalised once.
+
+The 2-D networks see axial slices in radiological display (LPS, as the training slices), without resampling.
+One :class:`SliceInferer` per CT is passed explicitly from the lung to the infection network so each slice is
+normalised once; nothing is cached behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from CovidCTLib.errors import ModelError
+from CovidCTLib.models.runtime.normalization import normalize_slice, orient_lps
+from CovidCTLib.volume import CTVolume
+
+
+class SliceInferer:
+    """Axial slices of ``ct`` on its LPS-oriented grid (``array``), normalised on demand (``normalized``)."""
+
+    def __init__(self, ct: CTVolume) -> None:
+        self.ct = ct
+        if ct.image.GetDimension() == 2:
+            self.array = sitk.GetArrayFromImage(ct.image)[None]
+            self.oriented, self.original = ct.image, ""
+        else:
+            self.original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.image.GetDirection())
+            self.oriented = orient_lps(ct.image)
+            self.array = sitk.GetArrayFromImage(self.oriented)
+        self._normalized: dict[int, np.ndarray] = {}
+
+    def normalized(self, z: int) -> np.ndarray:
+        """Slice ``z`` normalised at its own resolution (float32; stored as float16 once computed)."""
+        if z not in self._normalized:
+            self._normalized[z] = normalize_slice(self.array[z], self.ct.intensity, None, None).astype(np.float16)
+        return self._normalized[z].astype(np.float32)
+
+    def to_ct_grid(self, array_lps: np.ndarray) -> np.ndarray:
+        """A uint8 array on the oriented grid mapped back to the CT's own axis order."""
+        img = sitk.GetImageFromArray(np.asarray(array_lps).astype(np.uint8))
+        img.CopyInformation(self.oriented)
+        back = sitk.GetArrayFromImage(sitk.DICOMOrient(img, self.original))
+        if back.shape != self.ct.shape:
+            raise ModelError("Internal orientation mapping failed; please report this with the input's geometry.")
+        return back
+
+    def from_ct_grid(self, array: np.ndarray) -> np.ndarray:
+        """A uint8 array on the CT's grid (e.g. the lung labelmap) on the oriented grid of the slices."""
+        img = sitk.GetImageFromArray(np.asarray(array).astype(np.uint8))
+        img.CopyInformation(self.ct.image)
+        return sitk.GetArrayFromImage(orient_lps(img))

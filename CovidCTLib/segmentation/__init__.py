@@ -1,0 +1,1 @@
+"""Segmentation seam: lung and infection segmenters behind one protocol, chosen by (task, method)."""
