@@ -23,6 +23,7 @@ import numpy as np
 from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
 from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
+from CovidCTLib.outputs.registry import add_output_arguments
 from CovidCTLib.progress import CancelToken, Reporter
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -86,10 +87,13 @@ def _thresholds(args: argparse.Namespace) -> Any | None:
 
 
 def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
-    """``covidct analyze``: analyse one CT and write every output into OUTDIR."""
-    from CovidCTLib.pipeline import analyze, write_outputs
+    """``covidct analyze``: analyse one CT and write every output into OUTDIR (one output set)."""
+    from CovidCTLib.outputs.output_set import check_output_dir
+    from CovidCTLib.outputs.registry import options_from_args, write_outputs
+    from CovidCTLib.pipeline import analyze
 
     outdir = Path(args.output)
+    snapshot = check_output_dir(outdir, args.overwrite)  # refuse at once, not after the analysis
     reporter, display = _reporter(args, cancel)
     try:
         result = analyze(
@@ -100,17 +104,7 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
             classify=not args.no_classify,
             infection_thresholds=_thresholds(args),
         )
-        paths = write_outputs(
-            result,
-            outdir,
-            overwrite=args.overwrite,
-            reports=not args.no_report,
-            dicom_seg=not args.no_dicom_seg,
-            surfaces=args.surfaces,
-            points_csv=args.points_csv,
-            include_identifiers=args.include_identifiers,
-            reporter=reporter,
-        )
+        paths = write_outputs(result, outdir, args.overwrite, options_from_args(args), reporter, snapshot)
     finally:
         display.close()
     if args.json_progress:
@@ -130,19 +124,23 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
 def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     """``covidct demo``: generate the phantom, analyse it and compare with its known answer."""
     from CovidCTLib.io.writers import write_image
+    from CovidCTLib.outputs.output_set import check_output_dir
+    from CovidCTLib.outputs.registry import write_outputs
     from CovidCTLib.phantom import make_phantom
-    from CovidCTLib.pipeline import analyze, write_outputs
+    from CovidCTLib.pipeline import analyze
 
     outdir = Path(args.output)
+    snapshot = check_output_dir(outdir, args.overwrite)
     phantom = make_phantom(seed=args.seed)
     ct_path = outdir / "phantom_ct.nii.gz"
-    check_writable(ct_path, args.overwrite)
-    write_image(phantom.ct.image, ct_path, overwrite=args.overwrite)
     phantom.ct.source = str(ct_path)
     reporter, display = _reporter(args, cancel)
     try:
         result = analyze(phantom.ct, method=args.method, device=args.device, reporter=reporter)
-        paths = write_outputs(result, outdir, overwrite=args.overwrite, reporter=reporter)
+        paths = write_outputs(
+            result, outdir, args.overwrite, reporter=reporter, snapshot=snapshot,
+            extra_files={ct_path.name: lambda path: write_image(phantom.ct.image, path, overwrite=True)},
+        )
     finally:
         display.close()
     voxel_ml = phantom.ct.voxel_volume_ml
@@ -154,7 +152,7 @@ def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
         f"Known answer: lungs {truth_lung:.0f} mL, infection {truth_inf:.1f} mL "
         f"({100 * truth_inf / truth_lung:.1f} % of lungs)"
     )
-    print(f"Outputs written to {outdir}/: " + ", ".join(sorted(p.name for p in paths.values())))
+    print(f"Outputs written to {outdir}/: " + ", ".join(sorted([ct_path.name, *(p.name for p in paths.values())])))
     if args.json_progress:
         emit_json("done", outdir=str(outdir), report=str(paths["report_json"]))
     return 0
@@ -317,23 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto = trained models when installed, else classical HU method (default auto)",
     )
-    analyze.add_argument(
-        "--surfaces",
-        choices=("stl", "obj", "ply", "vtp", "gltf"),
-        default=None,
-        help="also export one 3-D surface per segment in this format (into OUTDIR/surfaces)",
-    )
-    analyze.add_argument(
-        "--points-csv", action="store_true", help="also write the legacy point CSV (x,y,z,value) for ParaView"
-    )
-    analyze.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf")
-    analyze.add_argument("--no-dicom-seg", action="store_true", help="skip the DICOM SEG for DICOM input")
     analyze.add_argument("--no-classify", action="store_true", help="do not run the COVID classifier")
-    analyze.add_argument(
-        "--include-identifiers",
-        action="store_true",
-        help="put patient name/ID in the HTML/PDF report (off by default)",
-    )
+    add_output_arguments(analyze)
     analyze.add_argument(
         "--ggo-range",
         type=float,
@@ -408,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"covidct: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("covidct: interrupted", file=sys.stderr)
+        outdir = getattr(args, "output", None)
+        where = f"; {outdir} was left as it was (outputs are replaced as one set)" if outdir else ""
+        print(f"covidct: interrupted{where}", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - last resort: say it is a bug, keep the traceback
         if json_mode:

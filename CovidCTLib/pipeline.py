@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from CovidCTLib.atomic import check_writable
 from CovidCTLib.errors import AnalysisError, CovidCTError, NotCTError
 from CovidCTLib.progress import Reporter
 from CovidCTLib.results import AnalysisResult
@@ -229,23 +228,6 @@ def _check_lungs(ct: CTVolume, lungs: np.ndarray) -> None:
         )
 
 
-def output_paths(outdir: Path, result: AnalysisResult, reports: bool, dicom_seg: bool) -> dict[str, Path]:
-    """The files ``write_outputs`` will create, keyed by role."""
-    paths = {
-        "lungs": outdir / "lungs.nii.gz",
-        "infection": outdir / "infection.nii.gz",
-        "segmentation": outdir / "segmentation.seg.nrrd",
-        "report_json": outdir / "report.json",
-        "report_csv": outdir / "report.csv",
-    }
-    if reports:
-        paths["report_html"] = outdir / "report.html"
-        paths["report_pdf"] = outdir / "report.pdf"
-    if dicom_seg and result.ct.dicom_files:
-        paths["dicom_seg"] = outdir / "segmentation.dcm"
-    return paths
-
-
 def write_outputs(
     result: AnalysisResult,
     outdir: str | os.PathLike,
@@ -257,60 +239,9 @@ def write_outputs(
     include_identifiers: bool = False,
     reporter: Reporter | None = None,
 ) -> dict[str, Path]:
-    """Write every output file of one analysis; refuses before writing anything if one exists."""
-    outdir = Path(outdir)
-    paths = output_paths(outdir, result, reports, dicom_seg)
-    for path in paths.values():
-        check_writable(path, overwrite)
-    outdir.mkdir(parents=True, exist_ok=True)
-    reporter = reporter or Reporter()
+    """Write every output file of one analysis as one output set (:func:`CovidCTLib.outputs.registry.write_outputs`)."""
+    from CovidCTLib.outputs.base import OutputOptions
+    from CovidCTLib.outputs.registry import write_outputs as write_set
 
-    from CovidCTLib.io.seg_nrrd import write_seg_nrrd
-    from CovidCTLib.io.writers import write_labelmap
-    from CovidCTLib.report.report_json import write_report_csv, write_report_json
-
-    reporter.update("write", 0.1, "Writing labelmaps")
-    write_labelmap(result.lungs, result.ct.image, paths["lungs"], overwrite=True)
-    write_labelmap(result.infection, result.ct.image, paths["infection"], overwrite=True)
-    write_seg_nrrd(
-        result.lungs,
-        result.infection,
-        result.ct.image,
-        paths["segmentation"],
-        overwrite=True,
-        extra_metadata=_seg_metadata(result),
-    )
-    if "dicom_seg" in paths:
-        from CovidCTLib.export.dicom_seg import write_dicom_seg
-
-        write_dicom_seg(result, paths["dicom_seg"], overwrite=True)
-    if surfaces:
-        from CovidCTLib.export.meshes import export_surfaces
-
-        reporter.update("write", 0.4, f"Writing {surfaces} surfaces")
-        for index, path in enumerate(export_surfaces(result, outdir / "surfaces", surfaces, overwrite=True)):
-            paths[f"surface_{index}"] = path
-    if points_csv:
-        from CovidCTLib.export.points_csv import write_points_csv
-
-        paths["points_csv"] = write_points_csv(result, outdir / "points.csv")
-    write_report_json(result.report, paths["report_json"], overwrite=True)
-    write_report_csv(result.report, paths["report_csv"], overwrite=True)
-    if reports:
-        from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report
-
-        reporter.update("write", 0.7, "Writing the HTML and PDF report")
-        write_html_report(result, paths["report_html"], include_identifiers=include_identifiers)
-        write_pdf_report(result, paths["report_pdf"], include_identifiers=include_identifiers)
-    return paths
-
-
-def _seg_metadata(result: AnalysisResult) -> dict[str, str]:
-    """Provenance stored in the segmentation file header."""
-    versions = result.report.get("versions", {})
-    return {
-        "CovidCT_SoftwareVersion": str(versions.get("covidct", "")),
-        "CovidCT_Method": result.method,
-        "CovidCT_Models": ";".join(f"{k}={v}" for k, v in sorted(result.model_versions.items())),
-        "CovidCT_Disclaimer": str(result.report.get("disclaimer", "")),
-    }
+    options = OutputOptions(reports, dicom_seg, surfaces, points_csv, include_identifiers)
+    return write_set(result, outdir, overwrite, options, reporter)

@@ -16,7 +16,7 @@ in about two seconds on a modern CPU core):
    (slow) auto-orientation pass.
 
 Coordinates: ``"LPS"`` (default) is ITK/DICOM patient space, the space of every file CovidCT writes; 3D
-Slicer (since 4.11) assumes LPS for mesh files and the writers in :mod:`CovidCTLib.export.meshes` also record
+Slicer (since 4.11) assumes LPS for mesh files and the writers in :mod:`CovidCTLib.outputs.meshes` also record
 ``SPACE=LPS`` in each file header the way Slicer does. ``"RAS"`` (x and y negated) matches Slicer's internal
 world space, e.g. for a ``vtkMRMLModelNode`` set directly from Python.
 """

@@ -9,9 +9,9 @@ import pytest
 from dicom_factory import hu_phantom, rotation, write_series
 
 from CovidCTLib.errors import CovidCTError, OutputExistsError
-from CovidCTLib.export.dicom_seg import write_dicom_seg
 from CovidCTLib.io.loader import load_ct
 from CovidCTLib.labels import SEGMENTS
+from CovidCTLib.outputs.dicom_seg import write_dicom_seg
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.results import AnalysisResult
 from CovidCTLib.version import __version__

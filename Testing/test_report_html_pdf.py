@@ -14,9 +14,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib import render, surfaces
+from CovidCTLib.outputs.html_pdf import write_html_report, write_pdf_report, write_reports
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.report import content as report_content
-from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report, write_reports
 from CovidCTLib.results import AnalysisResult
 from CovidCTLib.version import DISCLAIMER, __version__
 

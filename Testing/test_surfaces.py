@@ -10,8 +10,8 @@ from vtk.util.numpy_support import vtk_to_numpy
 
 from CovidCTLib import surfaces
 from CovidCTLib.errors import CovidCTError, OutputExistsError
-from CovidCTLib.export.meshes import FORMATS, export_surfaces
 from CovidCTLib.labels import SEGMENTS
+from CovidCTLib.outputs.meshes import FORMATS, export_surfaces
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.results import AnalysisResult
 
@@ -255,7 +255,7 @@ def test_slicer_reads_the_meshes_as_lps(tmp_path, fmt):
 
 
 def test_points_csv_for_paraview(tmp_path, phantom):
-    from CovidCTLib.export.points_csv import write_points_csv
+    from CovidCTLib.outputs.points_csv import write_points_csv
 
     result = AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection)
     truth = np.zeros_like(phantom.infection)

@@ -681,7 +681,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         """True when the HTML/PDF report writer is installed (its packages installed on first use)."""
         from CovidCTLib.mrml.dependencies import is_importable
 
-        if not is_importable("CovidCTLib.report.html_pdf"):
+        if not is_importable("CovidCTLib.outputs.html_pdf"):
             return False
         if interactive:
             self._ensureGroup("report")
@@ -702,31 +702,27 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         return slicer.mrmlScene.GetNodeByID(resultNode.GetAttribute("CovidCT.InputVolume"))
 
     def saveReport(self, inputVolume, statisticsTable, folder, interactive: bool = False) -> list[Path]:
-        """report.json + report.csv, and report.html/.pdf when the report module is installed."""
-        from CovidCTLib.report.report_json import write_report_csv, write_report_json
+        """report.json + report.csv, and report.html/.pdf when the report module is installed (one output set)."""
+        from CovidCTLib.outputs.base import OutputOptions
+        from CovidCTLib.outputs.registry import REPORT_WRITERS, write_outputs
 
         result = self.resultFor(inputVolume, statisticsTable)
-        folder = Path(folder)
-        paths = [
-            write_report_json(result.report, folder / "report.json", overwrite=True),
-            write_report_csv(result.report, folder / "report.csv", overwrite=True),
-        ]
-        if not self._reportsAvailable(interactive):
-            logging.info("CovidCT: HTML/PDF report not available; wrote report.json and report.csv")
-            return paths
-        from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report
-
-        write_html_report(result, folder / "report.html")
-        write_pdf_report(result, folder / "report.pdf")
-        return [*paths, folder / "report.html", folder / "report.pdf"]
+        reports = self._reportsAvailable(interactive)
+        if not reports:
+            logging.info("CovidCT: HTML/PDF report not available; writing report.json and report.csv")
+        written = write_outputs(result, Path(folder), overwrite=True, options=OutputOptions(reports=reports),
+                                only=REPORT_WRITERS)
+        return list(written.values())
 
     def exportResults(self, inputVolume, folder, interactive: bool = False) -> list[Path]:
-        """Every engine output (labelmaps, seg.nrrd, reports, STL surfaces) into ``folder``."""
-        from CovidCTLib.pipeline import write_outputs
+        """Every engine output (labelmaps, seg.nrrd, reports, STL surfaces) into ``folder``, from the writer
+        registry (one output set: a folder holding other files is refused, never overwritten)."""
+        from CovidCTLib.outputs.base import OutputOptions
+        from CovidCTLib.outputs.registry import write_outputs
 
         result = self.resultFor(inputVolume)
-        reports = self._reportsAvailable(interactive)
-        written = write_outputs(result, folder, overwrite=True, reports=reports, dicom_seg=False, surfaces="stl")
+        options = OutputOptions(reports=self._reportsAvailable(interactive), dicom_seg=False, surfaces="stl")
+        written = write_outputs(result, Path(folder), overwrite=True, options=options)
         return list(written.values())
 
     def showTable(self, table) -> None:

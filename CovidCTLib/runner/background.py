@@ -228,7 +228,11 @@ def _killpg(pgid: int, sig: int) -> None:
 
 def read_outputs(outdir: str | os.PathLike) -> tuple[sitk.Image, np.ndarray, np.ndarray, dict[str, Any]]:
     """Read what ``covidct analyze`` wrote: (lungs image, lungs array, infection array, report dict)."""
+    from CovidCTLib.outputs.output_set import is_complete
+
     outdir = Path(outdir)
+    if not is_complete(outdir):
+        raise InputError(f"{outdir} holds no complete CovidCT output set (the run was interrupted?); run it again.")
     paths = {name: outdir / name for name in ("lungs.nii.gz", "infection.nii.gz", "report.json")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:

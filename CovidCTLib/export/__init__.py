@@ -1,1 +1,0 @@
-"""Standard exports: surface meshes, the legacy point CSV and DICOM SEG."""

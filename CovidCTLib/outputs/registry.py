@@ -1,0 +1,207 @@
+"""The writer registry: every output of ``covidct analyze``, in writing order, and the flags that choose them.
+
+Adding an output format means adding one writer here (and, if it is optional, one :class:`OutputOption`):
+the command line (:func:`add_output_arguments`), the Slicer export and :func:`write_outputs` follow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from CovidCTLib.outputs.base import OutputOption, OutputOptions, Writer
+from CovidCTLib.outputs.output_set import check_output_dir, output_set
+from CovidCTLib.progress import Reporter
+
+#: the optional outputs' command-line flags
+OPTIONS: tuple[OutputOption, ...] = (
+    OutputOption("surfaces", "--surfaces", "also export one 3-D surface per segment in this format (OUTDIR/surfaces)",
+                 choices=("stl", "obj", "ply", "vtp", "gltf")),
+    OutputOption("points_csv", "--points-csv", "also write the legacy point CSV (x,y,z,value) for ParaView"),
+    OutputOption("reports", "--no-report", "skip report.html / report.pdf", store_false=True),
+    OutputOption("dicom_seg", "--no-dicom-seg", "skip the DICOM SEG for DICOM input", store_false=True),
+    OutputOption("include_identifiers", "--include-identifiers",
+                 "put patient name / ID into the HTML/PDF report and the DICOM SEG (off by default)"),
+)
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    """A writer of one or more files whose names are known in advance."""
+
+    name: str
+    files: tuple[str, ...]
+    run: Callable[[Any, Path, OutputOptions], list[Path] | None]
+    when: Callable[[Any, OutputOptions], bool] = lambda result, options: True
+
+    def applies(self, result: Any, options: OutputOptions) -> bool:
+        return bool(self.when(result, options))
+
+    def paths(self, result: Any, options: OutputOptions) -> list[str]:
+        return list(self.files)
+
+    def write(self, result: Any, folder: Path, options: OutputOptions) -> list[Path]:
+        written = self.run(result, folder, options)
+        return list(written) if written else [folder / name for name in self.files]
+
+
+def _labelmaps(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.io.writers import write_labelmap
+
+    write_labelmap(result.lungs, result.ct.image, folder / "lungs.nii.gz", overwrite=True)
+    write_labelmap(result.infection, result.ct.image, folder / "infection.nii.gz", overwrite=True)
+
+
+def _segmentation(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.io.seg_nrrd import write_seg_nrrd
+
+    write_seg_nrrd(result.lungs, result.infection, result.ct.image, folder / "segmentation.seg.nrrd",
+                   overwrite=True, extra_metadata=seg_metadata(result))
+
+
+def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.outputs.dicom_seg import write_dicom_seg
+
+    write_dicom_seg(result, folder / "segmentation.dcm", overwrite=True)
+
+
+def _surfaces(result: Any, folder: Path, options: OutputOptions) -> list[Path]:
+    from CovidCTLib.outputs.meshes import export_surfaces
+
+    return export_surfaces(result, folder / "surfaces", options.surfaces or "stl", overwrite=True)
+
+
+def _points(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.outputs.points_csv import write_points_csv
+
+    write_points_csv(result, folder / "points.csv")
+
+
+def _report_json(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.report.report_json import write_report_json
+
+    write_report_json(result.report, folder / "report.json", overwrite=True)
+
+
+def _report_csv(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.report.report_json import write_report_csv
+
+    write_report_csv(result.report, folder / "report.csv", overwrite=True)
+
+
+def _report_html(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.outputs.html_pdf import write_html_report
+
+    write_html_report(result, folder / "report.html", include_identifiers=options.include_identifiers)
+
+
+def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.outputs.html_pdf import write_pdf_report
+
+    write_pdf_report(result, folder / "report.pdf", include_identifiers=options.include_identifiers)
+
+
+#: every output, in writing order (key = the role in the returned path dictionary)
+WRITERS: tuple[Writer, ...] = (
+    FileWriter("labelmaps", ("lungs.nii.gz", "infection.nii.gz"), _labelmaps),
+    FileWriter("segmentation", ("segmentation.seg.nrrd",), _segmentation),
+    FileWriter("dicom_seg", ("segmentation.dcm",), _dicom_seg,
+               lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
+    FileWriter("surfaces", ("surfaces",), _surfaces, lambda result, options: bool(options.surfaces)),
+    FileWriter("points_csv", ("points.csv",), _points, lambda result, options: options.points_csv),
+    FileWriter("report_json", ("report.json",), _report_json),
+    FileWriter("report_csv", ("report.csv",), _report_csv),
+    FileWriter("report_html", ("report.html",), _report_html, lambda result, options: options.reports),
+    FileWriter("report_pdf", ("report.pdf",), _report_pdf, lambda result, options: options.reports),
+)
+
+#: the role keys of single files, as returned by :func:`write_outputs` (``lungs``, ``report_json`` ...)
+_FILE_KEYS = {"lungs.nii.gz": "lungs", "infection.nii.gz": "infection", "segmentation.seg.nrrd": "segmentation",
+              "segmentation.dcm": "dicom_seg", "points.csv": "points_csv", "report.json": "report_json",
+              "report.csv": "report_csv", "report.html": "report_html", "report.pdf": "report_pdf"}
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the optional outputs' flags (:data:`OPTIONS`) to a subcommand's parser."""
+    for option in OPTIONS:
+        if option.choices:
+            parser.add_argument(option.flag, dest=option.dest, choices=option.choices, default=None, help=option.help)
+        else:
+            action = "store_false" if option.store_false else "store_true"
+            parser.add_argument(option.flag, dest=option.dest, action=action, help=option.help)
+
+
+def options_from_args(args: argparse.Namespace) -> OutputOptions:
+    """The :class:`OutputOptions` of parsed command-line arguments (defaults for flags a command lacks)."""
+    defaults = OutputOptions()
+    return OutputOptions(**{o.dest: getattr(args, o.dest, getattr(defaults, o.dest)) for o in OPTIONS})
+
+
+#: the writers of the report alone (the Slicer panel's "Save report")
+REPORT_WRITERS = ("report_json", "report_csv", "report_html", "report_pdf")
+
+
+def planned_outputs(result: Any, options: OutputOptions, only: tuple[str, ...] | None = None,
+                    ) -> list[tuple[Writer, list[str]]]:
+    """The writers that apply (those named in ``only`` when given), with the names they will create."""
+    return [(w, w.paths(result, options)) for w in WRITERS
+            if w.applies(result, options) and (only is None or w.name in only)]
+
+
+def output_paths(outdir: Path, result: Any, options: OutputOptions) -> dict[str, Path]:
+    """The files :func:`write_outputs` will create, keyed by role (folders such as ``surfaces`` excluded)."""
+    return {_FILE_KEYS[name]: Path(outdir) / name for _, names in planned_outputs(result, options)
+            for name in names if name in _FILE_KEYS}
+
+
+def write_outputs(
+    result: Any,
+    outdir: str | os.PathLike,
+    overwrite: bool = False,
+    options: OutputOptions | None = None,
+    reporter: Reporter | None = None,
+    snapshot: dict[str, tuple[int, int]] | None = None,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Path]:
+    """Write every output of one analysis as one output set (see :mod:`CovidCTLib.outputs.output_set`).
+
+    ``snapshot``: from :func:`check_output_dir` when the folder was checked before the analysis.
+    ``extra_files``: name -> writer(path) for files that belong to the set (the demo's phantom CT).
+    ``only``: write just these writers (e.g. :data:`REPORT_WRITERS`).
+    Returns the final paths keyed by role (plus ``surface_<i>`` for each surface file).
+    """
+    options = options or OutputOptions()
+    outdir = Path(outdir)
+    reporter = reporter or Reporter()
+    plan = planned_outputs(result, options, only)
+    if snapshot is None:
+        snapshot = check_output_dir(outdir, overwrite)
+    paths: dict[str, Path] = {}
+    with output_set(outdir, overwrite, snapshot) as staging:
+        for name, write in (extra_files or {}).items():
+            write(staging / name)
+        for index, (writer, _) in enumerate(plan):
+            reporter.update("write", index / max(len(plan), 1), f"Writing {writer.name.replace('_', ' ')}")
+            for path in writer.write(result, staging, options):
+                rel = Path(path).relative_to(staging)
+                key = _FILE_KEYS.get(str(rel))
+                if key is None and writer.name == "surfaces":
+                    key = f"surface_{sum(k.startswith('surface_') for k in paths)}"
+                paths[key or str(rel)] = outdir / rel
+    return paths
+
+
+def seg_metadata(result: Any) -> dict[str, str]:
+    """Provenance stored in the segmentation file header."""
+    versions = result.report.get("versions", {})
+    return {
+        "CovidCT_SoftwareVersion": str(versions.get("covidct", "")),
+        "CovidCT_Method": result.method,
+        "CovidCT_Models": ";".join(f"{k}={v}" for k, v in sorted(result.model_versions.items())),
+        "CovidCT_Disclaimer": str(result.report.get("disclaimer", "")),
+    }
