@@ -368,11 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=run_models)
 
     for module_name in ("CovidCTLib.models.cli", "CovidCTLib.longitudinal.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue  # that part (torch, monai ...) is not installed
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)  # torch, monai ... are plain dependencies
     return parser
 
 

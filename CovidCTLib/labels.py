@@ -16,7 +16,48 @@ GGO = 1
 CONSOLIDATION = 2
 
 LUNG_NAMES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
-INFECTION_NAMES = {GGO: "ggo", CONSOLIDATION: "consolidation"}
+
+
+@dataclass(frozen=True)
+class InfectionClass:
+    """One class of the infection labelmap: its label, the key used in report fields (``<key>_ml``) and names."""
+
+    label: int
+    key: str
+    name: str
+
+
+#: the infection classes, in label order (their segments, colours and codes are in :data:`SEGMENTS`)
+INFECTION_CLASSES: tuple[InfectionClass, ...] = (
+    InfectionClass(GGO, "ggo", "Ground-glass opacity"),
+    InfectionClass(CONSOLIDATION, "consolidation", "Consolidation"),
+)
+INFECTION_NAMES = {c.label: c.key for c in INFECTION_CLASSES}
+
+
+@dataclass(frozen=True)
+class LesionType:
+    """A lesion type by the share of consolidation voxels in the lesion: ``[min, max)`` of that share."""
+
+    name: str
+    min_consolidation: float
+    max_consolidation: float
+
+
+#: lesion types (GGO / mixed / consolidation), checked in order
+LESION_TYPES: tuple[LesionType, ...] = (
+    LesionType("GGO", 0.0, 0.10),
+    LesionType("mixed", 0.10, 0.90 + 1e-12),
+    LesionType("consolidation", 0.90 + 1e-12, 1.0 + 1e-9),
+)
+
+
+def lesion_type(consolidation_fraction: float) -> str:
+    """The :data:`LESION_TYPES` name of a lesion with this share of consolidation voxels."""
+    for kind in LESION_TYPES:
+        if kind.min_consolidation <= consolidation_fraction < kind.max_consolidation:
+            return kind.name
+    return LESION_TYPES[-1].name
 
 
 @dataclass(frozen=True)

@@ -24,34 +24,19 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.labels import CONSOLIDATION, GGO, LEFT_LUNG, RIGHT_LUNG
+from CovidCTLib.labels import CONSOLIDATION, INFECTION_CLASSES, LEFT_LUNG, RIGHT_LUNG, lesion_type
+from CovidCTLib.quantities import Lesion, Quantification, SeverityScore, ZoneStats
+from CovidCTLib.severity import SEVERITY_SCALE
 from CovidCTLib.volume import CTVolume
 
 ZONES = ("upper", "middle", "lower")
 SIDES = {RIGHT_LUNG: "right", LEFT_LUNG: "left"}
-SEVERITY_BINS = (
-    "0: no involvement (0 %)",
-    "1: < 5 %",
-    "2: 5-25 %",
-    "3: > 25-50 %",
-    "4: > 50-75 %",
-    "5: > 75 %",
-)
+SEVERITY_BINS = tuple(SEVERITY_SCALE.bins())
 
 
 def severity_from_percent(percent: float) -> int:
-    """Zone severity score 0-5 from the infected percentage of the zone (see module docstring)."""
-    if percent <= 0.0:
-        return 0
-    if percent < 5.0:
-        return 1
-    if percent <= 25.0:
-        return 2
-    if percent <= 50.0:
-        return 3
-    if percent <= 75.0:
-        return 4
-    return 5
+    """Zone severity score 0-5 from the infected percentage of the zone (:data:`SEVERITY_SCALE`)."""
+    return SEVERITY_SCALE.score(percent)
 
 
 def _superior_coordinate(image: sitk.Image, flat_index: np.ndarray, shape: tuple[int, ...],
@@ -80,7 +65,18 @@ def quantify(
     infection: np.ndarray,
     min_lesion_ml: float = 0.05,
 ) -> dict[str, Any]:
-    """Volumes, zones, severity score and lesion list (the numeric part of report.json).
+    """Volumes, zones, severity score and lesion list: the numeric part of report.json
+    (:meth:`Quantification.to_dict` of :func:`quantify_scan`)."""
+    return quantify_scan(ct, lungs, infection, min_lesion_ml).to_dict()
+
+
+def quantify_scan(
+    ct: CTVolume,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    min_lesion_ml: float = 0.05,
+) -> Quantification:
+    """Volumes, zones, severity score and lesion list as a :class:`Quantification`.
 
     Args:
         ct: the CT (geometry and HU values).
@@ -106,7 +102,8 @@ def quantify(
     lung_flat = np.flatnonzero(lungs)
     lung_lab = lungs.ravel()[lung_flat].astype(np.int64)
     inf_lab = infection.ravel()[lung_flat].astype(np.int64)
-    inf_lab[(inf_lab != GGO) & (inf_lab != CONSOLIDATION)] = 0
+    n_class = max(c.label for c in INFECTION_CLASSES) + 1
+    inf_lab[(inf_lab < 0) | (inf_lab >= n_class)] = 0
 
     # zone (0 upper, 1 middle, 2 lower) of every lung voxel, per lung, in patient space
     zone = np.zeros(lung_flat.shape, dtype=np.int64)
@@ -121,72 +118,27 @@ def quantify(
 
     # one bincount for every (side, zone, class) combination
     valid = (lung_lab == RIGHT_LUNG) | (lung_lab == LEFT_LUNG)
-    code = ((lung_lab - 1) * 3 + zone) * 3 + inf_lab
-    counts = np.bincount(code[valid], minlength=18).reshape(2, 3, 3).astype(float) * voxel_ml
+    code = ((lung_lab - 1) * 3 + zone) * n_class + inf_lab
+    counts = np.bincount(code[valid], minlength=6 * n_class).reshape(2, 3, n_class).astype(float) * voxel_ml
 
-    lung_ml = counts.sum(axis=(1, 2))  # per side
-    ggo_ml = counts[:, :, GGO].sum(axis=1)
-    con_ml = counts[:, :, CONSOLIDATION].sum(axis=1)
-    inf_ml = ggo_ml + con_ml
-    total_lung = float(lung_ml.sum())
-    total_inf = float(inf_ml.sum())
-
+    sides = ((0, RIGHT_LUNG), (1, LEFT_LUNG))
     zones = []
-    for s_idx, side in enumerate((RIGHT_LUNG, LEFT_LUNG)):
+    for s_idx, side in sides:
         for z_idx, zone_name in enumerate(ZONES):
             c = counts[s_idx, z_idx]
-            z_lung = float(c.sum())
-            z_inf = float(c[GGO] + c[CONSOLIDATION])
-            percent = _pct(z_inf, z_lung)
-            zones.append({
-                "lung": SIDES[side],
-                "zone": zone_name,
-                "lung_ml": z_lung,
-                "infection_ml": z_inf,
-                "ggo_ml": float(c[GGO]),
-                "consolidation_ml": float(c[CONSOLIDATION]),
-                "percent": percent,
-                "severity": severity_from_percent(percent),
-            })
-    per_zone = {f"{z['lung']}_{z['zone']}": z["severity"] for z in zones}
-
-    return {
-        "lungs": {
-            "right_ml": float(lung_ml[0]),
-            "left_ml": float(lung_ml[1]),
-            "total_ml": total_lung,
-        },
-        "infection": {
-            "total_ml": total_inf,
-            "ggo_ml": float(ggo_ml.sum()),
-            "consolidation_ml": float(con_ml.sum()),
-            "percent_of_lungs": _pct(total_inf, total_lung),
-            "right_ml": float(inf_ml[0]),
-            "left_ml": float(inf_ml[1]),
-            "right_percent": _pct(inf_ml[0], lung_ml[0]),
-            "left_percent": _pct(inf_ml[1], lung_ml[1]),
-            "right_ggo_ml": float(ggo_ml[0]),
-            "right_consolidation_ml": float(con_ml[0]),
-            "left_ggo_ml": float(ggo_ml[1]),
-            "left_consolidation_ml": float(con_ml[1]),
-            "ggo_percent_of_lungs": _pct(float(ggo_ml.sum()), total_lung),
-            "consolidation_percent_of_lungs": _pct(float(con_ml.sum()), total_lung),
-        },
-        "zones": zones,
-        "severity_score": {
-            "total": int(sum(z["severity"] for z in zones)),
-            "max": 30,
-            "per_zone": per_zone,
-            "bins": list(SEVERITY_BINS),
-            "scale": "Per zone: 0 none, 1 < 5 %, 2 5-25 %, 3 26-50 %, 4 51-75 %, 5 > 75 % of the zone infected.",
-            "description": (
-                "Sum over 6 zones (right/left lung x upper/middle/lower thirds of each lung's cranio-caudal "
-                "extent) of a 0-5 score of the infected percentage of the zone."
-            ),
-        },
-        "lesions": _lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml, box) if full_lungs.any() else [],
-        "voxel_volume_ml": voxel_ml,
-    }
+            class_ml = {k.key: float(c[k.label]) for k in INFECTION_CLASSES}
+            percent = _pct(sum(class_ml.values()), float(c.sum()))
+            zones.append(ZoneStats(SIDES[side], zone_name, float(c.sum()), class_ml, percent,
+                                   severity_from_percent(percent)))
+    return Quantification(
+        lung_ml={SIDES[side]: float(counts[s_idx].sum()) for s_idx, side in sides},
+        class_ml={SIDES[side]: {k.key: float(counts[s_idx, :, k.label].sum()) for k in INFECTION_CLASSES}
+                  for s_idx, side in sides},
+        zones=zones,
+        severity=SeverityScore({f"{z.lung}_{z.zone}": z.severity for z in zones}),
+        lesions=_lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml, box) if full_lungs.any() else [],
+        voxel_volume_ml=voxel_ml,
+    )
 
 
 def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
@@ -207,7 +159,7 @@ def _lesions(
     lung_zone: np.ndarray,
     min_lesion_ml: float,
     box: tuple[slice, slice, slice],
-) -> list[dict[str, Any]]:
+) -> list[Lesion]:
     """Connected infection components with type, size, density, position, lung and zone (masks cut to ``box``)."""
     inf = (infection > 0) & (lungs > 0)
     if not inf.any():
@@ -242,22 +194,22 @@ def _lesions(
     lesions = []
     for k in np.flatnonzero(keep):
         frac_con = float(n_con[k] / count[k])
-        kind = "GGO" if frac_con < 0.10 else ("consolidation" if frac_con > 0.90 else "mixed")
         centre = (float(cz[k]), float(cy[k]), float(cx[k]))
         bb = boxes[k - 1]
-        lesions.append({
-            "type": kind,
-            "volume_ml": float(count[k] * voxel_ml),
-            "consolidation_fraction": frac_con,
-            "mean_hu": float(hu_sum[k] / count[k]),
-            "centroid_voxel": list(centre),
-            "centroid_mm": list(ct.image.TransformContinuousIndexToPhysicalPoint(centre[::-1])),
-            "bbox_voxel": [[b.start + o.start for b, o in zip(bb, box, strict=True)],
-                           [b.stop - 1 + o.start for b, o in zip(bb, box, strict=True)]],
-            "lung": SIDES.get(int(np.argmax(side_votes[k, 1:]) + 1), "right"),
-            "zone": ZONES[int(np.argmax(zone_votes[k]))],
-        })
-    lesions.sort(key=lambda d: -d["volume_ml"])
+        lesions.append(Lesion(
+            id=0,
+            type=lesion_type(frac_con),
+            volume_ml=float(count[k] * voxel_ml),
+            consolidation_fraction=frac_con,
+            mean_hu=float(hu_sum[k] / count[k]),
+            centroid_voxel=list(centre),
+            centroid_mm=list(ct.image.TransformContinuousIndexToPhysicalPoint(centre[::-1])),
+            bbox_voxel=[[b.start + o.start for b, o in zip(bb, box, strict=True)],
+                        [b.stop - 1 + o.start for b, o in zip(bb, box, strict=True)]],
+            lung=SIDES.get(int(np.argmax(side_votes[k, 1:]) + 1), "right"),
+            zone=ZONES[int(np.argmax(zone_votes[k]))],
+        ))
+    lesions.sort(key=lambda lesion: -lesion.volume_ml)
     for i, lesion in enumerate(lesions, start=1):
-        lesion["id"] = i
-    return [{"id": d.pop("id"), **d} for d in lesions]
+        lesion.id = i
+    return lesions

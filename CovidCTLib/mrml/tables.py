@@ -9,23 +9,11 @@ from typing import Any
 import slicer
 import vtk
 
-from CovidCTLib.report.report_json import lookup
+from CovidCTLib.report.fields import TABLE_FIELDS, lookup
 from CovidCTLib.version import DISCLAIMER
 
-#: (report key, measurement label, unit) of the main statistics rows, in display order.
-STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = (
-    ("covid_probability", "COVID probability (research use, not a diagnosis)", "probability"),
-    ("lungs.right_ml", "Right lung volume", "mL"),
-    ("lungs.left_ml", "Left lung volume", "mL"),
-    ("lungs.total_ml", "Total lung volume", "mL"),
-    ("infection.total_ml", "Infection volume", "mL"),
-    ("infection.ggo_ml", "Ground-glass opacity volume", "mL"),
-    ("infection.consolidation_ml", "Consolidation volume", "mL"),
-    ("infection.percent_of_lungs", "Involvement, both lungs", "%"),
-    ("infection.right_percent", "Involvement, right lung", "%"),
-    ("infection.left_percent", "Involvement, left lung", "%"),
-    ("severity_score.total", "CT severity score", "points"),
-)
+#: (report key, measurement label, unit) of the main statistics rows, in display order (from the field table).
+STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = tuple((f.key, f.label, f.unit) for f in TABLE_FIELDS)
 
 
 def _number(value: Any) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from CovidCTLib.labels import SEGMENTS
+from CovidCTLib.labels import INFECTION_CLASSES, SEGMENTS
 from CovidCTLib.version import DISCLAIMER, __version__
 
 LOG = logging.getLogger(__name__)
@@ -134,19 +134,26 @@ def _volume_table(report: dict[str, Any]) -> Table:
 
     rows = []
     for lung, label in (("right", "Right lung"), ("left", "Left lung")):
-        rows.append([label, ml(lungs.get(f"{lung}_ml")), ml(side(lung, "infection_ml")), ml(side(lung, "ggo_ml")),
-                     ml(side(lung, "consolidation_ml")), pct(infection.get(f"{lung}_percent"))])
-    rows.append(["Both lungs", ml(lungs.get("total_ml")), ml(infection.get("total_ml")), ml(infection.get("ggo_ml")),
-                 ml(infection.get("consolidation_ml")), pct(infection.get("percent_of_lungs"))])
-    return Table("Volumes", ["", "Lung (mL)", "Infection (mL)", "Ground-glass (mL)", "Consolidation (mL)",
-                             "Affected (%)"], rows)
+        classes = [ml(side(lung, f"{c.key}_ml")) for c in INFECTION_CLASSES]
+        rows.append([label, ml(lungs.get(f"{lung}_ml")), ml(side(lung, "infection_ml")), *classes,
+                     pct(infection.get(f"{lung}_percent"))])
+    classes = [ml(infection.get(f"{c.key}_ml")) for c in INFECTION_CLASSES]
+    rows.append(["Both lungs", ml(lungs.get("total_ml")), ml(infection.get("total_ml")), *classes,
+                 pct(infection.get("percent_of_lungs"))])
+    return Table("Volumes", ["", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)"], rows)
+
+
+def _class_headers() -> list[str]:
+    """One column header per infection class (``Ground-glass (mL)``, ``Consolidation (mL)``)."""
+    short = {"Ground-glass opacity": "Ground-glass"}
+    return [f"{short.get(c.name, c.name)} (mL)" for c in INFECTION_CLASSES]
 
 
 def _zone_table(report: dict[str, Any]) -> Table:
     rows = []
     for zone in report.get("zones") or []:
         rows.append([str(zone.get("lung", "")).capitalize(), str(zone.get("zone", "")), ml(zone.get("lung_ml")),
-                     ml(zone.get("infection_ml")), ml(zone.get("ggo_ml")), ml(zone.get("consolidation_ml")),
+                     ml(zone.get("infection_ml")), *(ml(zone.get(f"{c.key}_ml")) for c in INFECTION_CLASSES),
                      pct(zone.get("percent")), str(zone.get("severity", "-"))])
     score = report.get("severity_score") or {}
     total = score.get("total")
@@ -157,8 +164,8 @@ def _zone_table(report: dict[str, Any]) -> Table:
         if score.get("scale"):
             note += f" {score['scale']}"
     return Table("Zones (upper, middle, lower third of each lung)",
-                 ["Lung", "Zone", "Lung (mL)", "Infection (mL)", "Ground-glass (mL)", "Consolidation (mL)",
-                  "Affected (%)", "Score"], rows, note)
+                 ["Lung", "Zone", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"], rows,
+                 note)
 
 
 def _lesion_table(report: dict[str, Any], top: int) -> Table:

@@ -15,30 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.atomic import write_text_atomic
+from CovidCTLib.report.fields import CSV_COLUMNS as REPORT_CSV_COLUMNS
+from CovidCTLib.report.fields import lookup
 from CovidCTLib.version import DISCLAIMER, __version__
 
 REPORT_SCHEMA_VERSION = "1.0"
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "source",
-    "series_uid",
-    "method",
-    "model_versions",
-    "covid_probability",
-    "lungs.right_ml",
-    "lungs.left_ml",
-    "lungs.total_ml",
-    "infection.total_ml",
-    "infection.ggo_ml",
-    "infection.consolidation_ml",
-    "infection.percent_of_lungs",
-    "infection.right_percent",
-    "infection.left_percent",
-    "severity_score.total",
-    "n_lesions",
-    "software_version",
-    "timing_s.total",
-)
+CSV_COLUMNS = REPORT_CSV_COLUMNS  # the columns of report.csv, from the field table
 
 
 def software_versions(method: str, model_versions: dict[str, str]) -> dict[str, Any]:
@@ -83,16 +66,6 @@ def build_report(
     report["timing_s"] = {key: round(value, 3) for key, value in timings.items()}
     report["notes"] = list(notes or [])
     return report
-
-
-def lookup(report: dict[str, Any], dotted: str) -> Any:
-    """``report["a"]["b"]`` for ``"a.b"``; None when any part is missing."""
-    value: Any = report
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
 
 
 def report_csv_row(report: dict[str, Any]) -> dict[str, Any]:
