@@ -171,9 +171,9 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _read_grey_uint8(path: Path) -> np.ndarray:
-    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.io.plausibility import load_checked  # issue 12.1 hook: refuse blank / non-CT images
 
-    ct = load_ct(path, require_3d=False)
+    ct = load_checked(path, require_3d=False)
     array = ct.array
     array = array[0] if array.ndim == 3 else array
     if array.dtype != np.uint8:

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.errors import InputError, NotCTError
+from CovidCTLib.io.plausibility import check_finite
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -213,6 +214,7 @@ def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = N
     if suffix_of(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path, label)
     image = _execute(reader, label)
+    check_finite(image, label)  # issue 12.1 hook: NaN / inf are refused before the intensity rule hides them
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     if image.GetDimension() == 2:
@@ -233,6 +235,7 @@ def load_2d_image(path: Path, require_3d: bool) -> CTVolume:
         )
     reader = _read_information(path, label)
     image = _execute(reader, label)
+    check_finite(image, label)  # issue 12.1 hook
     notes = []
     if image.GetNumberOfComponentsPerPixel() >= 3:
         image = _luminance(image)
