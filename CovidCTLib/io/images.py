@@ -233,10 +233,19 @@ def load_2d_image(path: Path, require_3d: bool) -> CTVolume:
             f"{label} is a 2-D image; the 3-D analysis needs a CT volume (DICOM series, NIfTI, NRRD or MHA). "
             f"To analyse single slices, {SEGMENT_SLICES_HINT}."
         )
-    reader = _read_information(path, label)
-    image = _execute(reader, label)
-    check_finite(image, label)  # issue 12.1 hook
     notes = []
+    try:
+        image = _execute(_read_information(path, label), label)
+    except InputError:
+        # issue 12.12 hook: valid files SimpleITK cannot decode (grey + alpha PNG) are read with Pillow
+        from CovidCTLib.io.pillow_reader import read_with_pillow
+
+        decoded = read_with_pillow(path)
+        if decoded is None:
+            raise
+        image = decoded[0]
+        notes += [decoded[1]] if decoded[1] else []
+    check_finite(image, label)  # issue 12.1 hook
     if image.GetNumberOfComponentsPerPixel() >= 3:
         image = _luminance(image)
         notes.append("colour image converted to greyscale (luminance).")
