@@ -49,3 +49,73 @@ def test_truncated_png_is_still_called_corrupt(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(InputError, match="corrupt"):
         load_ct(path, require_3d=False)
+
+
+# ------------------------------------------------------------------------------------- items 4 and 5
+def _phantom_hu() -> np.ndarray:
+    """Plausible chest HU (z, y, x), clipped at -1024 as scanners store it."""
+    hu = make_phantom((12, 96, 96), spacing=(5.0, 2.0, 2.0), seed=2).ct.array
+    return np.clip(np.round(hu), -1024, 3000).astype(np.int16)
+
+
+def _strip(paths: list[Path], *keywords: str) -> None:
+    import pydicom
+
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        for keyword in keywords:
+            delattr(ds, keyword)
+        ds.save_as(path)
+
+
+def test_dicom_without_rescale_tags_stored_as_hu_plus_1024(tmp_path: Path) -> None:
+    hu = _phantom_hu()
+    paths = write_series(tmp_path / "raw", hu, spacing=(2.0, 2.0, 5.0))  # stored = HU + 1024
+    _strip(paths, "RescaleSlope", "RescaleIntercept")
+    ct = load_ct(tmp_path / "raw")
+    assert ct.intensity == "HU"
+    np.testing.assert_array_equal(ct.array, hu)
+    assert any("HU + 1024" in note for note in ct.notes)
+
+
+def test_dicom_without_rescale_tags_signed_values_taken_as_hu(tmp_path: Path) -> None:
+    hu = _phantom_hu()
+    paths = write_series(tmp_path / "signed", hu, spacing=(2.0, 2.0, 5.0), intercept=0.0)  # stored = HU
+    _strip(paths, "RescaleSlope", "RescaleIntercept")
+    ct = load_ct(tmp_path / "signed")
+    np.testing.assert_array_equal(ct.array, hu)
+    assert any("signed and taken as HU" in note for note in ct.notes)
+
+
+def test_dicom_without_pixel_spacing_is_refused(tmp_path: Path, capsys) -> None:
+    from CovidCTLib.errors import GeometryError
+
+    paths = write_series(tmp_path / "nospacing", _phantom_hu(), spacing=(2.0, 2.0, 5.0))
+    _strip(paths, "PixelSpacing")
+    with pytest.raises(GeometryError, match="PixelSpacing"):
+        load_ct(tmp_path / "nospacing")
+    with pytest.raises(GeometryError, match="PixelSpacing"):
+        load_ct(paths[0], require_3d=False)
+    code = main(["analyze", str(tmp_path / "nospacing"), "-o", str(tmp_path / "out"), "--no-classify"])
+    assert code == 2
+    assert "PixelSpacing (0028,0030) is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_with_zero_pixdim_is_refused(tmp_path: Path, suffix: str) -> None:
+    import gzip
+    import struct
+
+    from CovidCTLib.errors import GeometryError
+
+    image = sitk.GetImageFromArray(_phantom_hu())
+    image.SetSpacing((2.0, 2.0, 5.0))
+    plain = tmp_path / "ct.nii"
+    sitk.WriteImage(image, str(plain))
+    data = bytearray(plain.read_bytes())
+    data[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1..3]
+    path = tmp_path / f"zero{suffix}"
+    path.write_bytes(gzip.compress(bytes(data)) if suffix == ".nii.gz" else bytes(data))
+    with pytest.raises(GeometryError, match="pixdim"):
+        load_ct(path)
+    assert load_ct(plain).image.GetSpacing() == (2.0, 2.0, 5.0)

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.errors import InputError, NotCTError
+from CovidCTLib.io.header_checks import check_nifti_pixdim
 from CovidCTLib.io.plausibility import check_finite
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
@@ -213,6 +214,7 @@ def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = N
         reporter.update("load", 0.3, f"reading {path.name}")
     if suffix_of(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path, label)
+        check_nifti_pixdim(path, label)  # issue 12.5 hook: a zero voxel size is refused, not read as 1 mm
     image = _execute(reader, label)
     check_finite(image, label)  # issue 12.1 hook: NaN / inf are refused before the intensity rule hides them
     if image.GetDimension() == 4:
