@@ -119,3 +119,58 @@ def test_nifti_with_zero_pixdim_is_refused(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(GeometryError, match="pixdim"):
         load_ct(path)
     assert load_ct(plain).image.GetSpacing() == (2.0, 2.0, 5.0)
+
+
+# ------------------------------------------------------------------------------------------ item 10
+def _slice_series(folder: Path, hu: np.ndarray, date: str) -> Path:
+    return write_series(folder, hu[None], spacing=(2.0, 2.0, 5.0), acquisition_date=date)[0]
+
+
+def _hu_slice(seed: int = 2) -> np.ndarray:
+    hu = make_phantom((12, 96, 96), spacing=(5.0, 2.0, 2.0), seed=seed).ct.array[6]
+    return np.clip(np.round(hu), -1024, 3000).astype(np.int16)
+
+
+def _png_pair(folder: Path) -> tuple[Path, Path]:
+    """A plausible 8-bit slice and a blank one of the same size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(_display_slice()), str(folder / "base.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((96, 96), np.uint8)), str(folder / "blank.png"))
+    return folder / "base.png", folder / "blank.png"
+
+
+def test_compare_refuses_blank_followup_volume(tmp_path: Path, capsys) -> None:
+    base = tmp_path / "base.nii.gz"
+    image = sitk.GetImageFromArray(_phantom_hu())
+    image.SetSpacing((2.0, 2.0, 5.0))
+    sitk.WriteImage(image, str(base))
+    blank = sitk.GetImageFromArray(np.zeros(_phantom_hu().shape, np.int16))
+    blank.CopyInformation(image)
+    follow = tmp_path / "blank.nii.gz"
+    sitk.WriteImage(blank, str(follow))
+    code = main(["compare", str(base), str(follow), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "blank.nii.gz does not look like a chest CT" in err and "Traceback" not in err
+
+
+def test_compare_refuses_blank_followup_slice(tmp_path: Path, capsys) -> None:
+    base, blank = _png_pair(tmp_path)
+    code = main(["compare", str(base), str(blank), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "blank.png does not look like a CT slice" in err
+
+
+def test_registration_failure_inside_simpleitk_is_a_clear_error(tmp_path: Path) -> None:
+    """Time points built in memory skip the loader checks: a SimpleITK failure becomes a RegistrationError."""
+    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.longitudinal.compare import TimePoint, load_timepoint, run_comparison, segment_slice
+    from CovidCTLib.longitudinal.registration import RegistrationError
+
+    base_png, blank_png = _png_pair(tmp_path)
+    blank_ct = load_ct(blank_png, require_3d=False)
+    lungs, infection, _ = segment_slice(blank_ct)
+    with pytest.raises(RegistrationError, match="probably blank"):
+        run_comparison([load_timepoint(base_png), TimePoint(blank_ct, lungs, infection, label="blank")])
