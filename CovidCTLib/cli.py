@@ -113,12 +113,16 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
         )
     finally:
         display.close()
+    from CovidCTLib.io.notices import print_warnings  # issue 12.11 hook: warnings on the console
+
+    warnings = print_warnings(result.report.get("notes") or [])
     if args.json_progress:
         emit_json(
             "done",
             outdir=str(outdir),
             report=str(paths["report_json"]),
             files={key: str(path) for key, path in paths.items()},
+            warnings=warnings,
         )
     else:
         print("\n".join(_summary_lines(result.report)))

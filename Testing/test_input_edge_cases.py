@@ -174,3 +174,40 @@ def test_registration_failure_inside_simpleitk_is_a_clear_error(tmp_path: Path) 
     lungs, infection, _ = segment_slice(blank_ct)
     with pytest.raises(RegistrationError, match="probably blank"):
         run_comparison([load_timepoint(base_png), TimePoint(blank_ct, lungs, infection, label="blank")])
+
+
+# ------------------------------------------------------------------------------------------ item 11
+def test_unreadable_edge_slice_is_a_visible_warning(tmp_path: Path, capsys) -> None:
+    """A corrupt top slice leaves a shorter, regular stack: loaded, but stated on the console and in the report."""
+    import json
+
+    hu = make_phantom((16, 96, 96), spacing=(5.0, 2.0, 2.0), seed=2).ct.array
+    paths = write_series(
+        tmp_path / "series", np.clip(hu, -1024, 3000).astype(np.int16), spacing=(2.0, 2.0, 5.0), shuffle=False
+    )
+    paths[-1].write_bytes(b"garbage, not DICOM" * 10)  # the last slice of the stack
+    ct = load_ct(tmp_path / "series")
+    assert ct.shape[0] == 15
+    from CovidCTLib.io.notices import warnings_in
+
+    (warning,) = warnings_in(ct.notes)
+    assert paths[-1].name in warning and "left out" in warning
+    out = tmp_path / "out"
+    code = main(
+        [
+            "analyze",
+            str(tmp_path / "series"),
+            "-o",
+            str(out),
+            "--method",
+            "classical",
+            "--no-classify",
+            "--no-report",
+            "--no-dicom-seg",
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert f"covidct: warning: 1 file(s) of {tmp_path / 'series'}" in err and paths[-1].name in err
+    report = json.loads((out / "report.json").read_text())
+    assert any(paths[-1].name in note and note.startswith("WARNING") for note in report["notes"])

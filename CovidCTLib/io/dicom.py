@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from CovidCTLib.errors import GeometryError, InputError, NotCTError
 from CovidCTLib.io.header_checks import require_pixel_spacing, stored_values_to_hu
+from CovidCTLib.io.notices import unreadable_files_warning
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -487,9 +488,7 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
         )
     chosen, notes = choose_series(group_series(scan.headers), str(folder))
     if scan.unreadable:
-        notes.append(
-            f"ignored {len(scan.unreadable)} unreadable file(s) (e.g. {scan.unreadable[0][0].name})"
-        )
+        notes.append(unreadable_files_warning(folder, scan.unreadable))  # issue 12.11 hook: a visible warning
     return build_volume(chosen, folder, _describe(chosen), notes, require_3d, reporter)
 
 
@@ -524,4 +523,6 @@ def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = No
             slices = [header, *same]
             label = _describe(slices)
             notes.append(f"{path.name} is one image of a series; loaded the whole series ({len(slices)} images).")
+            if scan.unreadable:  # issue 12.11 hook
+                notes.append(unreadable_files_warning(path.parent, scan.unreadable))
     return build_volume(slices, path, label, notes, require_3d, reporter)
