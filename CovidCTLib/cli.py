@@ -107,12 +107,16 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
         paths = write_outputs(result, outdir, args.overwrite, options_from_args(args), reporter, snapshot)
     finally:
         display.close()
+    from CovidCTLib.io.notices import print_warnings  # issue 12.11 hook: warnings on the console
+
+    warnings = print_warnings(result.report.get("notes") or [])
     if args.json_progress:
         emit_json(
             "done",
             outdir=str(outdir),
             report=str(paths["report_json"]),
             files={key: str(path) for key, path in paths.items()},
+            warnings=warnings,
         )
     else:
         print("\n".join(_summary_lines(result.report)))
@@ -169,9 +173,9 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _read_grey_uint8(path: Path) -> np.ndarray:
-    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.io.loader import load_checked  # issue 12.1 hook: refuse blank / non-CT images
 
-    ct = load_ct(path, require_3d=False)
+    ct = load_checked(path, require_3d=False)
     array = ct.array
     array = array[0] if array.ndim == 3 else array
     if array.dtype != np.uint8:

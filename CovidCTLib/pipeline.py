@@ -145,11 +145,13 @@ def run_stages(state: AnalysisState, stages: tuple[Stage, ...] = STAGES) -> dict
 
 
 def _load(source: str | os.PathLike | CTVolume, reporter: Reporter) -> CTVolume:
-    if isinstance(source, CTVolume):
-        return source
-    from CovidCTLib.io.loader import load_ct
+    # issue 12.1 hook: refuse what cannot be a chest CT before any analysis (CovidCTLib.io.plausibility)
+    from CovidCTLib.io.loader import load_checked
+    from CovidCTLib.io.plausibility import check_plausible
 
-    return load_ct(source, require_3d=True, reporter=reporter)
+    if isinstance(source, CTVolume):
+        return check_plausible(source)
+    return load_checked(source, require_3d=True, reporter=reporter)
 
 
 def analyze(

@@ -298,6 +298,7 @@ def test_panel_failure_then_cancel(widget, module):
 
     body = np.full((20, 48, 48), -1000, dtype=np.int16)
     body[:, 8:40, 8:40] = 40  # a soft-tissue block in air: a CT in HU, but no lung
+    body += np.random.default_rng(0).integers(-10, 11, body.shape).astype(np.int16)  # plausible CT values
     image = sitk.GetImageFromArray(body)
     image.SetSpacing((3.0, 3.0, 5.0))
     volume = add_volume_from_image(module.scene, image, "soft tissue block")

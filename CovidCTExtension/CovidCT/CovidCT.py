@@ -865,7 +865,10 @@ class CovidCTTest(ScriptedLoadableModuleTest):
         from CovidCTLib.errors import CovidCTError
         from CovidCTLib.mrml import add_volume_from_image
 
-        image = sitk.GetImageFromArray(np.full((20, 48, 48), 40, dtype=np.int16))
+        body = np.full((20, 48, 48), -1000, dtype=np.int16)
+        body[:, 8:40, 8:40] = 40  # a soft-tissue block in air, with noise: a plausible CT in HU, but no lung
+        body += np.random.default_rng(0).integers(-10, 11, body.shape).astype(np.int16)
+        image = sitk.GetImageFromArray(body)
         image.SetSpacing((3.0, 3.0, 5.0))
         volume = add_volume_from_image(slicer.mrmlScene, image, "soft tissue block")
         before = slicer.mrmlScene.GetNumberOfNodes()

@@ -21,6 +21,8 @@ from pydicom.errors import InvalidDicomError
 
 from CovidCTLib.errors import GeometryError, InputError, NotCTError
 from CovidCTLib.io.checks import check_size, check_slices
+from CovidCTLib.io.header_checks import require_pixel_spacing, stored_values_to_hu
+from CovidCTLib.io.notices import unreadable_files_warning
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -242,7 +244,7 @@ def stack_geometry(slices: Sequence[SliceHeader], label: str) -> StackGeometry:
     order = np.argsort(along, kind="stable")
     slices = [slices[i] for i in order]
     positions, along = positions[order], along[order]
-    sy, sx = first.pixel_spacing or (1.0, 1.0)
+    sy, sx = require_pixel_spacing(first.pixel_spacing, label)  # issue 12.5 hook: no 1 mm guess
     n = len(slices)
     if n == 1:
         thickness = float(first.ds.get("SliceThickness", 0) or 0) or 1.0
@@ -378,6 +380,8 @@ def build_volume(
     photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
     if reporter is not None:
         reporter.update("load", 0.35, f"reading pixel data of {n_images} image(s)")
+    if not multiframe:  # enhanced multi-frame CT keeps PixelSpacing in its functional groups (GDCM reads it)
+        require_pixel_spacing(first.pixel_spacing, label)  # issue 12.5 hook
     if multiframe or (len(slices) == 1 and (first.position is None or first.orientation is None)):
         geometry = None
         files = [str(first.path)]
@@ -402,13 +406,13 @@ def build_volume(
         image.SetOrigin(geometry.origin)
         image.SetSpacing(geometry.spacing)
         image.SetDirection(geometry.direction)
-    if has_rescale or (first.modality == "CT" and bits > 8 and image.GetNumberOfComponentsPerPixel() == 1):
+    if has_rescale:
         intensity = "HU"
-        notes.append(
-            "intensity: Hounsfield units (DICOM CT"
-            + (" with RescaleSlope/RescaleIntercept applied)" if has_rescale else "; no rescale tags, stored "
-               "values taken as HU)")
-        )
+        notes.append("intensity: Hounsfield units (DICOM CT with RescaleSlope/RescaleIntercept applied)")
+    elif first.modality == "CT" and bits > 8 and image.GetNumberOfComponentsPerPixel() == 1:
+        intensity = "HU"
+        image, note = stored_values_to_hu(image, label)  # issue 12.4 hook: HU + 1024 detected and stated
+        notes.append(note)
     else:
         intensity = "8bit"
         image = sitk.Cast(sitk.Clamp(image, lowerBound=0, upperBound=255), sitk.sitkUInt8)
@@ -484,9 +488,7 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
         )
     chosen, notes = choose_series(group_series(scan.headers), str(folder))
     if scan.unreadable:
-        notes.append(
-            f"ignored {len(scan.unreadable)} unreadable file(s) (e.g. {scan.unreadable[0][0].name})"
-        )
+        notes.append(unreadable_files_warning(folder, scan.unreadable))  # issue 12.11 hook: a visible warning
     return build_volume(chosen, folder, _describe(chosen), notes, require_3d, reporter)
 
 
@@ -521,4 +523,6 @@ def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = No
             slices = [header, *same]
             label = _describe(slices)
             notes.append(f"{path.name} is one image of a series; loaded the whole series ({len(slices)} images).")
+            if scan.unreadable:  # issue 12.11 hook
+                notes.append(unreadable_files_warning(path.parent, scan.unreadable))
     return build_volume(slices, path, label, notes, require_3d, reporter)

@@ -25,6 +25,8 @@ import SimpleITK as sitk
 
 from CovidCTLib.errors import InputError, NotCTError
 from CovidCTLib.io.checks import check_size, check_slices
+from CovidCTLib.io.header_checks import check_nifti_pixdim
+from CovidCTLib.io.plausibility import check_finite
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -212,7 +214,9 @@ def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = N
         reporter.update("load", 0.3, f"reading {path.name}")
     if suffix_of(path) in (".nii", ".nii.gz"):
         check_nifti_complete(path, label)
+        check_nifti_pixdim(path, label)  # issue 12.5 hook: a zero voxel size is refused, not read as 1 mm
     image = _execute(reader, label)
+    check_finite(image, label)  # issue 12.1 hook: NaN / inf are refused before the intensity rule hides them
     if image.GetDimension() == 4:
         image = image[:, :, :, 0]
     if image.GetDimension() == 2:
@@ -231,9 +235,19 @@ def load_2d_image(path: Path, require_3d: bool) -> CTVolume:
             f"{label} is a 2-D image; the 3-D analysis needs a CT volume (DICOM series, NIfTI, NRRD or MHA). "
             f"To analyse single slices, {SEGMENT_SLICES_HINT}."
         )
-    reader = _read_information(path, label)
-    image = _execute(reader, label)
     notes = []
+    try:
+        image = _execute(_read_information(path, label), label)
+    except InputError:
+        # issue 12.12 hook: valid files SimpleITK cannot decode (grey + alpha PNG) are read with Pillow
+        from CovidCTLib.io.pillow_reader import read_with_pillow
+
+        decoded = read_with_pillow(path)
+        if decoded is None:
+            raise
+        image = decoded[0]
+        notes += [decoded[1]] if decoded[1] else []
+    check_finite(image, label)  # issue 12.1 hook
     if image.GetNumberOfComponentsPerPixel() >= 3:
         image = _luminance(image)
         notes.append("colour image converted to greyscale (luminance).")

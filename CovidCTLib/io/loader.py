@@ -74,3 +74,10 @@ def _is_dicom(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def load_checked(path: str | os.PathLike, require_3d: bool = True, reporter: Reporter | None = None) -> CTVolume:
+    """:func:`load_ct` followed by :func:`CovidCTLib.io.plausibility.check_plausible` (the analysis entry point)."""
+    from CovidCTLib.io.plausibility import check_plausible
+
+    return check_plausible(load_ct(path, require_3d=require_3d, reporter=reporter))

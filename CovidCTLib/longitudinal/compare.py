@@ -107,7 +107,7 @@ def _read_label(path: Path, ct: CTVolume, what: str) -> np.ndarray:
 
 def load_analysis_folder(folder: Path) -> TimePoint:
     """Reuse an earlier ``covidct analyze`` output folder (report.json, lungs.nii.gz, infection.nii.gz)."""
-    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.io.loader import load_checked as load_ct  # issue 12.1 hook: plausibility check
 
     try:
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
@@ -155,9 +155,9 @@ def load_timepoint(path: str | os.PathLike, method: str = "auto", device: str = 
         raise InputError(f"{path} does not exist; give CT scans or `covidct analyze` output folders.")
     if path.is_dir() and (path / "report.json").is_file() and (path / "lungs.nii.gz").is_file():
         return load_analysis_folder(path)
-    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.io.loader import load_checked  # issue 12.1 hook: plausibility check
 
-    ct = load_ct(path, require_3d=False)
+    ct = load_checked(path, require_3d=False)
     if not ct.is_3d:
         lungs, infection, how = segment_slice(ct)
         return TimePoint(ct, lungs, infection, label=path.name, kind="ct", method=how)

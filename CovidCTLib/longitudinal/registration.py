@@ -271,7 +271,14 @@ def _stage(
     if reporter is not None:
         reporter.update("register", fraction, f"registration: {name}")
     start = time.perf_counter()
-    reg.Execute(fixed, moving)
+    try:
+        reg.Execute(fixed, moving)
+    except RuntimeError as error:  # issue 12.10: e.g. "Zero-valued spacing" on a blank image
+        reason = (str(error).strip().splitlines() or ["unknown"])[-1][:160]
+        raise RegistrationError(
+            f"Registration ({name}) could not run on these scans ({reason}); one of them is probably blank or not "
+            "a chest CT. Check every input."
+        ) from error
     return {
         "stage": name,
         "metric": round(float(reg.GetMetricValue()), 5),

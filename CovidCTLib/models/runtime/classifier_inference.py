@@ -310,10 +310,10 @@ def classify_path(path: str | Path, device: str = "auto", reporter: Reporter | N
 def classify_path_details(path: str | Path, device: str = "auto", reporter: Reporter | None = None,
                           model_dir: str | Path | None = None) -> dict[str, Any]:
     """Classify an image file or a CT volume; a row with probability, top-k mean, slices and model version."""
-    from CovidCTLib.io.loader import load_ct
+    from CovidCTLib.io.loader import load_checked  # issue 12.1 hook: refuse blank / non-CT inputs
 
     loaded = load_classifier(model_dir, device)
-    ct = load_ct(path, require_3d=False)
+    ct = load_checked(path, require_3d=False)
     row: dict[str, Any] = {"input": str(path), "model_name": loaded.manifest.get("name", MODEL_NAME),
                            "model_version": str(loaded.manifest.get("version", MODEL_VERSION))}
     if ct.is_3d:

@@ -298,6 +298,8 @@ class SliceInfection:
     def labels(self, threshold: float) -> np.ndarray:
         """(H, W) uint8: 0 none, 1 GGO, 2 consolidation."""
         lab = np.zeros(self.lung.shape, np.uint8)
+        if not self.lung.any():  # issue 12.1: no lung found, so no infection (not a search of the whole image)
+            return lab
         inside = _infection_labels(self.probs, threshold)
         lab[self.box] = inside if self.is_crop else np.where(self.lung[self.box], inside, 0)
         return lab
