@@ -132,13 +132,14 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU (at most 2 threads)."""
+    """``auto`` -> CUDA when available, else CPU.
+
+    Torch's global state (thread count ...) is left alone: in an in-process Slicer run it is Slicer's.
+    """
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
         return torch.device(device)
     except RuntimeError as exc:
