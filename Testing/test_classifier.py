@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from required import skip_or_fail  # noqa: E402
 
 from CovidCTLib.errors import ModelError
 from CovidCTLib.models.classifier import crop_to_lungs, lung_bbox, lung_mask_from_unit, pool_probabilities
@@ -209,7 +210,7 @@ def _volume() -> tuple[CTVolume, np.ndarray]:
 
 def test_classify_scan_on_phantom_with_shipped_model() -> None:
     if not (default_model_dir() / "manifest.json").is_file():
-        pytest.skip("no covid-classifier shipped in Resources/Models")
+        skip_or_fail("no covid-classifier shipped in Resources/Models")
     ct, lungs = _volume()
     res = classify_scan(ct, lungs, device="cpu")
     assert 0.0 <= res.probability <= 1.0 and 0.0 <= res.top_k_mean <= 1.0

@@ -18,8 +18,9 @@ import types
 import unittest
 
 import pytest
+from required import require_module  # noqa: E402
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+slicer = require_module("slicer", reason="slicer-core wheel not installed")
 
 from slicer_fixture import REPO_ROOT, install_app_standins, make_mrml_context  # noqa: E402
 

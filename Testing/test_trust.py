@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import pytest
 import torch
 
 from CovidCTLib.phantom import make_phantom
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Payload:
@@ -75,3 +79,43 @@ def test_classifier_leaves_torch_thread_count_alone() -> None:
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------- CI: missing dependencies fail
+_USES_MISSING = '''
+from required import require_module, skip_or_fail
+
+
+def test_needs_a_missing_module():
+    require_module("covidct_no_such_module_for_this_test")
+
+
+def test_needs_a_shipped_model():
+    skip_or_fail("model not shipped")
+
+
+def test_plain():
+    assert True
+'''
+
+
+def _run_pytest(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess:
+    test = tmp_path / "test_uses_missing.py"
+    test.write_text(_USES_MISSING, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "COVIDCT_REQUIRE_ALL"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "Testing"), env.get("PYTHONPATH", "")])
+    if require_all is not None:
+        env["COVIDCT_REQUIRE_ALL"] = require_all
+    return subprocess.run([sys.executable, "-m", "pytest", str(test), "-q", "-rs", "-p", "no:cacheprovider",
+                           "--rootdir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_missing_test_dependency_skips_locally_but_fails_under_ci(tmp_path: Path) -> None:
+    local = _run_pytest(tmp_path, None)
+    assert local.returncode == 0, local.stdout
+    assert "1 passed, 2 skipped" in local.stdout
+    ci = _run_pytest(tmp_path, "1")
+    assert ci.returncode == 1, ci.stdout
+    assert "2 failed, 1 passed" in ci.stdout and "covidct_no_such_module_for_this_test" in ci.stdout
+    ci_script = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "COVIDCT_REQUIRE_ALL=1" in ci_script  # CI turns the mechanism on
