@@ -276,7 +276,8 @@ def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: A
         print("No trained model installed; `covidct analyze` uses the classical method.")
     for entry in models:
         if entry.get("ok"):
-            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  (checksum verified)")
+            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  "
+                  "(checksum verified: manifest and weights)")
         else:
             print(f"{entry['name']}  NOT USABLE: {entry.get('error')}")
     return 0

@@ -119,3 +119,106 @@ def test_missing_test_dependency_skips_locally_but_fails_under_ci(tmp_path: Path
     assert "2 failed, 1 passed" in ci.stdout and "covidct_no_such_module_for_this_test" in ci.stdout
     ci_script = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "COVIDCT_REQUIRE_ALL=1" in ci_script  # CI turns the mechanism on
+
+
+# ------------------------------------------------------------------ manifests: fixed networks, integrity
+def _tiny_model(root: Path) -> Path:
+    from CovidCTLib.models import registry
+
+    manifest = {
+        "name": "tiny", "version": "0.0.1", "task": "lung",
+        "architecture": {"network": "attention-unet",
+                         "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]}},
+        "input": {"channels": 1, "size": 32}, "normalization": "lungwin-minmax-clahe-v1",
+    }
+    registry.save_model(registry.build_module(manifest), root / "tiny", manifest)
+    return root / "tiny" / "manifest.json"
+
+
+def _edit(path: Path, change, reseal: bool = True) -> None:
+    import json
+
+    from CovidCTLib.models import registry
+
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    change(manifest)
+    if reseal:  # what an attacker who knows the scheme would do: only the network table can stop it
+        registry.write_manifest(path, manifest)
+    else:
+        path.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def test_crafted_builder_cannot_run_a_covidct_function(tmp_path: Path) -> None:
+    from CovidCTLib.cli import main
+    from CovidCTLib.errors import ModelError
+    from CovidCTLib.models import registry
+
+    path = _tiny_model(tmp_path)
+    written = tmp_path / "written-by-the-manifest.txt"
+    _edit(path, lambda m: m.update(architecture={"builder": "CovidCTLib.atomic:write_text_atomic",
+                                                 "kwargs": {"path": str(written), "text": "pwned"}}))
+    with pytest.raises(ModelError, match="not allowed"):
+        registry.load_model("tiny", root=tmp_path)
+    assert registry.list_models(tmp_path)[0]["ok"] is False
+    assert not written.exists()
+    os.environ["COVIDCT_MODELS_DIR"] = str(tmp_path)
+    try:
+        main(["models"])
+    finally:
+        del os.environ["COVIDCT_MODELS_DIR"]
+    assert not written.exists()
+
+
+@pytest.mark.parametrize(("architecture", "message"), [
+    ({"network": "os.system", "kwargs": {}}, "not one of"),
+    ({"network": "attention-unet", "kwargs": {"in_channels": 1, "path": "/tmp/x"}}, "does not take 'path'"),
+    ({"network": "attention-unet", "kwargs": {"in_channels": "1"}}, "must be int"),
+    ({"network": "attention-unet", "kwargs": {"in_channels": True}}, "must be int"),
+    ({"network": "attention-unet", "kwargs": {"channels": [4, 10 ** 9]}}, "outside"),
+    ({"network": "unet", "kwargs": {"channels": "abc"}}, "list of"),
+    ({"network": "efficientnet", "kwargs": {"model_name": "../../evil"}}, "allowed: efficientnet-b0"),
+    ({"network": "unet", "kwargs": {"dropout": 5.0}}, "outside"),
+])
+def test_manifest_arguments_are_typed_and_validated(tmp_path: Path, architecture: dict, message: str) -> None:
+    from CovidCTLib.errors import ModelError
+    from CovidCTLib.models import registry
+
+    path = _tiny_model(tmp_path)
+    _edit(path, lambda m: m.update(architecture=architecture))
+    with pytest.raises(ModelError, match=message):
+        registry.verify("tiny", tmp_path)
+
+
+def test_edited_or_unsealed_manifest_is_refused(tmp_path: Path) -> None:
+    from CovidCTLib.errors import ModelError
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.integrity import SEAL_KEY
+
+    path = _tiny_model(tmp_path)
+    registry.load_model("tiny", root=tmp_path)  # as written: accepted
+    _edit(path, lambda m: m["input"].update(size=64), reseal=False)  # e.g. a changed threshold or input size
+    with pytest.raises(ModelError, match=r"manifest .* was modified"):
+        registry.verify("tiny", tmp_path)
+    _edit(path, lambda m: m.pop(SEAL_KEY), reseal=False)
+    with pytest.raises(ModelError, match=f"has no {SEAL_KEY}"):
+        registry.verify("tiny", tmp_path)
+    assert registry.list_models(tmp_path)[0]["ok"] is False
+
+
+def test_shipped_manifests_are_sealed_and_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from CovidCTLib.cli import main
+    from CovidCTLib.models import registry
+    from CovidCTLib.models.architectures import NETWORKS
+    from CovidCTLib.models.integrity import SEAL_KEY, manifest_digest
+
+    for name in ("lung-attunet", "infection-unet", "covid-classifier"):
+        raw = json.loads((registry.models_dir() / name / "manifest.json").read_text(encoding="utf-8"))
+        assert raw[SEAL_KEY] == manifest_digest(raw) and raw["architecture"]["network"] in NETWORKS
+        assert "builder" not in raw["architecture"]
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lung-attunet", "infection-unet", "covid-classifier"):
+        assert f"{name}  version" in out
+    assert "NOT USABLE" not in out and out.count("verified") == 3
