@@ -63,6 +63,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"CT severity score: {report['severity_score']['total']} / 30;  lesions: {len(report.get('lesions') or [])}",
         "COVID probability: "
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
+        *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
         f"Note: {DISCLAIMER}",
     ]
     return lines
@@ -119,6 +120,7 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
             outdir=str(outdir),
             report=str(paths["report_json"]),
             files={key: str(path) for key, path in paths.items()},
+            fallbacks=list(result.report.get("fallbacks") or []),
         )
     else:
         print("\n".join(_summary_lines(result.report)))

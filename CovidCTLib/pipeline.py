@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.atomic import check_writable
-from CovidCTLib.errors import AnalysisError, CovidCTError, ModelError, NotCTError
+from CovidCTLib.errors import AnalysisError, CovidCTError, NotCTError
+from CovidCTLib.fallbacks import classifier_fallback, require_segmentation_models, segmentation_fallback
 from CovidCTLib.progress import Reporter
 from CovidCTLib.results import AnalysisResult
 from CovidCTLib.volume import CTVolume
@@ -70,10 +71,7 @@ def resolve_method(method: str) -> str:
     if segmentation_models_available():
         return "model"
     if method == "model":
-        raise ModelError(
-            "No trained lung/infection model is installed. Train one with "
-            "`covidct train lung --data ... --out ...` (see README), or use --method classical."
-        )
+        require_segmentation_models()  # issue 12: names a refused (damaged, modified) model file
     return "classical"
 
 
@@ -123,6 +121,7 @@ def analyze(
             "Use `covidct segment-slices` or `covidct classify` for 2-D images."
         )
     resolved = resolve_method(method)
+    fallbacks = [n for n in (segmentation_fallback(method, resolved),) if n]  # issue 12: never silent
     if resolved == "classical" and ct.intensity != "HU":
         raise NotCTError(
             f"{ct.source} is not in Hounsfield units (8-bit intensities); the classical method needs HU. "
@@ -190,6 +189,8 @@ def analyze(
             "meaning": "Model output for COVID-19 pneumonia pattern; research use only, not a diagnosis.",
         }
         model_versions["classifier"] = f"{scan.model_name} {scan.model_version}"
+    else:
+        fallbacks += [n for n in (classifier_fallback(classify),) if n]
 
     from CovidCTLib.quantify import quantify
     from CovidCTLib.report.report_json import build_report
@@ -198,12 +199,13 @@ def analyze(
         "quantify", 0.85, 0.97, "Measuring volumes, zones and lesions", lambda: quantify(ct, lungs, infection)
     )
     timings["total"] = time.perf_counter() - started
-    notes = list(ct.notes)
+    notes = list(ct.notes) + fallbacks
     if classification is None:
         notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
     report = build_report(
         ct.identity(), numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
+    report["fallbacks"] = fallbacks  # also in notes; the console and the Slicer panel show them
     reporter.stage("done", 1.0, 1.0, "Analysis finished")
     return AnalysisResult(
         ct=ct,

@@ -222,3 +222,91 @@ def test_shipped_manifests_are_sealed_and_listed(capsys: pytest.CaptureFixture[s
     for name in ("lung-attunet", "infection-unet", "covid-classifier"):
         assert f"{name}  version" in out
     assert "NOT USABLE" not in out and out.count("verified") == 3
+
+
+# ------------------------------------------------------------- a refused model is never dropped silently
+@pytest.fixture(scope="module")
+def small_ct(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from CovidCTLib.io.writers import write_image
+
+    phantom = make_phantom(shape=(48, 96, 96), spacing=(3.0, 2.0, 2.0), seed=4)
+    path = tmp_path_factory.mktemp("ct") / "chest.nii.gz"
+    write_image(phantom.ct.image, path)
+    return path
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def tampered_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A copy of the shipped models with the lung and classifier weights modified."""
+    import shutil
+
+    from CovidCTLib.models import registry
+
+    copy = tmp_path / "Models"
+    shutil.copytree(registry.models_dir(), copy)
+    lung = copy / "lung-attunet" / "weights.pt"
+    classifier = copy / "covid-classifier" / "covid-classifier.pt"
+    _flip_a_byte(lung)
+    _flip_a_byte(classifier)
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(copy))
+    return {"lung": lung, "classifier": classifier}
+
+
+def test_auto_states_the_fallback_when_a_model_is_refused(small_ct: Path, tampered_models: dict[str, Path],
+                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from CovidCTLib.cli import main
+
+    out = tmp_path / "out"
+    assert main(["analyze", str(small_ct), "-o", str(out), "--method", "auto", "--no-report"]) == 0
+    console = capsys.readouterr().out
+    assert "Method: classical" in console
+    assert "WARNING: Fallback: the trained segmentation model was REFUSED" in console
+    assert str(tampered_models["lung"]) in console and "checksum" in console
+    assert "WARNING: Fallback: the COVID classifier was REFUSED" in console
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["method"] == "classical" and report["covid_probability"] is None
+    assert len(report["fallbacks"]) == 2 and all(text in report["notes"] for text in report["fallbacks"])
+    assert str(tampered_models["classifier"]) in report["fallbacks"][1]
+
+
+def test_refused_model_is_stated_in_the_html_and_pdf_report(small_ct: Path, tampered_models: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    from CovidCTLib.pipeline import analyze
+    from CovidCTLib.report.html_pdf import write_reports
+
+    result = analyze(str(small_ct), method="auto", device="cpu")
+    paths = write_reports(result, tmp_path, render_3d=False)
+    html = paths["report_html"].read_text(encoding="utf-8")
+    assert "trained segmentation model was REFUSED" in html and "COVID classifier was REFUSED" in html
+    assert paths["report_pdf"].stat().st_size > 0
+
+
+def test_auto_without_models_says_classical_was_used(small_ct: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from CovidCTLib.pipeline import analyze
+
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(tmp_path / "no-models"))
+    result = analyze(str(small_ct), method="auto", device="cpu")
+    assert result.method == "classical"
+    assert result.report["fallbacks"] == [n for n in result.report["notes"] if n.startswith("Fallback:")]
+    assert "no trained segmentation model is installed" in result.report["fallbacks"][0]
+
+
+def test_model_method_names_the_refused_file(small_ct: Path, tampered_models: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from CovidCTLib.cli import main
+
+    out = tmp_path / "out"
+    assert main(["analyze", str(small_ct), "-o", str(out), "--method", "model"]) == 2
+    err = capsys.readouterr().err
+    assert str(tampered_models["lung"]) in err and "does not match its manifest checksum" in err
+    assert "not installed" not in err
+    assert not out.exists() or not any(out.iterdir())
