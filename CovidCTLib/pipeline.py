@@ -283,7 +283,7 @@ def write_outputs(
     if "dicom_seg" in paths:
         from CovidCTLib.export.dicom_seg import write_dicom_seg
 
-        write_dicom_seg(result, paths["dicom_seg"], overwrite=True)
+        write_dicom_seg(result, paths["dicom_seg"], overwrite=True, include_identifiers=include_identifiers)
     if surfaces:
         from CovidCTLib.export.meshes import export_surfaces
 
@@ -294,8 +294,11 @@ def write_outputs(
         from CovidCTLib.export.points_csv import write_points_csv
 
         paths["points_csv"] = write_points_csv(result, outdir / "points.csv")
-    write_report_json(result.report, paths["report_json"], overwrite=True)
-    write_report_csv(result.report, paths["report_csv"], overwrite=True)
+    from CovidCTLib.privacy import report_for_output
+
+    written = report_for_output(result.report, include_identifiers, result.ct.patient)  # issue 12: privacy
+    write_report_json(written, paths["report_json"], overwrite=True)
+    write_report_csv(written, paths["report_csv"], overwrite=True)
     if reports:
         from CovidCTLib.report.html_pdf import write_html_report, write_pdf_report
 

@@ -310,3 +310,105 @@ def test_model_method_names_the_refused_file(small_ct: Path, tampered_models: di
     assert str(tampered_models["lung"]) in err and "does not match its manifest checksum" in err
     assert "not installed" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+# ------------------------------------------------------------------------------- privacy of the outputs
+_SECRETS = {"PatientName": "Doe^Jane", "PatientID": "MRN-4711-SECRET", "PatientBirthDate": "19451224",
+            "AccessionNumber": "ACC-99887766", "ReferringPhysicianName": "House^Gregory",
+            "PatientAge": "079Y", "OtherPatientIDs": "OTHER-ID-31337", "PatientSex": "F",
+            "StudyID": "STUDY-5150", "InstitutionName": "Saint Nobody Hospital"}
+
+
+@pytest.fixture(scope="module")
+def named_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DICOM chest CT series with patient identifiers, in a folder named after the patient."""
+    import pydicom
+    from dicom_factory import write_series
+
+    phantom = make_phantom(shape=(40, 96, 96), spacing=(3.0, 2.0, 2.0), seed=5)
+    import SimpleITK as sitk
+
+    folder = tmp_path_factory.mktemp("pacs") / "Doe_Jane_MRN-4711-SECRET"
+    hu = sitk.GetArrayFromImage(phantom.ct.image)
+    for path in write_series(folder, hu, spacing=phantom.ct.image.GetSpacing()):
+        ds = pydicom.dcmread(path)
+        for keyword, value in _SECRETS.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+    return folder
+
+
+def _secrets_in(data: bytes) -> list[str]:
+    return [k for k, v in _SECRETS.items() if k != "PatientSex" and v.encode() in data]
+
+
+def test_default_outputs_carry_no_patient_identifier(named_dicom: Path, tmp_path: Path) -> None:
+    import json
+
+    import highdicom as hd
+    import pydicom
+
+    from CovidCTLib.cli import main
+
+    out = tmp_path / "out"
+    assert main(["analyze", str(named_dicom), "-o", str(out), "--method", "classical", "--no-report",
+                 "--no-classify"]) == 0
+    source = pydicom.dcmread(sorted(named_dicom.iterdir())[0], stop_before_pixels=True)
+    seg = pydicom.dcmread(out / "segmentation.dcm")
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+                    "ReferringPhysicianName", "StudyID", "StudyDate"):
+        assert str(seg.get(keyword, "")) == "", keyword
+    assert "PatientAge" not in seg and "OtherPatientIDs" not in seg
+    # what a viewer needs to attach the SEG to its CT is kept
+    assert seg.StudyInstanceUID == source.StudyInstanceUID and seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert len(hd.seg.segread(out / "segmentation.dcm").get_source_image_uids()) == 40
+    for name in ("segmentation.dcm", "report.json", "report.csv", "segmentation.seg.nrrd"):
+        data = (out / name).read_bytes()
+        assert _secrets_in(data) == [], name
+        assert str(named_dicom.parent).encode() not in data, name  # no full path
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["input"]["source"] == "DICOM folder" and "patient" not in report["input"]
+    assert report["input"]["study_uid"] == source.StudyInstanceUID
+
+
+def test_include_identifiers_copies_the_patient_module(named_dicom: Path, tmp_path: Path) -> None:
+    import json
+
+    import pydicom
+
+    from CovidCTLib.cli import main
+
+    out = tmp_path / "out"
+    assert main(["analyze", str(named_dicom), "-o", str(out), "--method", "classical", "--no-report",
+                 "--no-classify", "--include-identifiers"]) == 0
+    seg = pydicom.dcmread(out / "segmentation.dcm")
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"):
+        assert str(seg.get(keyword)) == _SECRETS[keyword], keyword
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["input"]["source"] == str(named_dicom)
+    assert report["input"]["patient"]["id"] == _SECRETS["PatientID"]
+
+
+def test_readme_lists_the_quasi_identifiers_kept() -> None:
+    from CovidCTLib.privacy import REPORT_KEPT, SEG_KEPT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    for item in (*SEG_KEPT, *REPORT_KEPT):
+        assert item in readme, item
+
+
+def test_report_names_a_file_input_by_its_basename_only(tmp_path: Path) -> None:
+    from CovidCTLib.privacy import report_for_output
+
+    source = tmp_path / "Doe_Jane_MRN-4711" / "chest.nii.gz"
+    source.parent.mkdir()
+    source.write_bytes(b"")
+    report = {"input": {"source": str(source), "series_uid": "1.2.3"},
+              "notes": [f"skipped {source.parent}/scout.nii.gz", f"read {source}"], "fallbacks": []}
+    written = report_for_output(report, include_identifiers=False, patient={"name": "Doe^Jane"})
+    assert written["input"] == {"source": "chest.nii.gz", "series_uid": "1.2.3"}
+    assert written["notes"] == ["skipped <input folder>/scout.nii.gz", "read chest.nii.gz"]
+    assert report["input"]["source"] == str(source)  # the in-memory result keeps the path for the session
+    full = report_for_output(report, include_identifiers=True, patient={"name": "Doe^Jane"})
+    assert full["input"]["source"] == str(source) and full["input"]["patient"] == {"name": "Doe^Jane"}

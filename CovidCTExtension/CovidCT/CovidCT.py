@@ -709,13 +709,15 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
 
     def saveReport(self, inputVolume, statisticsTable, folder, interactive: bool = False) -> list[Path]:
         """report.json + report.csv, and report.html/.pdf when the report module is installed."""
+        from CovidCTLib.privacy import report_for_output
         from CovidCTLib.report.report_json import write_report_csv, write_report_json
 
         result = self.resultFor(inputVolume, statisticsTable)
         folder = Path(folder)
+        written = report_for_output(result.report, include_identifiers=False)  # no full path, no patient fields
         paths = [
-            write_report_json(result.report, folder / "report.json", overwrite=True),
-            write_report_csv(result.report, folder / "report.csv", overwrite=True),
+            write_report_json(written, folder / "report.json", overwrite=True),
+            write_report_csv(written, folder / "report.csv", overwrite=True),
         ]
         if not self._reportsAvailable(interactive):
             logging.info("CovidCT: HTML/PDF report not available; wrote report.json and report.csv")
