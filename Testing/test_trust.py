@@ -412,3 +412,41 @@ def test_report_names_a_file_input_by_its_basename_only(tmp_path: Path) -> None:
     assert report["input"]["source"] == str(source)  # the in-memory result keeps the path for the session
     full = report_for_output(report, include_identifiers=True, patient={"name": "Doe^Jane"})
     assert full["input"]["source"] == str(source) and full["input"]["patient"] == {"name": "Doe^Jane"}
+
+
+# ------------------------------------------------------------------------ a wheel ships the trained models
+def test_packaged_models_are_found_when_there_is_no_checkout(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from CovidCTLib.resources import PACKAGED_MODELS, default_models_dir
+
+    monkeypatch.delenv("COVIDCT_MODELS_DIR", raising=False)
+    package = tmp_path / "site-packages" / "CovidCTLib"
+    (package / PACKAGED_MODELS).mkdir(parents=True)
+    assert default_models_dir(package) == package / PACKAGED_MODELS
+    assert default_models_dir(REPO_ROOT / "CovidCTLib") == REPO_ROOT / "Resources" / "Models"  # a checkout
+
+
+def test_wheel_carries_the_models_and_finds_them_installed(tmp_path: Path) -> None:
+    import hashlib
+    import zipfile
+
+    dist = tmp_path / "dist"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(dist), str(REPO_ROOT)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = dist.glob("*.whl")
+    shipped = sorted(p for p in (REPO_ROOT / "Resources" / "Models").glob("*/*") if p.is_file())
+    with zipfile.ZipFile(wheel) as archive:
+        for path in shipped:
+            member = f"CovidCTLib/_models/{path.parent.name}/{path.name}"
+            assert hashlib.sha256(archive.read(member)).digest() == hashlib.sha256(path.read_bytes()).digest()
+        archive.extractall(tmp_path / "site")  # a pure-Python wheel installs by unpacking
+    env = {k: v for k, v in os.environ.items() if k != "COVIDCT_MODELS_DIR"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    run = subprocess.run([sys.executable, "-c", "import CovidCTLib, CovidCTLib.cli as c; print(CovidCTLib.__file__); "
+                          "c.main(['models'])"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0].startswith(str(tmp_path / "site"))  # the unpacked wheel, not the checkout
+    for name in ("covid-classifier", "infection-unet", "lung-attunet"):
+        assert f"{name}  version" in run.stdout
+    assert run.stdout.count("checksum verified") == 3 and "NOT USABLE" not in run.stdout

@@ -9,9 +9,10 @@ Layout of one model folder::
         <weights>.pt    torch ``state_dict`` saved in float16
         MODEL_CARD.md   human-readable card
 
-The models folder is ``<repo>/Resources/Models`` (found relative to this package) unless the environment
-variable ``COVIDCT_MODELS_DIR`` names another. Loading verifies the checksum first and refuses a missing or
-modified weights file with :class:`~CovidCTLib.errors.ModelError`.
+The models folder is ``<repo>/Resources/Models`` in a checkout, ``CovidCTLib/_models`` in an installed wheel
+(:mod:`CovidCTLib.resources`), unless the environment variable ``COVIDCT_MODELS_DIR`` names another. Loading
+verifies the checksum first and refuses a missing or modified weights file with
+:class:`~CovidCTLib.errors.ModelError`.
 
 The architecture is rebuilt from ``architecture.network``, one entry of the fixed table in
 :mod:`CovidCTLib.models.architectures`, with its typed, validated ``kwargs`` (no manifest can name a Python
@@ -33,6 +34,7 @@ from CovidCTLib.atomic import write_bytes_atomic, write_text_atomic
 from CovidCTLib.errors import ModelError
 from CovidCTLib.models.architectures import build_network, validate_architecture
 from CovidCTLib.models.integrity import check_seal, seal
+from CovidCTLib.resources import default_models_dir
 from CovidCTLib.version import DISCLAIMER
 
 MANIFEST = "manifest.json"
@@ -40,9 +42,8 @@ REQUIRED_KEYS = ("name", "version", "task", "architecture", "input", "normalizat
 
 
 def models_dir() -> Path:
-    """The folder holding one sub-folder per shipped model."""
-    env = os.environ.get("COVIDCT_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    """The folder holding one sub-folder per shipped model (checkout, installed wheel or the env override)."""
+    return default_models_dir()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
