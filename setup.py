@@ -22,9 +22,10 @@ class BuildPyWithModels(build_py):
     def run(self) -> None:
         super().run()
         source = Path(__file__).resolve().parent / "Resources" / "Models"
-        if self.editable_mode or not source.is_dir():
+        if getattr(self, "editable_mode", False) or not source.is_dir():
             return  # an editable install reads Resources/Models from the checkout
         target = Path(self.build_lib) / "CovidCTLib" / "_models"
+        shutil.rmtree(target, ignore_errors=True)  # no stale model from an earlier build
         for folder in sorted(p for p in source.iterdir() if (p / "manifest.json").is_file()):
             (target / folder.name).mkdir(parents=True, exist_ok=True)
             for pattern in MODEL_FILES:
