@@ -51,8 +51,9 @@ def segmentation_fallback(requested: str, resolved: str) -> str | None:
     if refused:
         return ("Fallback: the trained segmentation model was REFUSED, so the classical HU-threshold method was "
                 "used instead. " + " ".join(messages))
+    why = "; ".join(messages) or "the trained models could not be loaded"
     return ("Fallback: no trained segmentation model is installed, so the classical HU-threshold method was "
-            "used (" + "; ".join(messages) + ").")
+            f"used ({why}).")
 
 
 def classifier_fallback(classify: bool) -> str | None:
