@@ -14,9 +14,7 @@ from typing import Any
 
 from CovidCTLib.errors import ModelError
 
-NO_MODEL_HINT = (
-    "Train one with `covidct train lung --data ... --out ...` (see README), or use --method classical."
-)
+NO_MODEL_HINT = "Train one with `covidct train lung --data ... --out ...` (see README), or use --method classical."
 
 
 def _module(name: str) -> Any | None:
@@ -49,11 +47,14 @@ def segmentation_fallback(requested: str, resolved: str) -> str | None:
         return None
     refused, messages = segmentation_problems()
     if refused:
-        return ("Fallback: the trained segmentation model was REFUSED, so the classical HU-threshold method was "
-                "used instead. " + " ".join(messages))
+        return (
+            "Fallback: the trained segmentation model was REFUSED, so the classical HU-threshold method was "
+            "used instead. " + " ".join(messages)
+        )
     why = "; ".join(messages) or "the trained models could not be loaded"
-    return ("Fallback: no trained segmentation model is installed, so the classical HU-threshold method was "
-            f"used ({why}).")
+    return (
+        f"Fallback: no trained segmentation model is installed, so the classical HU-threshold method was used ({why})."
+    )
 
 
 def classifier_fallback(classify: bool) -> str | None:

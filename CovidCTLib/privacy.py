@@ -27,8 +27,7 @@ from typing import Any
 #: quasi-identifiers the default DICOM SEG keeps (what a viewer needs to attach it to its CT)
 SEG_KEPT = (
     "StudyInstanceUID",
-    "SeriesInstanceUID and SOPInstanceUID of every referenced CT slice (ReferencedSeriesSequence, "
-    "SourceImageSequence)",
+    "SeriesInstanceUID and SOPInstanceUID of every referenced CT slice (ReferencedSeriesSequence, SourceImageSequence)",
     "FrameOfReferenceUID",
     "image geometry (ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThickness)",
     "the SEG's own creation date and time (ContentDate/Time, SeriesDate/Time, InstanceCreationDate/Time)",
@@ -36,7 +35,7 @@ SEG_KEPT = (
 
 #: quasi-identifiers report.json / report.csv keep by default
 REPORT_KEPT = (
-    "input file name (basename only; a DICOM folder is written as \"DICOM folder\": folder names are often "
+    'input file name (basename only; a DICOM folder is written as "DICOM folder": folder names are often '
     "patient names)",
     "study_uid and series_uid (to find the scan again in the PACS)",
     "acquisition_date (orders the time points of `covidct compare`)",
@@ -49,17 +48,55 @@ DICOM_FOLDER = "DICOM folder"
 
 #: modules whose attributes the default SEG does not copy (except StudyInstanceUID)
 _MODULES = ("patient", "clinical-trial-subject", "general-study", "patient-study", "clinical-trial-study")
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "AccessionNumber", "StudyID")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
 #: used when highdicom's module tables cannot be read (the common identifying attributes)
-_FALLBACK = (*_TYPE2, "IssuerOfPatientID", "OtherPatientIDsSequence", "OtherPatientNames", "PatientBirthTime",
-             "PatientAge", "PatientSize", "PatientWeight", "PatientAddress", "PatientComments", "EthnicGroup",
-             "PatientTelephoneNumbers", "PatientMotherBirthName", "MilitaryRank", "Occupation",
-             "AdditionalPatientHistory", "AdmissionID", "ConsultingPhysicianName", "PhysiciansOfRecord",
-             "NameOfPhysiciansReadingStudy", "RequestingService", "StudyDescription", "ReferencedStudySequence",
-             "ReferencedPatientSequence", "ClinicalTrialSubjectID", "ClinicalTrialSponsorName",
-             "ClinicalTrialProtocolID", "ClinicalTrialSiteID", "ClinicalTrialSiteName", "MedicalAlerts",
-             "Allergies", "SmokingStatus", "PregnancyStatus", "ReasonForVisit", "IssuerOfAccessionNumberSequence")
+_FALLBACK = (
+    *_TYPE2,
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientBirthTime",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientComments",
+    "EthnicGroup",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "MilitaryRank",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "AdmissionID",
+    "ConsultingPhysicianName",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingService",
+    "StudyDescription",
+    "ReferencedStudySequence",
+    "ReferencedPatientSequence",
+    "ClinicalTrialSubjectID",
+    "ClinicalTrialSponsorName",
+    "ClinicalTrialProtocolID",
+    "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName",
+    "MedicalAlerts",
+    "Allergies",
+    "SmokingStatus",
+    "PregnancyStatus",
+    "ReasonForVisit",
+    "IssuerOfAccessionNumberSequence",
+)
 KEEP = frozenset({"StudyInstanceUID"})
 
 
@@ -102,8 +139,9 @@ def source_name(source: Any) -> str:
     return DICOM_FOLDER if os.path.isdir(str(source or "")) else _basename(source)
 
 
-def report_for_output(report: dict[str, Any], include_identifiers: bool, patient: dict[str, Any] | None = None) \
-        -> dict[str, Any]:
+def report_for_output(
+    report: dict[str, Any], include_identifiers: bool, patient: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The report as written to report.json / report.csv: input basename by default (the full path also
     leaves the notes); with ``include_identifiers`` the full path and the patient fields."""
     out = copy.deepcopy(report)

@@ -25,8 +25,7 @@ def required() -> bool:
 def skip_or_fail(reason: str) -> None:
     """Skip with ``reason``; under ``COVIDCT_REQUIRE_ALL=1`` fail with it instead."""
     if required():
-        pytest.fail(f"{reason} ({REQUIRE_ALL}=1: CI needs every test dependency; run scripts/setup.sh)",
-                    pytrace=False)
+        pytest.fail(f"{reason} ({REQUIRE_ALL}=1: CI needs every test dependency; run scripts/setup.sh)", pytrace=False)
     pytest.skip(reason)
 
 

@@ -37,8 +37,16 @@ def _tiny_loop(out: Path, resume: bool) -> dict:
         return (m(batch) ** 2).mean()
 
     cfg = TrainConfig(epochs=2, steps_per_epoch=1, patience=5)
-    return train_loop(model, lambda rng: x + float(rng.random()), loss_fn, lambda m: {"dice": 0.5}, out, cfg,
-                      resume=resume, log=lambda s: None)
+    return train_loop(
+        model,
+        lambda rng: x + float(rng.random()),
+        loss_fn,
+        lambda m: {"dice": 0.5},
+        out,
+        cfg,
+        resume=resume,
+        log=lambda s: None,
+    )
 
 
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
@@ -82,7 +90,7 @@ def test_classifier_leaves_torch_thread_count_alone() -> None:
 
 
 # ------------------------------------------------------------------------- CI: missing dependencies fail
-_USES_MISSING = '''
+_USES_MISSING = """
 from required import require_module, skip_or_fail
 
 
@@ -96,7 +104,7 @@ def test_needs_a_shipped_model():
 
 def test_plain():
     assert True
-'''
+"""
 
 
 def _run_pytest(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess:
@@ -106,8 +114,13 @@ def _run_pytest(tmp_path: Path, require_all: str | None) -> subprocess.Completed
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "Testing"), env.get("PYTHONPATH", "")])
     if require_all is not None:
         env["COVIDCT_REQUIRE_ALL"] = require_all
-    return subprocess.run([sys.executable, "-m", "pytest", str(test), "-q", "-rs", "-p", "no:cacheprovider",
-                           "--rootdir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", str(test), "-q", "-rs", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_missing_test_dependency_skips_locally_but_fails_under_ci(tmp_path: Path) -> None:
@@ -126,10 +139,15 @@ def _tiny_model(root: Path) -> Path:
     from CovidCTLib.models import registry
 
     manifest = {
-        "name": "tiny", "version": "0.0.1", "task": "lung",
-        "architecture": {"network": "attention-unet",
-                         "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]}},
-        "input": {"channels": 1, "size": 32}, "normalization": "lungwin-minmax-clahe-v1",
+        "name": "tiny",
+        "version": "0.0.1",
+        "task": "lung",
+        "architecture": {
+            "network": "attention-unet",
+            "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+        },
+        "input": {"channels": 1, "size": 32},
+        "normalization": "lungwin-minmax-clahe-v1",
     }
     registry.save_model(registry.build_module(manifest), root / "tiny", manifest)
     return root / "tiny" / "manifest.json"
@@ -155,8 +173,15 @@ def test_crafted_builder_cannot_run_a_covidct_function(tmp_path: Path) -> None:
 
     path = _tiny_model(tmp_path)
     written = tmp_path / "written-by-the-manifest.txt"
-    _edit(path, lambda m: m.update(architecture={"builder": "CovidCTLib.atomic:write_text_atomic",
-                                                 "kwargs": {"path": str(written), "text": "pwned"}}))
+    _edit(
+        path,
+        lambda m: m.update(
+            architecture={
+                "builder": "CovidCTLib.atomic:write_text_atomic",
+                "kwargs": {"path": str(written), "text": "pwned"},
+            }
+        ),
+    )
     with pytest.raises(ModelError, match="not allowed"):
         registry.load_model("tiny", root=tmp_path)
     assert registry.list_models(tmp_path)[0]["ok"] is False
@@ -169,16 +194,19 @@ def test_crafted_builder_cannot_run_a_covidct_function(tmp_path: Path) -> None:
     assert not written.exists()
 
 
-@pytest.mark.parametrize(("architecture", "message"), [
-    ({"network": "os.system", "kwargs": {}}, "not one of"),
-    ({"network": "attention-unet", "kwargs": {"in_channels": 1, "path": "/tmp/x"}}, "does not take 'path'"),
-    ({"network": "attention-unet", "kwargs": {"in_channels": "1"}}, "must be int"),
-    ({"network": "attention-unet", "kwargs": {"in_channels": True}}, "must be int"),
-    ({"network": "attention-unet", "kwargs": {"channels": [4, 10 ** 9]}}, "outside"),
-    ({"network": "unet", "kwargs": {"channels": "abc"}}, "list of"),
-    ({"network": "efficientnet", "kwargs": {"model_name": "../../evil"}}, "allowed: efficientnet-b0"),
-    ({"network": "unet", "kwargs": {"dropout": 5.0}}, "outside"),
-])
+@pytest.mark.parametrize(
+    ("architecture", "message"),
+    [
+        ({"network": "os.system", "kwargs": {}}, "not one of"),
+        ({"network": "attention-unet", "kwargs": {"in_channels": 1, "path": "/tmp/x"}}, "does not take 'path'"),
+        ({"network": "attention-unet", "kwargs": {"in_channels": "1"}}, "must be int"),
+        ({"network": "attention-unet", "kwargs": {"in_channels": True}}, "must be int"),
+        ({"network": "attention-unet", "kwargs": {"channels": [4, 10**9]}}, "outside"),
+        ({"network": "unet", "kwargs": {"channels": "abc"}}, "list of"),
+        ({"network": "efficientnet", "kwargs": {"model_name": "../../evil"}}, "allowed: efficientnet-b0"),
+        ({"network": "unet", "kwargs": {"dropout": 5.0}}, "outside"),
+    ],
+)
 def test_manifest_arguments_are_typed_and_validated(tmp_path: Path, architecture: dict, message: str) -> None:
     from CovidCTLib.errors import ModelError
     from CovidCTLib.models import registry
@@ -258,8 +286,9 @@ def tampered_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str
     return {"lung": lung, "classifier": classifier}
 
 
-def test_auto_states_the_fallback_when_a_model_is_refused(small_ct: Path, tampered_models: dict[str, Path],
-                                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_auto_states_the_fallback_when_a_model_is_refused(
+    small_ct: Path, tampered_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from CovidCTLib.cli import main
@@ -277,8 +306,9 @@ def test_auto_states_the_fallback_when_a_model_is_refused(small_ct: Path, tamper
     assert str(tampered_models["classifier"]) in report["fallbacks"][1]
 
 
-def test_refused_model_is_stated_in_the_html_and_pdf_report(small_ct: Path, tampered_models: dict[str, Path],
-                                                            tmp_path: Path) -> None:
+def test_refused_model_is_stated_in_the_html_and_pdf_report(
+    small_ct: Path, tampered_models: dict[str, Path], tmp_path: Path
+) -> None:
     from CovidCTLib.pipeline import analyze
     from CovidCTLib.report.html_pdf import write_reports
 
@@ -289,8 +319,9 @@ def test_refused_model_is_stated_in_the_html_and_pdf_report(small_ct: Path, tamp
     assert paths["report_pdf"].stat().st_size > 0
 
 
-def test_auto_without_models_says_classical_was_used(small_ct: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_without_models_says_classical_was_used(
+    small_ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from CovidCTLib.pipeline import analyze
 
     monkeypatch.setenv("COVIDCT_MODELS_DIR", str(tmp_path / "no-models"))
@@ -300,8 +331,9 @@ def test_auto_without_models_says_classical_was_used(small_ct: Path, tmp_path: P
     assert "no trained segmentation model is installed" in result.report["fallbacks"][0]
 
 
-def test_model_method_names_the_refused_file(small_ct: Path, tampered_models: dict[str, Path], tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_method_names_the_refused_file(
+    small_ct: Path, tampered_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from CovidCTLib.cli import main
 
     out = tmp_path / "out"
@@ -313,10 +345,18 @@ def test_model_method_names_the_refused_file(small_ct: Path, tampered_models: di
 
 
 # ------------------------------------------------------------------------------- privacy of the outputs
-_SECRETS = {"PatientName": "Doe^Jane", "PatientID": "MRN-4711-SECRET", "PatientBirthDate": "19451224",
-            "AccessionNumber": "ACC-99887766", "ReferringPhysicianName": "House^Gregory",
-            "PatientAge": "079Y", "OtherPatientIDs": "OTHER-ID-31337", "PatientSex": "F",
-            "StudyID": "STUDY-5150", "InstitutionName": "Saint Nobody Hospital"}
+_SECRETS = {
+    "PatientName": "Doe^Jane",
+    "PatientID": "MRN-4711-SECRET",
+    "PatientBirthDate": "19451224",
+    "AccessionNumber": "ACC-99887766",
+    "ReferringPhysicianName": "House^Gregory",
+    "PatientAge": "079Y",
+    "OtherPatientIDs": "OTHER-ID-31337",
+    "PatientSex": "F",
+    "StudyID": "STUDY-5150",
+    "InstitutionName": "Saint Nobody Hospital",
+}
 
 
 @pytest.fixture(scope="module")
@@ -351,12 +391,22 @@ def test_default_outputs_carry_no_patient_identifier(named_dicom: Path, tmp_path
     from CovidCTLib.cli import main
 
     out = tmp_path / "out"
-    assert main(["analyze", str(named_dicom), "-o", str(out), "--method", "classical", "--no-report",
-                 "--no-classify"]) == 0
+    assert (
+        main(["analyze", str(named_dicom), "-o", str(out), "--method", "classical", "--no-report", "--no-classify"])
+        == 0
+    )
     source = pydicom.dcmread(sorted(named_dicom.iterdir())[0], stop_before_pixels=True)
     seg = pydicom.dcmread(out / "segmentation.dcm")
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-                    "ReferringPhysicianName", "StudyID", "StudyDate"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyID",
+        "StudyDate",
+    ):
         assert str(seg.get(keyword, "")) == "", keyword
     assert "PatientAge" not in seg and "OtherPatientIDs" not in seg
     # what a viewer needs to attach the SEG to its CT is kept
@@ -380,8 +430,22 @@ def test_include_identifiers_copies_the_patient_module(named_dicom: Path, tmp_pa
     from CovidCTLib.cli import main
 
     out = tmp_path / "out"
-    assert main(["analyze", str(named_dicom), "-o", str(out), "--method", "classical", "--no-report",
-                 "--no-classify", "--include-identifiers"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(named_dicom),
+                "-o",
+                str(out),
+                "--method",
+                "classical",
+                "--no-report",
+                "--no-classify",
+                "--include-identifiers",
+            ]
+        )
+        == 0
+    )
     seg = pydicom.dcmread(out / "segmentation.dcm")
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName"):
         assert str(seg.get(keyword)) == _SECRETS[keyword], keyword
@@ -404,8 +468,11 @@ def test_report_names_a_file_input_by_its_basename_only(tmp_path: Path) -> None:
     source = tmp_path / "Doe_Jane_MRN-4711" / "chest.nii.gz"
     source.parent.mkdir()
     source.write_bytes(b"")
-    report = {"input": {"source": str(source), "series_uid": "1.2.3"},
-              "notes": [f"skipped {source.parent}/scout.nii.gz", f"read {source}"], "fallbacks": []}
+    report = {
+        "input": {"source": str(source), "series_uid": "1.2.3"},
+        "notes": [f"skipped {source.parent}/scout.nii.gz", f"read {source}"],
+        "fallbacks": [],
+    }
     written = report_for_output(report, include_identifiers=False, patient={"name": "Doe^Jane"})
     assert written["input"] == {"source": "chest.nii.gz", "series_uid": "1.2.3"}
     assert written["notes"] == ["skipped <input folder>/scout.nii.gz", "read chest.nii.gz"]
@@ -415,8 +482,7 @@ def test_report_names_a_file_input_by_its_basename_only(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ a wheel ships the trained models
-def test_packaged_models_are_found_when_there_is_no_checkout(tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packaged_models_are_found_when_there_is_no_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from CovidCTLib.resources import PACKAGED_MODELS, default_models_dir
 
     monkeypatch.delenv("COVIDCT_MODELS_DIR", raising=False)
@@ -431,8 +497,23 @@ def test_wheel_carries_the_models_and_finds_them_installed(tmp_path: Path) -> No
     import zipfile
 
     dist = tmp_path / "dist"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(dist), str(REPO_ROOT)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(REPO_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr
     (wheel,) = dist.glob("*.whl")
     shipped = sorted(p for p in (REPO_ROOT / "Resources" / "Models").glob("*/*") if p.is_file())
@@ -443,8 +524,18 @@ def test_wheel_carries_the_models_and_finds_them_installed(tmp_path: Path) -> No
         archive.extractall(tmp_path / "site")  # a pure-Python wheel installs by unpacking
     env = {k: v for k, v in os.environ.items() if k != "COVIDCT_MODELS_DIR"}
     env["PYTHONPATH"] = str(tmp_path / "site")
-    run = subprocess.run([sys.executable, "-c", "import CovidCTLib, CovidCTLib.cli as c; print(CovidCTLib.__file__); "
-                          "c.main(['models'])"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import CovidCTLib, CovidCTLib.cli as c; print(CovidCTLib.__file__); c.main(['models'])",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[0].startswith(str(tmp_path / "site"))  # the unpacked wheel, not the checkout
     for name in ("covid-classifier", "infection-unet", "lung-attunet"):

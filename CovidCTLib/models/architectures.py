@@ -36,8 +36,10 @@ class Arg:
             return value
         if self.kind == "int-list":
             if not isinstance(value, (list, tuple)) or not self.min_len <= len(value) <= self.max_len:
-                raise ModelError(f"{where} must be a list of {self.min_len}-{self.max_len} integers, not {value!r}. "
-                                 "Reinstall the model.")
+                raise ModelError(
+                    f"{where} must be a list of {self.min_len}-{self.max_len} integers, not {value!r}. "
+                    "Reinstall the model."
+                )
             return tuple(self._number(where, v, int) for v in value)
         return self._number(where, value, int if self.kind == "int" else float)
 
@@ -81,14 +83,27 @@ _DROPOUT = Arg("float", 0.0, 0.9)
 _FEATURES = Arg("int-list", 1, 1024, min_len=2, max_len=7)
 
 NETWORKS: dict[str, Network] = {
-    "attention-unet": Network(_attention_unet, {
-        "in_channels": _CHANNELS, "out_channels": _CHANNELS, "channels": _FEATURES, "dropout": _DROPOUT}),
-    "unet": Network(_unet, {
-        "in_channels": _CHANNELS, "out_channels": _CHANNELS, "channels": _FEATURES,
-        "num_res_units": Arg("int", 0, 4), "dropout": _DROPOUT}),
-    "efficientnet": Network(_efficientnet, {
-        "model_name": Arg("str", choices=tuple(f"efficientnet-b{i}" for i in range(8))),
-        "in_channels": Arg("int", 1, 3)}),
+    "attention-unet": Network(
+        _attention_unet,
+        {"in_channels": _CHANNELS, "out_channels": _CHANNELS, "channels": _FEATURES, "dropout": _DROPOUT},
+    ),
+    "unet": Network(
+        _unet,
+        {
+            "in_channels": _CHANNELS,
+            "out_channels": _CHANNELS,
+            "channels": _FEATURES,
+            "num_res_units": Arg("int", 0, 4),
+            "dropout": _DROPOUT,
+        },
+    ),
+    "efficientnet": Network(
+        _efficientnet,
+        {
+            "model_name": Arg("str", choices=tuple(f"efficientnet-b{i}" for i in range(8))),
+            "in_channels": Arg("int", 1, 3),
+        },
+    ),
 }
 
 #: the builder strings of manifests written before the table (read only; new manifests use "network")
@@ -108,13 +123,17 @@ def network_name(architecture: Any) -> str:
     elif "builder" in architecture:
         name = LEGACY_BUILDERS.get(architecture["builder"]) if isinstance(architecture["builder"], str) else None
         if name is None:
-            raise ModelError(f"model manifest: architecture builder {architecture['builder']!r} is not allowed "
-                             f"(allowed networks: {', '.join(NETWORKS)}); reinstall the model.")
+            raise ModelError(
+                f"model manifest: architecture builder {architecture['builder']!r} is not allowed "
+                f"(allowed networks: {', '.join(NETWORKS)}); reinstall the model."
+            )
     else:
         raise ModelError("model manifest: 'architecture' names no network; reinstall the model.")
     if not isinstance(name, str) or name not in NETWORKS:
-        raise ModelError(f"model manifest: network {name!r} is not one of {', '.join(NETWORKS)}; "
-                         "reinstall the model or update CovidCT.")
+        raise ModelError(
+            f"model manifest: network {name!r} is not one of {', '.join(NETWORKS)}; "
+            "reinstall the model or update CovidCT."
+        )
     return name
 
 
@@ -127,8 +146,10 @@ def validate_architecture(architecture: Any) -> tuple[str, dict[str, Any]]:
     spec = NETWORKS[name]
     unknown = sorted(set(kwargs) - set(spec.args))
     if unknown:
-        raise ModelError(f"model manifest: network '{name}' does not take {', '.join(map(repr, unknown))} "
-                         f"(it takes {', '.join(spec.args)}); reinstall the model.")
+        raise ModelError(
+            f"model manifest: network '{name}' does not take {', '.join(map(repr, unknown))} "
+            f"(it takes {', '.join(spec.args)}); reinstall the model."
+        )
     return name, {key: spec.args[key].check(name, key, value) for key, value in kwargs.items()}
 
 

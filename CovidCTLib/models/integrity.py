@@ -36,9 +36,13 @@ def check_seal(manifest: dict[str, Any], where: str, hint: str) -> None:
     """Refuse a manifest without ``manifest_sha256`` or whose content no longer matches it."""
     recorded = manifest.get(SEAL_KEY)
     if not isinstance(recorded, str):
-        raise ModelError(f"{where} has no {SEAL_KEY} (written by an older CovidCT or by hand), so its content "
-                         f"cannot be trusted. {hint}")
+        raise ModelError(
+            f"{where} has no {SEAL_KEY} (written by an older CovidCT or by hand), so its content "
+            f"cannot be trusted. {hint}"
+        )
     actual = manifest_digest(manifest)
     if actual != recorded:
-        raise ModelError(f"{where} was modified: its content does not match its {SEAL_KEY} (expected "
-                         f"{recorded[:12]}..., got {actual[:12]}...). {hint}")
+        raise ModelError(
+            f"{where} was modified: its content does not match its {SEAL_KEY} (expected "
+            f"{recorded[:12]}..., got {actual[:12]}...). {hint}"
+        )
