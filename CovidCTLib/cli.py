@@ -64,6 +64,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"CT severity score: {report['severity_score']['total']} / 30;  lesions: {len(report.get('lesions') or [])}",
         "COVID probability: "
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
+        *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
         f"Note: {DISCLAIMER}",
     ]
     return lines
@@ -117,6 +118,7 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
             report=str(paths["report_json"]),
             files={key: str(path) for key, path in paths.items()},
             warnings=warnings,
+            fallbacks=list(result.report.get("fallbacks") or []),
         )
     else:
         print("\n".join(_summary_lines(result.report)))
@@ -273,7 +275,8 @@ def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: A
         print("No trained model installed; `covidct analyze` uses the classical method.")
     for entry in models:
         if entry.get("ok"):
-            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  (checksum verified)")
+            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  "
+                  "(checksum verified: manifest and weights)")
         else:
             print(f"{entry['name']}  NOT USABLE: {entry.get('error')}")
     return 0

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.errors import AnalysisError, CovidCTError, NotCTError
+from CovidCTLib.fallbacks import classifier_fallback, segmentation_fallback
 from CovidCTLib.progress import Reporter
 from CovidCTLib.results import AnalysisResult
 from CovidCTLib.segmentation.registry import (
     METHODS,
     Segmenters,
     make_segmenters,
-    model_problem,
     trained_segmentation_available,
 )
 from CovidCTLib.volume import CTVolume
@@ -64,6 +64,7 @@ class AnalysisState:
     scan: Any | None = None  # the classifier's ScanClassification
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)  # every fallback, stated (notes, console, panel)
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,10 @@ def _stage_load(state: AnalysisState) -> None:
             f"{state.ct.source} is a 2-D image; `covidct analyze` needs a 3-D chest CT. "
             "Use `covidct segment-slices` or `covidct classify` for 2-D images."
         )
-    if state.method == "auto" and not trained_segmentation_available():
-        problem = model_problem()
-        if problem:
-            state.notes.append(f"Trained models not used (classical method instead): {problem}")
     state.segmenters = make_segmenters(state.method, state.device, infection_thresholds=state.infection_thresholds)
+    fallback = segmentation_fallback(state.method, state.segmenters.method)  # issue 12: never silent
+    if fallback:
+        state.fallbacks.append(fallback)
     if state.segmenters.method == "classical" and state.ct.intensity != "HU":
         raise NotCTError(
             f"{state.ct.source} is not in Hounsfield units (8-bit intensities); the classical method needs HU. "
@@ -107,6 +107,9 @@ def _stage_infection(state: AnalysisState) -> None:
 
 def _stage_classify(state: AnalysisState) -> None:
     if not (state.classify and classifier_available()):
+        fallback = classifier_fallback(state.classify)
+        if fallback:
+            state.fallbacks.append(fallback)
         state.notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
         return
     from CovidCTLib.models.runtime.classifier_inference import classify_scan
@@ -202,11 +205,12 @@ def analyze(
 
     from CovidCTLib.report.report_json import build_report
 
-    notes = list(ct.notes) + state.notes
+    notes = list(ct.notes) + state.fallbacks + state.notes
     resolved = state.segmenters.method
     report = build_report(
         ct.identity(), state.numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
+    report["fallbacks"] = list(state.fallbacks)  # also in notes; the console and the Slicer panel show them
     reporter.stage("done", 1.0, 1.0, "Analysis finished")
     return AnalysisResult(
         ct=ct,

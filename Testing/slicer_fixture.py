@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from required import require_module  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO_ROOT / "CovidCTExtension" / "CovidCT"
@@ -46,7 +47,7 @@ class MRMLContext:
 
 def make_mrml_context() -> MRMLContext:
     """Build a scene + ``vtkSlicerApplicationLogic`` and register the core module logics on it."""
-    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    slicer = require_module("slicer", reason="slicer-core wheel not installed")
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+from required import skip_or_fail  # noqa: E402
 
 from CovidCTLib.errors import ModelError
 from CovidCTLib.models.data.classifier_data import Item, group_of, grouped_split, list_dataset
@@ -207,7 +210,7 @@ def _volume() -> tuple[CTVolume, np.ndarray]:
 
 def test_classify_scan_on_phantom_with_shipped_model() -> None:
     if not (default_model_dir() / "manifest.json").is_file():
-        pytest.skip("no covid-classifier shipped in Resources/Models")
+        skip_or_fail("no covid-classifier shipped in Resources/Models")
     ct, lungs = _volume()
     res = classify_scan(ct, lungs, device="cpu")
     assert 0.0 <= res.probability <= 1.0 and 0.0 <= res.top_k_mean <= 1.0
@@ -305,31 +308,52 @@ def test_platt_fit_recovers_known_scaling() -> None:
     assert calibrated[0] < 0.2 and calibrated[1] == pytest.approx(0.5) and calibrated[2] > 0.7
 
 
+def _score_by(monkeypatch: pytest.MonkeyPatch, score: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Replace the network's raw output by ``score(crops)`` (deterministic on every machine); lung crop,
+    calibration, manifest and file handling stay the real ones."""
+    from CovidCTLib.models.runtime import classifier
+
+    def predict(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64,
+                tta: bool = True) -> np.ndarray:
+        return score(crops_01).double().numpy().ravel()
+
+    monkeypatch.setattr(classifier, "predict_crops", predict)
+
+
+def _by_brightness(crops: torch.Tensor) -> torch.Tensor:
+    """A fixed score that ranks the synthetic COVID slices (bright blobs in the lungs) above the others."""
+    return torch.sigmoid(8.0 * (crops.mean(dim=(1, 2, 3)) - crops.mean()))
+
+
 def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Path, tiny_dataset: Path,
-                                                                      tmp_path: Path) -> None:
+                                                                      tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     from CovidCTLib.errors import InputError
     from CovidCTLib.models.evaluation.calibrate import calibrate_classifier
 
     folder = tmp_path / "covid-classifier"
-    shutil.copytree(trained / "model", folder)  # two optimiser steps: chance level
+    shutil.copytree(trained / "model", folder)
+    _score_by(monkeypatch, lambda crops: torch.full((crops.shape[0],), 0.5))  # no ranking at all: AUC 0.5
     with pytest.raises(InputError, match="does not separate"):
         calibrate_classifier(tiny_dataset, folder, seed=1, val_fraction=0.5)
     assert "calibration" not in json.loads((folder / "manifest.json").read_text())
 
 
-def test_calibrate_classifier_cli_stores_scaling_used_by_inference(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_calibrate_classifier_cli_stores_scaling_used_by_inference(trained: Path, tiny_dataset: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     from CovidCTLib.models.cli import main
     from CovidCTLib.models.runtime.classifier_inference import apply_calibration
-    from CovidCTLib.models.training.classifier_train import main_train
 
-    run = tmp_path / "run"  # long enough to learn the synthetic lesions (validation AUC 1 here)
-    assert main_train(_args(tiny_dataset, run, epochs=12, lr=3e-3, batch_size=4))["validation"]["auc"] > 0.8
+    # The network's output is replaced by a fixed brightness score: asking a tiny training run to reach a
+    # given AUC depends on floating-point luck (it failed on other machines); the calibration does not.
+    _score_by(monkeypatch, _by_brightness)
     folder = tmp_path / "covid-classifier"
-    shutil.copytree(run / "model", folder)
+    shutil.copytree(trained / "model", folder)
     raw = classify_images([str(p) for p in sorted(tiny_dataset.rglob("*.png"))], model_dir=folder, device="cpu")
     assert main(["calibrate", "classifier", "--data", str(tiny_dataset), "--model", str(folder),
                  "--val-fraction", "0.5", "--seed", "1"]) == 0

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from required import skip_or_fail  # noqa: E402
 
 from CovidCTLib.models.data.datasets import grouped_split, load_nifti_pairs
 from CovidCTLib.models.data.synthetic_lesions import insert_lesions
@@ -213,7 +214,7 @@ def _shipped() -> dict[str, str]:
 def test_inference_on_phantom_with_shipped_models() -> None:
     available = _shipped()
     if "lung" not in available:
-        pytest.skip("lung model not shipped")
+        skip_or_fail("lung model not shipped")
     from CovidCTLib.models.runtime.inference import segment_infection_model, segment_lungs_model
 
     ph = make_phantom((40, 128, 128), seed=2)
@@ -232,7 +233,7 @@ def test_inference_on_phantom_with_shipped_models() -> None:
 
 def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
     if "lung" not in _shipped():
-        pytest.skip("lung model not shipped")
+        skip_or_fail("lung model not shipped")
     from CovidCTLib.models.cli import main
     from CovidCTLib.models.runtime import registry
 
@@ -382,7 +383,7 @@ def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_pat
 
     name = {"lung": "lung-attunet", "infection": "infection-unet"}[task]
     if task not in models_available():
-        pytest.skip("shipped models not installed")
+        skip_or_fail("shipped models not installed")
     data = _png256_from_phantom(tmp_path / "png")
     folder = tmp_path / "model" / name
     shutil.copytree(registry.models_dir() / name, folder)
@@ -405,7 +406,7 @@ def test_calibrate_stores_best_training_threshold_in_manifest(task: str, tmp_pat
 
 def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path) -> None:
     if not {"lung", "infection"} <= set(_shipped()):
-        pytest.skip("models not shipped")
+        skip_or_fail("models not shipped")
     import shutil
 
     from CovidCTLib.models.cli import main

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from required import require_module  # noqa: E402
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
-vtk = pytest.importorskip("vtk")
+slicer = require_module("slicer", reason="slicer-core wheel not installed")
+vtk = require_module("vtk")
 
 from slicer_fixture import make_mrml_context  # noqa: E402
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import vtk
+from required import require_module  # noqa: E402
 
-pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+require_module("slicer", reason="slicer-core wheel not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import slicer  # noqa: E402

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from required import require_module  # noqa: E402
 from scipy import ndimage
 
 from CovidCTLib import render, surfaces
@@ -130,7 +131,7 @@ def _html_text(document: str) -> str:
 
 
 def _pdf_pages(path) -> list[str]:
-    pdfium = pytest.importorskip("pypdfium2")
+    pdfium = require_module("pypdfium2")
     pdf = pdfium.PdfDocument(str(path))
     texts = []
     for page in pdf:
@@ -165,7 +166,7 @@ def test_html_and_pdf_reports_hold_the_numbers_pictures_and_disclaimer(tmp_path,
 
 
 def test_pdf_first_page_renders_with_pictures(tmp_path, result):
-    pdfium = pytest.importorskip("pypdfium2")
+    pdfium = require_module("pypdfium2")
     path = write_pdf_report(result, tmp_path / "report.pdf")
     pdf = pdfium.PdfDocument(str(path))
     n_images = sum(
@@ -251,7 +252,7 @@ def test_choose_slices_prefers_infected_slices_spread_apart():
 
 
 def test_render_surfaces_anterior_view_puts_patient_right_on_image_left(tmp_path):
-    pytest.importorskip("vtk")
+    require_module("vtk")
     try:
         render.offscreen_backend()
     except render.RenderUnavailableError as exc:

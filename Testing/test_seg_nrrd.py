@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from dicom_factory import rotation
+from required import require_module  # noqa: E402
 
 from CovidCTLib.errors import OutputExistsError
 from CovidCTLib.io.seg_nrrd import read_seg_nrrd, write_seg_nrrd
@@ -86,8 +87,8 @@ def _read_in_slicer(slicer, path: Path):
 
 
 def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
-    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
-    vtk = pytest.importorskip("vtk")
+    slicer = require_module("slicer", reason="slicer-core wheel not installed")
+    vtk = require_module("vtk")
     from vtk.util.numpy_support import vtk_to_numpy
     ref = reference_image()
     lungs, infection = masks()
@@ -161,8 +162,8 @@ def test_write_result_seg_nrrd_carries_versions(tmp_path: Path) -> None:
 
 def test_one_layer_label_seg_loads_in_slicer_on_oblique_grid(tmp_path: Path) -> None:
     """The generic one-layer writer (used for the longitudinal change map) overlays its CT in Slicer."""
-    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
-    vtk = pytest.importorskip("vtk")
+    slicer = require_module("slicer", reason="slicer-core wheel not installed")
+    vtk = require_module("vtk")
     from vtk.util.numpy_support import vtk_to_numpy
 
     from CovidCTLib.io.seg_nrrd import write_label_seg_nrrd

@@ -18,8 +18,9 @@ import types
 import unittest
 
 import pytest
+from required import require_module  # noqa: E402
 
-slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+slicer = require_module("slicer", reason="slicer-core wheel not installed")
 
 from slicer_fixture import REPO_ROOT, install_app_standins, make_mrml_context  # noqa: E402
 
@@ -347,6 +348,29 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     widget.ui.exportButton.emit("clicked(bool)", False)
     assert (tmp_path / "saved" / "segmentation.seg.nrrd").exists()
     assert (tmp_path / "saved" / "surfaces" / "left_lung.stl").exists()
+
+
+@needs_engine
+def test_panel_states_a_refused_model(widget, module, tmp_path, monkeypatch):
+    """--method auto with modified lung weights: the run falls back to classical and the panel says so."""
+    import shutil
+
+    from CovidCTLib.models.runtime.registry import models_dir
+
+    copy = tmp_path / "Models"
+    shutil.copytree(models_dir(), copy)
+    weights = copy / "lung-attunet" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    monkeypatch.setenv("COVIDCT_MODELS_DIR", str(copy))  # inherited by the background process
+    volume, _ = module.module.CovidCTLogic().createPhantomVolume(shape=(32, 80, 80), spacing=(5.0, 3.0, 3.0))
+    node = widget._parameterNode
+    node.inputVolume, node.method, node.device = volume, "auto", "cpu"
+    widget.ui.applyButton.emit("clicked(bool)", False)
+    _run_until_idle(widget)
+    status = widget.ui.statusLabel.text
+    assert status.startswith("Done") and "WARNING: Fallback: the trained segmentation model was REFUSED" in status
+    assert str(weights) in status
+    assert widget.logic.fallbackWarnings() and "REFUSED" in widget.logic.fallbackWarnings()[0]
 
 
 def test_compare_section(widget, module):

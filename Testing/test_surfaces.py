@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import vtk
+from required import require_module  # noqa: E402
 from vtk.util.numpy_support import vtk_to_numpy
 
 from CovidCTLib import surfaces
@@ -234,7 +235,7 @@ def test_export_multiblock_and_result_input(tmp_path, phantom):
 
 @pytest.mark.parametrize("fmt", ["stl", "obj", "ply", "vtp"])
 def test_slicer_reads_the_meshes_as_lps(tmp_path, fmt):
-    slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed")
+    slicer = require_module("slicer", reason="slicer-core wheel not installed")
     image = _image((20, 20, 20), (1.0, 1.0, 1.0), origin=(10.0, 20.0, 30.0))
     mask = np.zeros((20, 20, 20), bool)
     mask[5:15, 4:12, 6:16] = True

@@ -393,7 +393,8 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.statisticsTable = nodes["statistics"]
         node.lesionsTable = nodes["lesions"]
         self.ui.progressBar.visible = False
-        self._setStatus(f"Done in {job.elapsed_s:.0f} s. {DISCLAIMER}")
+        warnings = "".join(f"WARNING: {text} " for text in self.logic.fallbackWarnings())  # issue 12: never silent
+        self._setStatus(f"Done in {job.elapsed_s:.0f} s. {warnings}{DISCLAIMER}")
         self._updateGUI()
 
     def onShowTable(self) -> None:
@@ -641,6 +642,11 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             job.cleanup()
 
     # ---------------------------------------------------------------------------------------- results
+    def fallbackWarnings(self) -> list[str]:
+        """The fallbacks of the last analysis (a refused or missing model), to show in the panel."""
+        report = self.lastResult.report if self.lastResult is not None else {}
+        return [str(text) for text in report.get("fallbacks") or []]
+
     @staticmethod
     def summaryFromTable(table) -> dict[str, Any] | None:
         """Key numbers from a statistics table node (``None`` for a missing/foreign table)."""

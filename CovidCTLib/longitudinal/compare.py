@@ -32,6 +32,7 @@ from CovidCTLib.io.seg_nrrd import write_label_seg_nrrd
 from CovidCTLib.longitudinal import change as chg
 from CovidCTLib.longitudinal import registration as regn
 from CovidCTLib.longitudinal.trend import trend_rows, write_compare_csv, write_trend_png
+from CovidCTLib.privacy import source_name
 from CovidCTLib.progress import Reporter
 from CovidCTLib.version import DISCLAIMER, __version__
 from CovidCTLib.volume import CTVolume, labelmap_like, same_geometry
@@ -117,9 +118,12 @@ def load_analysis_folder(folder: Path) -> TimePoint:
             f"{folder} looks like a CovidCT output folder but its report.json cannot be used ({error}); pass the "
             "CT scan instead."
         ) from error
+    if not Path(source).exists() and (folder.parent / source).exists():  # report.json keeps only the basename
+        source = str(folder.parent / source)
     if not Path(source).exists():
         raise InputError(
-            f"The CT {source} named in {folder / 'report.json'} is not there any more; pass the CT itself."
+            f"The CT {source} named in {folder / 'report.json'} is not there any more (report.json keeps only the "
+            "file name unless --include-identifiers was given); pass the CT itself."
         )
     ct = load_ct(source, require_3d=False)
     lungs = _read_label(folder / "lungs.nii.gz", ct, "lungs")
@@ -296,7 +300,7 @@ def build_report(
     tps = []
     for i, tp in enumerate(timepoints):
         entry: dict[str, Any] = {
-            "index": i, "label": tp.label, "date": tp.date, "source": tp.ct.source, "kind": tp.kind,
+            "index": i, "label": tp.label, "date": tp.date, "source": source_name(tp.ct.source), "kind": tp.kind,
             "segmentation_method": tp.method, "numbers": numbers[i],
         }
         if i > 0:

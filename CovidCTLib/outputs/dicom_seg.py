@@ -4,9 +4,10 @@ Written with highdicom as a BINARY segmentation with four segments (right lung, 
 consolidation); segments may overlap (infection lies inside the lungs), which DICOM SEG allows because each
 segment has its own frames. The SEG:
 
-* references every source CT slice and shares its Study Instance UID, Frame of Reference and patient module
-  (DICOM requires the SEG to belong to the same patient/study; identifiers therefore are copied from the
-  source by design: share it only where the source CT may be shared);
+* references every source CT slice and shares its Study Instance UID and Frame of Reference; by default
+  it carries no patient or study identifier (:func:`CovidCTLib.privacy.strip_patient_and_study`: name, ID,
+  birth date, sex, accession number, referring physician, study date ... are removed or left empty);
+  with ``include_identifiers`` it copies the source's patient and study modules (for PACS storage);
 * codes each segment with :data:`CovidCTLib.labels.SEGMENTS` (category, type and, for the lungs, the
   laterality modifier), its display colour and algorithm identification (name ``CovidCT``, version,
   method and model versions);
@@ -30,6 +31,7 @@ from pydicom.sr.codedict import codes
 from CovidCTLib.atomic import check_writable, write_with
 from CovidCTLib.errors import CovidCTError, InputError
 from CovidCTLib.labels import SEGMENTS, CodedTerm
+from CovidCTLib.privacy import strip_patient_and_study
 from CovidCTLib.version import __version__
 
 SERIES_DESCRIPTION = "CovidCT segmentation - research, not for diagnosis"
@@ -94,8 +96,9 @@ def _slice_order(result, datasets: list[pydicom.Dataset]) -> list[int]:
     return order
 
 
-def build_dicom_seg(result) -> hd.seg.Segmentation:
-    """The highdicom Segmentation object for an AnalysisResult loaded from DICOM."""
+def build_dicom_seg(result, include_identifiers: bool = False) -> hd.seg.Segmentation:
+    """The highdicom Segmentation object for an AnalysisResult loaded from DICOM (no patient identifiers
+    unless ``include_identifiers``)."""
     files = list(result.ct.dicom_files)
     if not files:
         raise CovidCTError(
@@ -141,7 +144,10 @@ def build_dicom_seg(result) -> hd.seg.Segmentation:
     with warnings.catch_warnings():
         # single-component patient names (common in anonymised data) are copied as they are
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
-        return _segmentation(sources, pixel_array, descriptions, first, result)
+        seg = _segmentation(sources, pixel_array, descriptions, first, result)
+    if not include_identifiers:
+        strip_patient_and_study(seg)  # issue 12: privacy by default
+    return seg
 
 
 def _segmentation(sources, pixel_array, descriptions, first, result) -> hd.seg.Segmentation:
@@ -165,9 +171,10 @@ def _segmentation(sources, pixel_array, descriptions, first, result) -> hd.seg.S
     )
 
 
-def write_dicom_seg(result, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_dicom_seg(result, path: str | os.PathLike, overwrite: bool = False,
+                    include_identifiers: bool = False) -> Path:
     """Write the DICOM SEG of ``result`` to ``path`` (atomically); see the module docstring."""
     target = Path(path)
     check_writable(target, overwrite)
-    seg = build_dicom_seg(result)
+    seg = build_dicom_seg(result, include_identifiers)
     return write_with(target, lambda tmp: seg.save_as(tmp, enforce_file_format=True), overwrite)

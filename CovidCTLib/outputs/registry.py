@@ -66,7 +66,8 @@ def _segmentation(result: Any, folder: Path, options: OutputOptions) -> None:
 def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.outputs.dicom_seg import write_dicom_seg
 
-    write_dicom_seg(result, folder / "segmentation.dcm", overwrite=True)
+    write_dicom_seg(result, folder / "segmentation.dcm", overwrite=True,
+                    include_identifiers=options.include_identifiers)
 
 
 def _surfaces(result: Any, folder: Path, options: OutputOptions) -> list[Path]:
@@ -81,16 +82,23 @@ def _points(result: Any, folder: Path, options: OutputOptions) -> None:
     write_points_csv(result, folder / "points.csv")
 
 
+def _written_report(result: Any, options: OutputOptions) -> dict[str, Any]:
+    """The report as written out: no full path or patient fields unless asked (:mod:`CovidCTLib.privacy`)."""
+    from CovidCTLib.privacy import report_for_output
+
+    return report_for_output(result.report, options.include_identifiers, result.ct.patient)
+
+
 def _report_json(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.report.report_json import write_report_json
 
-    write_report_json(result.report, folder / "report.json", overwrite=True)
+    write_report_json(_written_report(result, options), folder / "report.json", overwrite=True)
 
 
 def _report_csv(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.report.report_json import write_report_csv
 
-    write_report_csv(result.report, folder / "report.csv", overwrite=True)
+    write_report_csv(_written_report(result, options), folder / "report.csv", overwrite=True)
 
 
 def _report_html(result: Any, folder: Path, options: OutputOptions) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from CovidCTLib.errors import CovidCTError, ModelError
+from CovidCTLib.errors import CovidCTError
 from CovidCTLib.segmentation.base import InfectionSegmenter, LungSegmenter, SliceSegmenter
 
 METHODS = ("auto", "classical", "model")
@@ -54,18 +54,6 @@ def trained_segmentation_available() -> bool:
     return bool(available.get("lung")) and bool(available.get("infection"))
 
 
-def model_problem() -> str | None:
-    """Why the trained segmentation cannot run (a missing or damaged model), or None when it can."""
-    from CovidCTLib.models.runtime import inference, registry
-
-    for task in ("lung", "infection"):
-        try:
-            registry.verify(inference.model_name(task))
-        except ModelError as error:
-            return str(error)
-    return None
-
-
 def resolve_method(method: str) -> str:
     """Turn ``auto`` into ``model`` or ``classical``; refuse ``model`` when no model is installed."""
     if method not in METHODS:
@@ -75,10 +63,9 @@ def resolve_method(method: str) -> str:
     if trained_segmentation_available():
         return "model"
     if method == "model":
-        raise ModelError(
-            "No trained lung/infection model is installed. Train one with "
-            "`covidct train lung --data ... --out ...` (see README), or use --method classical."
-        )
+        from CovidCTLib.fallbacks import require_segmentation_models
+
+        require_segmentation_models()  # names a refused (damaged, modified) model file
     return "classical"
 
 

@@ -16,18 +16,17 @@ split (:func:`calibrate_classifier`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from CovidCTLib.atomic import write_text_atomic
 from CovidCTLib.errors import InputError
 from CovidCTLib.models.data.datasets import grouped_split, medseg_items, parse_data_spec, png256_items, read_gray
 from CovidCTLib.models.evaluation.metrics import confusion, pooled_metrics
 from CovidCTLib.models.runtime import inference
+from CovidCTLib.models.runtime.registry import read_manifest, write_manifest
 from CovidCTLib.segmentation.postprocess import clean_lung_mask_2d
 
 #: Below this validation AUC a probability calibration is refused (it would be fitted to noise).
@@ -111,7 +110,7 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     thresholds = list(next(iter(table.values())))
     score = {t: float(np.mean([table[s][t] for s in table])) for t in thresholds}
     best = max(thresholds, key=lambda t: score[t])
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(model_dir.name, model_dir.parent)  # seal checked before it is re-sealed
     manifest["postprocess"] = {
         **manifest.get("postprocess", {}),  # other settings (test-time flips) stay
         "threshold": float(best),
@@ -122,7 +121,7 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
                         "split": split,
                         "pooled_dice": table},
     }
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(manifest_path, manifest)  # re-sealed (manifest_sha256)
     return manifest["postprocess"]
 
 
@@ -184,7 +183,7 @@ def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0,
     calibrated = apply_calibration(raw, calibration)
     calibration["before"] = binary_metrics(labels, raw)
     calibration["after"] = binary_metrics(labels, calibrated)
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(model_dir.name, model_dir.parent)  # seal checked before it is re-sealed
     manifest["calibration"] = calibration
-    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    write_manifest(manifest_path, manifest)  # re-sealed (manifest_sha256)
     return calibration

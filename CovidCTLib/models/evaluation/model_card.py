@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.atomic import write_text_atomic
-from CovidCTLib.models.runtime.registry import MANIFEST, models_dir, sha256_file, verify
+from CovidCTLib.models.runtime.registry import MANIFEST, models_dir, sha256_file, verify, write_manifest
 from CovidCTLib.version import DISCLAIMER
 
 
@@ -83,7 +83,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         f"Task: {manifest['task']} segmentation. Intended use: {manifest.get('intended_use', '')}",
         "",
         "## Network and input",
-        f"- Architecture: `{arch['builder']}` with `{json.dumps(arch.get('kwargs', {}))}`",
+        f"- Architecture: `{arch.get('network', arch.get('builder'))}` with `{json.dumps(arch.get('kwargs', {}))}`",
         f"- Input: {json.dumps(manifest['input'])}",
         f"- Output classes: {json.dumps(manifest.get('output', {}))}",
         f"- Normalisation: `{manifest['normalization']}` (see `CovidCTLib/models/normalization.py`)",
@@ -133,7 +133,7 @@ def install(src: Path, metrics_files: list[tuple[str, Path, str]] | None = None,
             manifest[key].update(value)
         else:
             manifest[key] = value
-    write_text_atomic(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    manifest = write_manifest(dest / MANIFEST, manifest)
     write_text_atomic(dest / "MODEL_CARD.md", render_card(manifest))
     verify(manifest["name"], dest.parent)
     return dest

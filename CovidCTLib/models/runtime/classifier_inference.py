@@ -110,7 +110,7 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
         "description": "COVID-19 vs non-COVID axial CT slice classifier (lung-cropped), pooled to a scan score",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "framework": f"torch {torch.__version__.split('+')[0]} + MONAI EfficientNetBN (trained from scratch)",
-        "architecture": {"builder": "CovidCTLib.models.runtime.classifier:build_efficientnet",
+        "architecture": {"network": "efficientnet",
                          "kwargs": {"model_name": config.arch, "in_channels": config.in_channels}},
         "input": {"channels": config.in_channels, "size": config.input_size},
         "normalization": f"{NORMALIZATION_ID} (CLAHE off; HU window {list(HU_WINDOW)})",

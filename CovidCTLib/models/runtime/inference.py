@@ -98,6 +98,20 @@ def models_available() -> dict[str, str]:
     return out
 
 
+def model_problems() -> dict[str, tuple[bool, str]]:
+    """``{model name: (installed, why it cannot be used)}`` for the lung / infection models that do not verify
+    (``installed`` is False when the folder has no manifest at all). Empty when both are usable."""
+    out: dict[str, tuple[bool, str]] = {}
+    for name in (model_name("lung"), model_name("infection")):
+        folder = _FOLDERS.get(name)
+        try:
+            registry.verify(folder.name, folder.parent) if folder else registry.verify(name)
+        except ModelError as exc:
+            base = folder if folder else registry.models_dir() / name
+            out[name] = ((base / registry.MANIFEST).is_file(), str(exc))
+    return out
+
+
 #: image axes mirrored by each test-time flip name (tensor layout ``(B, C, y, x)``)
 FLIP_AXES = {"h": (3,), "v": (2,), "hv": (2, 3)}
 

@@ -3,34 +3,38 @@
 Layout of one model folder::
 
     Resources/Models/<name>/
-        manifest.json   name, version, task, architecture {builder, kwargs}, input {channels, size},
+        manifest.json   name, version, task, architecture {network, kwargs}, input {channels, size},
                         normalization, weights, sha256, training {command, seed, data, licence}, metrics,
-                        intended_use, limitations, research_only
+                        intended_use, limitations, research_only, manifest_sha256
         <weights>.pt    torch ``state_dict`` saved in float16
         MODEL_CARD.md   human-readable card
 
-The models folder is ``<repo>/Resources/Models`` (found relative to this package) unless the environment
-variable ``COVIDCT_MODELS_DIR`` names another. Loading verifies the checksum first and refuses a missing or
-modified weights file with :class:`~CovidCTLib.errors.ModelError`.
+The models folder is ``<repo>/Resources/Models`` in a checkout, ``CovidCTLib/_models`` in an installed wheel
+(:mod:`CovidCTLib.resources`), unless the environment variable ``COVIDCT_MODELS_DIR`` names another. Loading
+verifies the checksum first and refuses a missing or modified weights file with
+:class:`~CovidCTLib.errors.ModelError`.
 
-The architecture is rebuilt from ``architecture.builder`` (``"CovidCTLib.some.module:function"``, only
-modules inside ``CovidCTLib`` are allowed) called with ``architecture.kwargs``.
+The architecture is rebuilt from ``architecture.network``, one entry of the fixed table in
+:mod:`CovidCTLib.models.runtime.architectures`, with its typed, validated ``kwargs`` (no manifest can name a Python
+callable). ``manifest_sha256`` (:mod:`CovidCTLib.models.runtime.integrity`) covers the manifest's content and, through
+``sha256``, the weights: a modified manifest is refused like modified weights.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from CovidCTLib.atomic import write_bytes_atomic, write_text_atomic
 from CovidCTLib.errors import ModelError
+from CovidCTLib.models.runtime.architectures import build_network, validate_architecture
+from CovidCTLib.models.runtime.integrity import check_seal, seal
+from CovidCTLib.resources import default_models_dir
 from CovidCTLib.version import DISCLAIMER
 
 MANIFEST = "manifest.json"
@@ -38,9 +42,8 @@ REQUIRED_KEYS = ("name", "version", "task", "architecture", "input", "normalizat
 
 
 def models_dir() -> Path:
-    """The folder holding one sub-folder per shipped model."""
-    env = os.environ.get("COVIDCT_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "Resources" / "Models"
+    """The folder holding one sub-folder per shipped model (checkout, installed wheel or the env override)."""
+    return default_models_dir()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -92,10 +95,24 @@ def read_manifest(name: str, root: Path | None = None) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelError(f"Model '{name}': manifest {path} is unreadable ({exc}). {_reinstall_hint(name)}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"Model '{name}': manifest {path} is not a JSON object. {_reinstall_hint(name)}")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelError(f"Model '{name}': manifest lacks {', '.join(missing)}. {_reinstall_hint(name)}")
+    check_seal(manifest, f"Model '{name}': manifest {path}", _reinstall_hint(name))  # issue 12: integrity
+    try:
+        validate_architecture(manifest["architecture"])  # issue 12: only the table's networks and arguments
+    except ModelError as exc:
+        raise ModelError(f"Model '{name}' ({path}): {exc}") from exc
     return manifest
+
+
+def write_manifest(path: str | os.PathLike, manifest: dict[str, Any], overwrite: bool = True) -> dict[str, Any]:
+    """Write ``manifest`` (sealed with its ``manifest_sha256``) to ``path``; returns what was written."""
+    sealed = seal(manifest)
+    write_text_atomic(Path(path), json.dumps(sealed, indent=2) + "\n", overwrite=overwrite)
+    return sealed
 
 
 def verify(name: str, root: Path | None = None) -> tuple[dict[str, Any], Path]:
@@ -152,29 +169,9 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
     return out
 
 
-# Modules that moved when ``models/`` was laid out by role; manifests written before keep working.
-MOVED_MODULES = {
-    "CovidCTLib.models.networks": "CovidCTLib.models.runtime.networks",
-    "CovidCTLib.models.classifier": "CovidCTLib.models.runtime.classifier",
-}
-
-
-def resolve_builder(spec: str) -> Callable[..., Any]:
-    """Import ``"CovidCTLib.pkg.module:function"`` (only CovidCTLib modules are allowed)."""
-    module_name, _, attr = spec.partition(":")
-    module_name = MOVED_MODULES.get(module_name, module_name)
-    if not module_name.startswith("CovidCTLib.") or not attr:
-        raise ModelError(f"Unsupported architecture builder '{spec}' in a model manifest; reinstall the model.")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"Architecture builder '{spec}' not found ({exc}); update CovidCT.") from exc
-
-
 def build_module(manifest: dict[str, Any]) -> Any:
-    """Instantiate the (untrained) network a manifest describes."""
-    arch = manifest["architecture"]
-    return resolve_builder(arch["builder"])(**arch.get("kwargs", {}))
+    """Instantiate the (untrained) network a manifest describes (only networks of the fixed table)."""
+    return build_network(manifest["architecture"])
 
 
 def load_model(name: str, device: str = "cpu", root: Path | None = None) -> LoadedModel:
@@ -221,5 +218,5 @@ def save_model(
     missing = [k for k in REQUIRED_KEYS if k not in out]
     if missing:
         raise ValueError(f"manifest lacks {missing}")
-    write_text_atomic(folder / MANIFEST, json.dumps(out, indent=2) + "\n", overwrite=overwrite)
-    return out
+    validate_architecture(out["architecture"])
+    return write_manifest(folder / MANIFEST, out, overwrite=overwrite)

@@ -43,6 +43,7 @@ from CovidCTLib.models.runtime.classifier import (
     standardize,
 )
 from CovidCTLib.models.runtime.device import resolve_device, set_training_threads
+from CovidCTLib.models.training.checkpoints import load_checkpoint, save_checkpoint
 from CovidCTLib.version import DISCLAIMER, __version__
 
 DEFAULTS: dict[str, Any] = {
@@ -204,7 +205,7 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     start_epoch, step, best_auc, best_epoch, history = 0, 0, -1.0, -1, []
     last_path, best_path = out / "last.pt", out / "best.pt"
     if _opt(args, "resume") and last_path.exists():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(last_path)
         model.load_state_dict(ck["model"])
         ema.model.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
@@ -265,20 +266,18 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
         _log(json.dumps(rec))
         if m["auc"] > best_auc:
             best_auc, best_epoch = m["auc"], epoch
-            with atomic_path(best_path) as tmp:
-                torch.save({"ema": ema.model.state_dict(), "config": config.__dict__, "epoch": epoch,
-                            "val": m}, tmp)
-        with atomic_path(last_path) as tmp:
-            torch.save({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_auc": best_auc,
-                        "best_epoch": best_epoch, "history": history, "rng": rng.bit_generator.state,
-                        "torch_rng": torch.get_rng_state(), "config": config.__dict__}, tmp)
+            save_checkpoint({"ema": ema.model.state_dict(), "config": config.__dict__, "epoch": epoch,
+                             "val": m}, best_path)
+        save_checkpoint({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_auc": best_auc,
+                         "best_epoch": best_epoch, "history": history, "rng": rng.bit_generator.state,
+                         "torch_rng": torch.get_rng_state(), "config": config.__dict__}, last_path)
         if stop or epoch - best_epoch >= patience:
             _log("stopping: " + ("max_steps reached" if stop else f"no AUC gain for {patience} epochs"))
             break
 
     # final: best checkpoint, validation with test-time augmentation, per-image CSV, exported model
-    best = torch.load(best_path, map_location="cpu", weights_only=False)
+    best = load_checkpoint(best_path)
     ema.model.load_state_dict(best["ema"])
     p_val = predict_crops(ema.model, val_x, device, tta=True)
     final = binary_metrics(labels[val_idx], p_val)

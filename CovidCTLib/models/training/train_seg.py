@@ -21,6 +21,7 @@ import torch
 from CovidCTLib.errors import InputError
 from CovidCTLib.models.data.datasets import INF_MULTI, SliceSet, grouped_split, load_sources
 from CovidCTLib.models.runtime import networks, registry
+from CovidCTLib.models.runtime.architectures import build_network
 from CovidCTLib.models.runtime.device import device_name, set_training_threads
 from CovidCTLib.models.runtime.normalization import NORMALIZATION_ID
 from CovidCTLib.models.training.augment import AugmentConfig, augment_batch
@@ -31,9 +32,9 @@ from CovidCTLib.version import DISCLAIMER, __version__
 
 MODEL_NAMES = {"lung": "lung-attunet", "infection": "infection-unet"}
 ARCH = {
-    "lung": {"builder": "CovidCTLib.models.runtime.networks:attention_unet",
+    "lung": {"network": "attention-unet",
              "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128]}},
-    "infection": {"builder": "CovidCTLib.models.runtime.networks:unet",
+    "infection": {"network": "unet",
                   "kwargs": {"in_channels": 2, "out_channels": 3, "channels": [16, 32, 64, 128, 256],
                              "num_res_units": 1}},
 }
@@ -177,7 +178,7 @@ def _lung_model_tag() -> str:
 def build_model(task: str) -> torch.nn.Module:
     """Untrained network for ``task`` (lung / infection)."""
     arch = ARCH[task]
-    return registry.resolve_builder(arch["builder"])(**arch["kwargs"])
+    return build_network(arch)
 
 
 def train(

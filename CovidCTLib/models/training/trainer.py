@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from CovidCTLib.atomic import atomic_path
+from CovidCTLib.models.training.checkpoints import load_checkpoint, save_checkpoint
 from CovidCTLib.progress import Reporter
 
 
@@ -41,8 +41,7 @@ class TrainConfig:
 
 
 def _save(obj: Any, path: Path) -> None:
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(obj, tmp)
+    save_checkpoint(obj, path)  # plain values only, loadable with weights_only=True
 
 
 def train_loop(
@@ -66,7 +65,7 @@ def train_loop(
     start_epoch, history, best, best_epoch, bad, steps_done = 0, [], -math.inf, -1, 0, 0
     last = out / "last.pt"
     if resume and last.is_file():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start_epoch, history, best = ck["epoch"] + 1, ck["history"], ck["best"]
@@ -125,5 +124,5 @@ def train_loop(
         if cfg.max_steps is not None and steps_done >= cfg.max_steps:
             break
     if (out / "best.pt").is_file():
-        model.load_state_dict(torch.load(out / "best.pt", map_location="cpu", weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     return {"best": best, "best_epoch": best_epoch + 1, "history": history, "last_epoch": len(history)}
