@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list installed trained models")
     models.set_defaults(handler=run_models)
 
-    for module_name in ("CovidCTLib.models.cli", "CovidCTLib.longitudinal.cli"):
+    for module_name in ("CovidCTLib.models.cli", "CovidCTLib.longitudinal.cli", "CovidCTLib.batch.cli"):
         try:
             module = importlib.import_module(module_name)
         except ImportError:
