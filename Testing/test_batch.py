@@ -101,7 +101,9 @@ def test_cohort_statistics_helpers() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- local pool
-def test_local_pool_failure_contained_then_resume(cohort: Path, tmp_path: Path) -> None:
+def test_local_pool_failure_contained_then_resume(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
     code = main(["batch", str(cohort), "-o", str(out), "--workers", "2", *FAST])
     assert code == 1  # one study failed
@@ -130,6 +132,7 @@ def test_local_pool_failure_contained_then_resume(cohort: Path, tmp_path: Path) 
 
     # without --resume / --overwrite existing outputs are refused before anything runs
     assert main(["batch", str(cohort), "-o", str(out), *FAST]) == 2
+    capsys.readouterr()
 
     # an interrupted study: marker missing -> redone; the complete ones are skipped untouched
     (out / "beta" / MARKER).unlink()
@@ -145,6 +148,10 @@ def test_local_pool_failure_contained_then_resume(cohort: Path, tmp_path: Path) 
             shuffle=False,
         )
     assert code == 1
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    studies = {e["id"]: e["status"] for e in events if e["event"] == "study"}  # one line per study
+    assert studies == {"alpha": "skipped", "beta": "ok", "broken": "failed"}
+    assert events[-1]["event"] == "done" and events[-1]["all_succeeded"] is False
     summary = json.loads((out / "cohort.json").read_text())
     assert summary["counts"]["skipped_complete"] == 1 and summary["counts"]["analysed"] == 1
     assert (out / "alpha" / "lungs.nii.gz").stat().st_mtime_ns == alpha_mtime

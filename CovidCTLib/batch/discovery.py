@@ -24,6 +24,9 @@ from pathlib import Path
 from CovidCTLib.batch.jobs import Study, safe_id, unique_ids
 from CovidCTLib.errors import CovidCTError, InputError
 
+#: DICOM headers read per chunk at discovery.
+HEADER_CHUNK = 512
+
 
 @dataclass
 class Discovery:
@@ -82,17 +85,19 @@ def _dicom_studies(files: list[Path], root: Path, found: Discovery) -> list[tupl
     """Group DICOM headers by study, choose each study's series by analyze's rule."""
     from CovidCTLib.io import dicom
 
-    scan = dicom.scan_files(files)
-    if scan.unreadable:
-        path, why = scan.unreadable[0]
-        found.notes.append(f"{len(scan.unreadable)} unreadable DICOM file(s) under {root} ignored (e.g. {path}: {why})")
     first_of_series: dict[str, object] = {}
     by_study: dict[str, list[dicom.SliceHeader]] = {}
-    for header in scan.headers:
-        ds = first_of_series.setdefault(header.series_uid, header.ds)  # keep one dataset per series in memory
-        light = dataclasses.replace(header, ds=ds)
-        study_uid = str(header.ds.get("StudyInstanceUID", "") or f"folder:{header.path.parent}")
-        by_study.setdefault(study_uid, []).append(light)
+    unreadable: list[tuple[Path, str]] = []
+    for start in range(0, len(files), HEADER_CHUNK):  # chunks: only one full header per series stays alive
+        scan = dicom.scan_files(files[start : start + HEADER_CHUNK])
+        unreadable += scan.unreadable
+        for header in scan.headers:
+            ds = first_of_series.setdefault(header.series_uid, header.ds)
+            study_uid = str(header.ds.get("StudyInstanceUID", "") or f"folder:{header.path.parent}")
+            by_study.setdefault(study_uid, []).append(dataclasses.replace(header, ds=ds))
+    if unreadable:
+        path, why = unreadable[0]
+        found.notes.append(f"{len(unreadable)} unreadable DICOM file(s) under {root} ignored (e.g. {path}: {why})")
     out: list[tuple[str, Study]] = []
     for headers in by_study.values():
         folder = _common_folder([h.path for h in headers])

@@ -81,6 +81,7 @@ class LocalPool:
         self.cancel = cancel or CancelToken()
         self._context = multiprocessing.get_context("spawn")
         self.replaced = 0
+        self.started = 0
 
     def _spawn(self) -> _Slot:
         parent, child = self._context.Pipe()
@@ -112,7 +113,8 @@ class LocalPool:
     def run(self, jobs: Sequence[tuple[Study, bool]], on_outcome: Callable[[Outcome], None]) -> None:
         """Analyse every ``(study, overwrite)``; call ``on_outcome`` once per study, in completion order."""
         pending = collections.deque(jobs)
-        slots = [self._spawn() for _ in range(min(self.workers, len(pending)))]
+        self.started = min(self.workers, len(pending))
+        slots = [self._spawn() for _ in range(self.started)]
         try:
             while pending or any(s.study is not None for s in slots):
                 self.cancel.check()

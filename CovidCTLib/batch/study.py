@@ -39,14 +39,17 @@ def output_set_complete(folder: str | os.PathLike) -> bool:
     return bool(listed) and all((Path(folder) / name).is_file() for name in listed)
 
 
-def write_marker(folder: Path, files: list[Path], study: Study, report: dict[str, Any]) -> Path:
-    """Write the completion marker last (atomically): the files of the set, the source, the versions."""
+def write_marker(
+    folder: Path, files: list[Path], study: Study, report: dict[str, Any], options: AnalysisOptions | None = None
+) -> Path:
+    """Write the completion marker last (atomically): the files of the set, source, options and versions."""
     from CovidCTLib.atomic import write_text_atomic
 
     content = {
         "study": study.id,
         "source": study.path,
         "files": sorted(str(p.relative_to(folder)) for p in files),
+        "options": options.as_dict() if options is not None else None,
         "versions": report.get("versions", {}),
         "disclaimer": report.get("disclaimer", ""),
     }
@@ -116,7 +119,7 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
         include_identifiers=options.include_identifiers,
         reporter=reporter,
     )
-    write_marker(folder, list(paths.values()), study, result.report)
+    write_marker(folder, list(paths.values()), study, result.report, options)
     return {"method": result.method, "analysis_s": result.report.get("timing_s", {}).get("total")}
 
 
