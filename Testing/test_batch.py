@@ -219,3 +219,36 @@ def test_dask_local_cluster(cohort: Path, tmp_path: Path) -> None:
         )
         result = run_batch(found, config)
         assert [(o.id, o.status) for o in result.outcomes] == [("hang-2", TIMEOUT)]
+
+
+# ----------------------------------------------------------------------------------------------- models once
+@pytest.mark.slow
+def test_models_loaded_once_per_worker_process(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up loads every model once; a study after it reuses the process caches (no second load)."""
+    from CovidCTLib.batch import warmup
+    from CovidCTLib.batch.study import execute, run_study
+    from CovidCTLib.pipeline import classifier_available, segmentation_models_available
+
+    if not (segmentation_models_available() and classifier_available()):
+        pytest.skip("the shipped models are not installed")
+    from CovidCTLib.models import classifier_inference, inference, registry
+
+    loads: list[str] = []
+    real_load = registry.load_model
+
+    def counting_load(name: str, *args: object, **kwargs: object) -> object:
+        loads.append(name)
+        return real_load(name, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "load_model", counting_load)
+    monkeypatch.setattr(inference, "_CACHE", {})
+    monkeypatch.setattr(classifier_inference, "_CACHE", {})
+    monkeypatch.setattr(warmup, "_PREPARED", set())
+    options = AnalysisOptions(method="model", device="cpu", classify=True, reports=False, threads=2)
+    assert warmup.prepare_worker(options) == "model"
+    after_warmup = sorted(loads)
+    outcome = execute(run_study, Study("beta", str(cohort / "sub" / "beta.nii.gz")), options, str(tmp_path), False)
+    assert outcome.status == "ok", outcome.message
+    assert sorted(loads) == after_warmup and len(after_warmup) == len(set(after_warmup)) == 3
+    report = json.loads((tmp_path / "beta" / "report.json").read_text())
+    assert report["method"] == "model" and report["covid_probability"] is not None

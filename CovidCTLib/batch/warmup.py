@@ -40,6 +40,9 @@ def import_analysis_modules(reports: bool) -> None:
 
     for name in ANALYSIS_MODULES + (("CovidCTLib.report.html_pdf",) if reports else ()):
         importlib.import_module(name)
+    from CovidCTLib.report.report_json import software_versions
+
+    software_versions("classical", {})  # imports torch / monai for their version numbers: pay it here, once
 
 
 def prepare_worker(options: AnalysisOptions) -> str:
