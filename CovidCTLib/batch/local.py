@@ -81,7 +81,7 @@ class LocalPool:
         self.cancel = cancel or CancelToken()
         self._context = multiprocessing.get_context("spawn")
         self.replaced = 0
-        self.started = 0
+        self.spawned_workers = 0
 
     def _spawn(self) -> _Slot:
         parent, child = self._context.Pipe()
@@ -113,8 +113,9 @@ class LocalPool:
     def run(self, jobs: Sequence[tuple[Study, bool]], on_outcome: Callable[[Outcome], None]) -> None:
         """Analyse every ``(study, overwrite)``; call ``on_outcome`` once per study, in completion order."""
         pending = collections.deque(jobs)
-        self.started = min(self.workers, len(pending))
-        slots = [self._spawn() for _ in range(self.started)]
+        self.spawned_workers = min(self.workers, len(pending))
+        slots = [self._spawn() for _ in range(self.spawned_workers)]
+        finished = False
         try:
             while pending or any(s.study is not None for s in slots):
                 self.cancel.check()
@@ -124,9 +125,10 @@ class LocalPool:
                         slot.started = time.monotonic()
                         slot.conn.send((slot.study, overwrite))
                 self._wait_once(slots, on_outcome)
-        finally:
+            finished = True
+        finally:  # on cancel or error every worker is killed at once; atomic writes leave no half file
             for slot in slots:
-                self._stop(slot, kill=slot.study is not None or not slot.process.is_alive())
+                self._stop(slot, kill=not finished or slot.study is not None or not slot.ready)
 
     def _wait_once(self, slots: list[_Slot], on_outcome: Callable[[Outcome], None]) -> None:
         now = time.monotonic()

@@ -120,7 +120,7 @@ def run_batch(
         workers = config.workers or default_workers(method, options.threads, len(jobs))
         pool = LocalPool(workers, options, str(outdir), config.function_ref, config.timeout, cancel)
         pool.run(jobs, record)
-        runner.update(kind="local", workers=pool.started, workers_replaced=pool.replaced)
+        runner.update(kind="local", workers=pool.spawned_workers, workers_replaced=pool.replaced)
     wall = time.monotonic() - started
     order = [s.id for s in found.studies] + [p[0] for p in found.problems]
     outcomes = [by_id[i] for i in dict.fromkeys(order) if i in by_id]
