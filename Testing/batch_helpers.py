@@ -1,4 +1,4 @@
-"""A study function for the batch timeout tests: studies whose id contains "hang" never finish on their own.
+"""A study function for the batch containment tests: ids with "hang" never finish, ids with "crash" kill the process.
 
 Everything else goes through the real :func:`CovidCTLib.batch.study.run_study`. The hanging study keeps reporting
 progress, so the cooperative cancellation of the Dask runner stops it; the local pool kills its process.
@@ -6,6 +6,7 @@ progress, so the cooperative cancellation of the Dask runner stops it; the local
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ REFERENCE = "batch_helpers:hang_or_run"
 
 
 def hang_or_run(study: Study, options: AnalysisOptions, folder: Path, reporter: Reporter, overwrite: bool) -> dict:
-    """Hang (until cancelled) for ids containing "hang"; the real study otherwise."""
+    """Hang (until cancelled) for ids containing "hang", exit the process for "crash"; the real study otherwise."""
+    if "crash" in study.id:
+        os._exit(3)  # like a segfault or the out-of-memory killer: no exception, no answer
     if "hang" in study.id:
         while True:
             reporter.update("hang", 0.0, "waiting forever")

@@ -158,16 +158,21 @@ def test_local_pool_failure_contained_then_resume(
     assert output_set_complete(out / "beta")
 
 
-def test_local_pool_timeout_kills_and_replaces_the_worker(cohort: Path, tmp_path: Path) -> None:
-    studies = [Study("hang-1", "/nowhere/hang.nii.gz"), Study("broken", str(cohort / "broken.nii.gz"))]
+def test_local_pool_timeout_and_crash_replace_the_worker(cohort: Path, tmp_path: Path) -> None:
+    studies = [
+        Study("hang-1", "/nowhere/hang.nii.gz"),
+        Study("crash-1", "/nowhere/crash.nii.gz"),
+        Study("broken", str(cohort / "broken.nii.gz")),
+    ]
     found = Discovery(studies=studies)
     config = BatchConfig(tmp_path, OPTIONS, workers=1, timeout=3.0, function_ref=REFERENCE)
     result = run_batch(found, config)
     status = {o.id: o for o in result.outcomes}
     assert status["hang-1"].status == TIMEOUT and "timed out" in status["hang-1"].message
+    assert status["crash-1"].status == FAILED and "worker process died" in status["crash-1"].message
     assert status["broken"].status == FAILED and "corrupt" in status["broken"].message  # the pool went on
-    assert result.runner["workers_replaced"] == 1 and not result.all_succeeded
-    assert [f["id"] for f in _csv(tmp_path / "failures.csv")] == ["hang-1", "broken"]
+    assert result.runner["workers_replaced"] == 2 and not result.all_succeeded
+    assert [f["id"] for f in _csv(tmp_path / "failures.csv")] == ["hang-1", "crash-1", "broken"]
 
 
 # ----------------------------------------------------------------------------------------------- Dask
