@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.batch.jobs import FAILED, OK, AnalysisOptions, Outcome, Study
-from CovidCTLib.errors import CovidCTError
+from CovidCTLib.errors import CovidCTError, InputError
 from CovidCTLib.progress import CancelToken, Reporter
 
 MARKER = ".covidct-complete.json"
@@ -80,16 +80,16 @@ def load_study(study: Study, reporter: Reporter) -> Any:
         return load_ct(study.path, require_3d=True, reporter=reporter)
     from CovidCTLib.io import dicom
 
+    missing = [f for f in study.files if not Path(f).is_file()]
+    if missing:
+        raise InputError(
+            f"{study.path}: {len(missing)} of the {len(study.files)} DICOM files found at discovery are not visible "
+            f"on {os.uname().nodename} (e.g. {missing[0]}); put the inputs on a file system every worker mounts at "
+            "the same path, or run discovery again if they were moved."
+        )
     scan = dicom.scan_files([Path(f) for f in study.files], reporter, total=len(study.files))
     if not scan.headers:
-        raise (
-            dicom._unreadable_error(study.path, scan)
-            if scan.unreadable
-            else CovidCTError(
-                f"{study.path}: none of the {len(study.files)} DICOM files found at discovery can be read now; "
-                "check that the shared file system is mounted on every worker."
-            )
-        )
+        raise dicom._unreadable_error(study.path, scan)
     chosen, notes = dicom.choose_series(dicom.group_series(scan.headers), study.path)
     label = dicom._describe(chosen)
     return dicom.build_volume(chosen, Path(study.path), label, list(study.notes) + notes, True, reporter)
