@@ -88,8 +88,10 @@ def load_study(study: Study, reporter: Reporter) -> Any:
             "the same path, or run discovery again if they were moved."
         )
     scan = dicom.scan_files([Path(f) for f in study.files], reporter, total=len(study.files))
-    if not scan.headers:
+    if not scan.headers and scan.unreadable:
         raise dicom._unreadable_error(study.path, scan)
+    if not scan.headers:
+        raise InputError(f"{study.path}: the DICOM files found at discovery hold no image now; run the batch again.")
     chosen, notes = dicom.choose_series(dicom.group_series(scan.headers), study.path)
     label = dicom._describe(chosen)
     return dicom.build_volume(chosen, Path(study.path), label, list(study.notes) + notes, True, reporter)
