@@ -257,3 +257,12 @@ def test_models_loaded_once_per_worker_process(cohort: Path, tmp_path: Path, mon
     assert sorted(loads) == after_warmup and len(after_warmup) == len(set(after_warmup)) == 3
     report = json.loads((tmp_path / "beta" / "report.json").read_text())
     assert report["method"] == "model" and report["covid_probability"] is not None
+
+
+def test_study_files_missing_on_the_worker(tmp_path: Path) -> None:
+    from CovidCTLib.batch.study import execute, run_study
+
+    study = Study("gone", str(tmp_path / "series"), files=(str(tmp_path / "series" / "slice0001.dcm"),))
+    outcome = execute(run_study, study, OPTIONS, str(tmp_path / "out"), False)
+    assert outcome.status == FAILED and "not visible" in outcome.message
+    assert not (tmp_path / "out" / "gone").exists()
