@@ -89,12 +89,11 @@ def _thresholds(args: argparse.Namespace) -> Any | None:
 
 def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
     """``covidct analyze``: analyse one CT and write every output into OUTDIR (one output set)."""
-    from CovidCTLib.outputs.output_set import check_output_dir
-    from CovidCTLib.outputs.registry import options_from_args, write_outputs
+    from CovidCTLib.outputs.registry import check_outputs, options_from_args, write_outputs
     from CovidCTLib.pipeline import analyze
 
     outdir = Path(args.output)
-    snapshot = check_output_dir(outdir, args.overwrite)  # refuse at once, not after the analysis
+    snapshot = check_outputs(outdir, args.overwrite)  # refuse at once, not after the analysis
     reporter, display = _reporter(args, cancel)
     try:
         result = analyze(
@@ -130,13 +129,12 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
 def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     """``covidct demo``: generate the phantom, analyse it and compare with its known answer."""
     from CovidCTLib.io.writers import write_image
-    from CovidCTLib.outputs.output_set import check_output_dir
-    from CovidCTLib.outputs.registry import write_outputs
+    from CovidCTLib.outputs.registry import check_outputs, write_outputs
     from CovidCTLib.phantom import make_phantom
     from CovidCTLib.pipeline import analyze
 
     outdir = Path(args.output)
-    snapshot = check_output_dir(outdir, args.overwrite)
+    snapshot = check_outputs(outdir, args.overwrite, ("phantom_ct.nii.gz",))
     phantom = make_phantom(seed=args.seed)
     ct_path = outdir / "phantom_ct.nii.gz"
     phantom.ct.source = str(ct_path)
@@ -374,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list installed trained models")
     models.set_defaults(handler=run_models)
 
-    for module_name in ("CovidCTLib.models.cli", "CovidCTLib.longitudinal.cli"):
+    for module_name in ("CovidCTLib.models.cli", "CovidCTLib.longitudinal.cli", "CovidCTLib.batch.cli"):
         importlib.import_module(module_name).register(sub)  # torch, monai ... are plain dependencies
     return parser
 

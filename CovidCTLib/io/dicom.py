@@ -139,7 +139,7 @@ def group_series(headers: Sequence[SliceHeader]) -> dict[str, list[SliceHeader]]
     return groups
 
 
-def _describe(slices: Sequence[SliceHeader]) -> str:
+def describe_series(slices: Sequence[SliceHeader]) -> str:
     ds = slices[0].ds
     desc = str(ds.get("SeriesDescription", "") or "").strip()
     number = ds.get("SeriesNumber", "")
@@ -166,7 +166,7 @@ def choose_series(groups: dict[str, list[SliceHeader]], where: str) -> tuple[lis
         else:
             candidates.append(slices)
     if not candidates:
-        reasons = "; ".join(f"{_describe(s)}: {why}" for s, why in rejected)
+        reasons = "; ".join(f"{describe_series(s)}: {why}" for s, why in rejected)
         if any("localizer" in why for _, why in rejected) and all(
             "localizer" in why for _, why in rejected
         ):
@@ -179,12 +179,12 @@ def choose_series(groups: dict[str, list[SliceHeader]], where: str) -> tuple[lis
     candidates = [[s for s in c if not s.is_localizer] for c in candidates]
     candidates.sort(key=_n_images, reverse=True)
     chosen = candidates[0]
-    notes = [f"skipped {_describe(s)}: {why}" for s, why in rejected]
+    notes = [f"skipped {describe_series(s)}: {why}" for s, why in rejected]
     n_scouts = sum(s.is_localizer for s in groups[chosen[0].series_uid])
     if n_scouts:
         notes.append(f"left out {n_scouts} scout/localizer image(s) found inside the chosen series")
     notes += [
-        f"skipped {_describe(s)}: fewer images than the chosen series ({_n_images(chosen)})"
+        f"skipped {describe_series(s)}: fewer images than the chosen series ({_n_images(chosen)})"
         for s in candidates[1:]
     ]
     return chosen, notes
@@ -457,7 +457,7 @@ def _listing(folder: Path, recursive: bool) -> list[Path]:
     return sorted(p for p in pattern if p.is_file() and not p.name.startswith("."))
 
 
-def _unreadable_error(where: str, scan: Scan) -> InputError:
+def unreadable_error(where: str, scan: Scan) -> InputError:
     path, why = scan.unreadable[0]
     return InputError(
         f"{where}: {len(scan.unreadable)} file(s) look like DICOM but cannot be read (e.g. {path.name}: "
@@ -473,7 +473,7 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
     scan = scan_files(files, reporter, total=len(files))
     if not scan.headers:
         if scan.unreadable:
-            raise _unreadable_error(str(folder), scan)
+            raise unreadable_error(str(folder), scan)
         from CovidCTLib.io.images import VOLUME_SUFFIXES, suffix_of
 
         volumes = [f for f in files if suffix_of(f) in VOLUME_SUFFIXES]
@@ -489,7 +489,7 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
     chosen, notes = choose_series(group_series(scan.headers), str(folder))
     if scan.unreadable:
         notes.append(unreadable_files_warning(folder, scan.unreadable))  # issue 12.11 hook: a visible warning
-    return build_volume(chosen, folder, _describe(chosen), notes, require_3d, reporter)
+    return build_volume(chosen, folder, describe_series(chosen), notes, require_3d, reporter)
 
 
 def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = None) -> CTVolume:
@@ -506,7 +506,7 @@ def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = No
             f"{path} is a DICOM object without image pixels (e.g. a report or structure set); load a CT image "
             "series instead."
         )
-    label = _describe([header])
+    label = describe_series([header])
     if header.modality not in ("CT", "", "OT"):
         raise NotCTError(
             f"{path} is modality {header.modality}, not CT; CovidCT analyses chest CT only - select a CT series."
@@ -521,7 +521,7 @@ def load_dicom_file(path: Path, require_3d: bool, reporter: Reporter | None = No
         same = [h for h in scan.headers if h.series_uid == header.series_uid and not h.is_localizer]
         if same:
             slices = [header, *same]
-            label = _describe(slices)
+            label = describe_series(slices)
             notes.append(f"{path.name} is one image of a series; loaded the whole series ({len(slices)} images).")
             if scan.unreadable:  # issue 12.11 hook
                 notes.append(unreadable_files_warning(path.parent, scan.unreadable))

@@ -91,11 +91,14 @@ def is_complete(outdir: str | os.PathLike) -> bool:
     return read_marker(outdir) is not None
 
 
-def check_output_dir(outdir: str | os.PathLike, overwrite: bool) -> dict[str, tuple[int, int]]:
+def check_output_dir(outdir: str | os.PathLike, overwrite: bool, known: frozenset[str] | set[str] = frozenset(),
+                     ) -> dict[str, tuple[int, int]]:
     """Refuse at once (before any analysis) an OUTDIR that cannot take a new output set; returns its snapshot.
 
     Refused: OUTDIR is a file; OUTDIR exists and is not empty without ``overwrite``; OUTDIR holds files that
     are not a CovidCT output set (nothing of a user's is ever deleted); its parent cannot be written.
+    ``known``: names CovidCT's writers create; with ``overwrite`` a folder holding only such names is replaced
+    even without a marker (a set left by an older version or an interrupted pre-set run).
     """
     outdir = Path(outdir)
     clean_stale(outdir)
@@ -107,7 +110,7 @@ def check_output_dir(outdir: str | os.PathLike, overwrite: bool) -> dict[str, tu
                 f"{outdir} already holds files; pass --overwrite to replace its output set or choose another -o folder."
             )
         marker = read_marker(outdir) or {}
-        own = set(marker.get("files", [])) | {MARKER}
+        own = set(marker.get("files", [])) | {MARKER} | set(known)
         foreign = sorted(e.name for e in outdir.iterdir() if e.name not in own)
         if foreign:
             raise OutputError(

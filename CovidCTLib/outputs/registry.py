@@ -133,6 +133,17 @@ _FILE_KEYS = {"lungs.nii.gz": "lungs", "infection.nii.gz": "infection", "segment
               "report.csv": "report_csv", "report.html": "report_html", "report.pdf": "report_pdf"}
 
 
+def known_output_names(extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """Every name a writer of :data:`WRITERS` can create (top-level entries of an output folder)."""
+    return frozenset(name.split("/")[0] for writer in WRITERS for name in getattr(writer, "files", ())) | set(extra)
+
+
+def check_outputs(outdir: str | os.PathLike, overwrite: bool, extra: tuple[str, ...] = (),
+                  ) -> dict[str, tuple[int, int]]:
+    """:func:`check_output_dir` knowing the writers' names (call it before the analysis)."""
+    return check_output_dir(outdir, overwrite, known_output_names(extra))
+
+
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the optional outputs' flags (:data:`OPTIONS`) to a subcommand's parser."""
     for option in OPTIONS:
@@ -188,7 +199,7 @@ def write_outputs(
     reporter = reporter or Reporter()
     plan = planned_outputs(result, options, only)
     if snapshot is None:
-        snapshot = check_output_dir(outdir, overwrite)
+        snapshot = check_output_dir(outdir, overwrite, known_output_names(tuple(extra_files or ())))
     paths: dict[str, Path] = {}
     with output_set(outdir, overwrite, snapshot) as staging:
         for name, write in (extra_files or {}).items():
