@@ -52,11 +52,12 @@ METHOD_VERSION = "lobes-fissure-prior 0.1.0"
 class LobeParameters:
     """Settings of the lobe segmentation (defaults suit adult chest CT)."""
 
-    coarse_spacing_mm: tuple[float, float, float] = (2.0, 1.6, 1.6)
-    max_coarse_voxels: int = 6_000_000
+    coarse_spacing_mm: tuple[float, float, float] = (1.4, 1.5, 1.5)
+    max_coarse_voxels: int = 10_000_000
     sigma_mm: float = 1.5
     pleura_margin_mm: float = 4.0
-    threshold: float = 12.0
+    threshold: float = 8.0
+    keep_debug: bool = False  # keep the coarse arrays (response, surfaces) in ``LobeSegmentation.debug``
 
 
 @dataclass
@@ -66,6 +67,7 @@ class LobeSegmentation:
     lobes: np.ndarray
     fissures: dict[str, dict[str, Any]] = field(default_factory=dict)
     method: str = METHOD_VERSION
+    debug: dict[str, Any] = field(default_factory=dict)
 
 
 def _surface_info(s: Surface) -> dict[str, Any]:
@@ -135,6 +137,8 @@ def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter |
     sp_lr = tuple(s * f for s, f in zip(spacing_c, factors, strict=True))
     interior = ndimage.distance_transform_edt(lungs_lr > 0, sampling=sp_lr) > params.pleura_margin_mm
     resp = sheet_response(hu_lr, interior, sp_lr, sigma_mm=params.sigma_mm)
+    if params.keep_debug:
+        result.debug.update(response=resp, factors=factors, box=fine_box, hu=hu_lr, lungs=lungs_lr, frame=frame)
     if reporter:
         reporter.update(step, 0.5, "Lobes: fitting the fissure surfaces")
     rel_lungs = lungs_c[fine_box]
@@ -158,6 +162,9 @@ def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter |
                                         threshold=params.threshold)
             result.fissures["right_horizontal"] = _surface_info(horizontal)
             heights.append(horizontal.height)
+        if params.keep_debug:
+            result.debug[f"{name}_heights"] = heights
+            result.debug[f"{name}_prior"] = prior
         whole = tuple(slice(0, n) for n in rel_lungs.shape)
         side_box = ndimage.find_objects((rel_lungs == value).astype(np.uint8))
         if not side_box or side_box[0] is None:
