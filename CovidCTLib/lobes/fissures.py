@@ -94,6 +94,14 @@ def sheet_response(hu: np.ndarray, interior: np.ndarray, spacing: tuple[float, f
         for j in range(i, 3):
             d = _second(sm, i, sp[i]) if i == j else np.gradient(grads[i], sp[j], axis=j)
             h[i, j] = d.ravel()[idx] * np.float32(sigma_mm**2)
+    # Gershgorin: the smallest eigenvalue is at least min_i(a_ii - sum_j |a_ij|); skip voxels that cannot respond
+    r0 = np.abs(h[0, 1]) + np.abs(h[0, 2])
+    r1 = np.abs(h[0, 1]) + np.abs(h[1, 2])
+    r2 = np.abs(h[0, 2]) + np.abs(h[1, 2])
+    bound = np.minimum(np.minimum(h[0, 0] - r0, h[1, 1] - r1), h[2, 2] - r2)
+    keep = bound <= -min_response
+    idx = idx[keep]
+    h = {k: v[keep] for k, v in h.items()}
     l0, l1, vec = _smallest_eigen(h)
     neg = l0 < -1e-3
     l0s = np.where(neg, l0, -1e-3)

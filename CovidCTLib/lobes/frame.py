@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from CovidCTLib.classical.grid import block_factors, block_mean
+from CovidCTLib.classical.grid import block_factors
 from CovidCTLib.classical.orientation import patient_axis
 from CovidCTLib.errors import AnalysisError
 
@@ -60,9 +60,8 @@ def coarse_factors(spacing_spl: tuple[float, float, float], shape_spl: tuple[int
     return block_factors(spacing_spl, target_mm, shape_spl, max_voxels=max_voxels)  # type: ignore[arg-type]
 
 
-def coarse_labels(labels: np.ndarray, factors: tuple[int, ...], values: tuple[int, ...]) -> np.ndarray:
-    """Majority-style coarse labelmap: a coarse voxel takes a value when at least half its block has it."""
-    out = np.zeros(tuple(-(-n // f) for n, f in zip(labels.shape, factors, strict=True)), dtype=np.uint8)
-    for value in values:
-        out[block_mean(labels == value, factors) >= 0.5] = value
-    return out
+def coarse_labels(labels: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Coarse labelmap by sampling each block's centre voxel (same shape as ``block_mean``'s output)."""
+    pads = [(0, (-n) % f) for n, f in zip(labels.shape, factors, strict=True)]
+    a = np.pad(labels, pads, mode="edge") if any(p[1] for p in pads) else labels
+    return np.ascontiguousarray(a[tuple(slice(f // 2, None, f) for f in factors)])

@@ -74,6 +74,16 @@ def _surface_info(s: Surface) -> dict[str, Any]:
     return {"coverage": round(s.coverage, 3), "points": s.points}
 
 
+def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of a non-empty mask (from its projections: cheaper than labelling)."""
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def _label_side(lung_c: np.ndarray, factors: tuple[int, ...], box: tuple[slice, ...],
                 surfaces: list[np.ndarray], labels: tuple[int, ...]) -> np.ndarray:
     """Full-resolution labels of one lung (canonical view) from coarse height maps.
@@ -126,52 +136,53 @@ def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter |
     step = "lobes"
     if reporter:
         reporter.update(step, 0.0, "Lobes: enhancing the fissures")
-    fine_box = ndimage.find_objects((lungs_c > 0).astype(np.uint8))[0]
+    fine_box = _bbox(lungs_c > 0)
     factors = coarse_factors(spacing_c, lungs_c[fine_box].shape, params.coarse_spacing_mm,
                              params.max_coarse_voxels)
-    # align the box to the block grid so that coarse voxel k covers fine k*f .. k*f+f-1 (box-relative)
-    start = tuple(b.start - b.start % f for b, f in zip(fine_box, factors, strict=True))
-    fine_box = tuple(slice(s, b.stop) for s, b in zip(start, fine_box, strict=True))
+    rel_lungs = np.asarray(lungs_c[fine_box])  # coarse voxel k covers box-relative fine k*f .. k*f+f-1
     hu_lr = block_mean(np.asarray(hu_c[fine_box]), factors)
-    lungs_lr = coarse_labels(np.asarray(lungs_c[fine_box]), factors, (RIGHT_LUNG, LEFT_LUNG))
+    lungs_lr = coarse_labels(rel_lungs, factors)
     sp_lr = tuple(s * f for s, f in zip(spacing_c, factors, strict=True))
-    interior = ndimage.distance_transform_edt(lungs_lr > 0, sampling=sp_lr) > params.pleura_margin_mm
+    steps = max(1, int(round(params.pleura_margin_mm / min(sp_lr))))
+    interior = ndimage.binary_erosion(lungs_lr > 0, iterations=steps)
     resp = sheet_response(hu_lr, interior, sp_lr, sigma_mm=params.sigma_mm)
     if params.keep_debug:
         result.debug.update(response=resp, factors=factors, box=fine_box, hu=hu_lr, lungs=lungs_lr, frame=frame)
     if reporter:
         reporter.update(step, 0.5, "Lobes: fitting the fissure surfaces")
-    rel_lungs = lungs_c[fine_box]
     sides = ((RIGHT_LUNG, "right", (RLL, RML, RUL)), (LEFT_LUNG, "left", (LLL, LUL)))
+    view = out_c[fine_box]
     for value, name, labels in sides:
-        lung = lungs_lr == value
-        if np.count_nonzero(lung) < 50:
-            fine = (rel_lungs == value)
-            out_c[fine_box][fine] = labels[-1]
+        fine_side = rel_lungs == value
+        if not fine_side.any():
+            continue
+        lung_full = lungs_lr == value
+        if np.count_nonzero(lung_full) < 50:
+            view[fine_side] = labels[-1]
             result.fissures[f"{name}_oblique"] = {"coverage": 0.0, "points": 0, "note": "lung too small"}
             continue
+        cb = _bbox(lung_full)
+        lung = lung_full[cb]
         box = LungBox.of(lung)
         prior = prior_oblique(lung, box, PRIOR_SHARES[f"{name}_lower"])
-        oblique = refine_surface(resp.oblique, lung, prior, sp_lr, threshold=params.threshold)
+        oblique = refine_surface(resp.oblique[cb], lung, prior, sp_lr, threshold=params.threshold)
         result.fissures[f"{name}_oblique"] = _surface_info(oblique)
         heights = [oblique.height]
         if value == RIGHT_LUNG:
             upper = lung & (np.arange(lung.shape[0])[:, None, None] > oblique.height[None] + 1.0)
             prior_h = prior_horizontal(lung, oblique.height, PRIOR_SHARES["right_middle"])
-            horizontal = refine_surface(resp.horizontal, upper, prior_h, sp_lr, bands_mm=(25.0, 15.0, 8.0),
+            horizontal = refine_surface(resp.horizontal[cb], upper, prior_h, sp_lr, bands_mm=(25.0, 15.0, 8.0),
                                         threshold=params.threshold)
             result.fissures["right_horizontal"] = _surface_info(horizontal)
             heights.append(horizontal.height)
+        # back to the whole coarse (p, l) plane and coarse z index
+        pads = ((cb[1].start, lungs_lr.shape[1] - cb[1].stop), (cb[2].start, lungs_lr.shape[2] - cb[2].stop))
+        heights = [np.pad(h + cb[0].start, pads, mode="edge") for h in heights]
         if params.keep_debug:
             result.debug[f"{name}_heights"] = heights
-            result.debug[f"{name}_prior"] = prior
-        whole = tuple(slice(0, n) for n in rel_lungs.shape)
-        side_box = ndimage.find_objects((rel_lungs == value).astype(np.uint8))
-        if not side_box or side_box[0] is None:
-            continue
-        lab = _label_side(rel_lungs == value, factors, side_box[0] or whole, heights, labels)
-        view = out_c[fine_box]
-        view[lab > 0] = lab[lab > 0]
+            result.debug[f"{name}_prior"] = np.pad(prior + cb[0].start, pads, mode="edge")
+        lab = _label_side(fine_side, factors, _bbox(fine_side), heights, labels)
+        view[fine_side] = lab[fine_side]
     result.lobes = frame.back(out_c)
     if reporter:
         reporter.update(step, 1.0, "Lobes: done")
