@@ -24,7 +24,7 @@ from scipy import ndimage
 # RUL ~20, RML ~9, RLL ~25, LUL ~24, LLL ~22)
 PRIOR_SHARES = {"right_lower": 0.46, "right_middle": 0.17, "left_lower": 0.47}
 # oblique fissure tilt: normalised height change from the most anterior to the most posterior lung point
-OBLIQUE_TILT = 0.9
+OBLIQUE_TILT = 0.7
 
 
 @dataclass
