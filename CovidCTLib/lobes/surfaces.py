@@ -9,8 +9,9 @@ Refinement (``refine_surface``), for a few shrinking bands around the current su
 strongest sheet response within the band (weighted by closeness to the surface) is a fissure point if it is
 strong enough; a low-order surface (quadratic in p, l) is fitted to those points by robust weighted least
 squares, pulled towards the prior by pseudo-observations (so few points keep the prior); the surface is
-then the normalised convolution of the points blended with that fit. Where the fissure is not seen
-(incomplete fissures, thick slices, consolidated lung, blur) the fit, or the prior, holds.
+that fit plus the normalised convolution of the points' residuals to it (local detail where seen). Where
+the fissure is not seen (incomplete fissures, thick slices, consolidated lung, blur) the fit, or the prior,
+holds.
 """
 
 from __future__ import annotations
@@ -155,10 +156,12 @@ def refine_surface(response: np.ndarray, region: np.ndarray, prior: np.ndarray, 
         else:
             fit = prior.astype(float)
         sig = [smooth_mm / float(spacing[1]), smooth_mm / float(spacing[2])]
-        num = ndimage.gaussian_filter(w * zf, sig, mode="constant")
+        # local detail: smoothed residuals to the fit (smoothing the heights themselves would flatten a
+        # tilted fissure at the edges of the detected part)
+        num = ndimage.gaussian_filter(w * (zf - fit), sig, mode="constant")
         den = ndimage.gaussian_filter(w, sig, mode="constant")
         eps = 0.02
-        height = (num + eps * fit) / (den + eps)
+        height = fit + num / (den + eps)
         # points far from the fit (outliers) should not drag the surface: clamp the detail to the band
         height = np.clip(height, fit - band / sz, fit + band / sz)
     return Surface(height=height, coverage=coverage, points=points)
