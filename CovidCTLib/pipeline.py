@@ -197,6 +197,14 @@ def analyze(
     numbers = timed(
         "quantify", 0.85, 0.97, "Measuring volumes, zones and lesions", lambda: quantify(ct, lungs, infection)
     )
+    # --- lobes hook (issue 14): CovidCTLib.lobes.hooks.analyze_lobes adds report "lobes" / "severity_score_lobar"
+    from CovidCTLib.lobes.hooks import analyze_lobes
+
+    lobes, lobe_numbers = timed(
+        "lobes", 0.97, 0.99, "Segmenting the lobes", lambda: analyze_lobes(ct, lungs, infection, reporter)
+    )
+    numbers.update(lobe_numbers)
+    # --- end lobes hook
     timings["total"] = time.perf_counter() - started
     notes = list(ct.notes)
     if classification is None:
@@ -214,6 +222,7 @@ def analyze(
         slice_probabilities=slice_probabilities,
         method=resolved,
         model_versions=model_versions,
+        lobes=lobes,
     )
 
 
@@ -236,6 +245,8 @@ def output_paths(outdir: Path, result: AnalysisResult, reports: bool, dicom_seg:
         "report_json": outdir / "report.json",
         "report_csv": outdir / "report.csv",
     }
+    if result.lobes is not None:  # lobes hook (issue 14)
+        paths["lobes"] = outdir / "lobes.nii.gz"
     if reports:
         paths["report_html"] = outdir / "report.html"
         paths["report_pdf"] = outdir / "report.pdf"
@@ -270,6 +281,8 @@ def write_outputs(
     reporter.update("write", 0.1, "Writing labelmaps")
     write_labelmap(result.lungs, result.ct.image, paths["lungs"], overwrite=True)
     write_labelmap(result.infection, result.ct.image, paths["infection"], overwrite=True)
+    if "lobes" in paths:  # lobes hook (issue 14)
+        write_labelmap(result.lobes, result.ct.image, paths["lobes"], overwrite=True)
     write_seg_nrrd(
         result.lungs,
         result.infection,
