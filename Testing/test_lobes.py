@@ -180,3 +180,21 @@ def test_lobe_terminology():
     assert codes == {RUL: "45653009", RML: "72481006", RLL: "266005", LUL: "44714003", LLL: "90572001"}
     assert all(spec.type.scheme == "SCT" and spec.source == "lobes" for spec in LOBE_SEGMENTS)
     assert len({spec.color for spec in LOBE_SEGMENTS}) == 5
+
+
+def test_lobes_as_a_third_seg_nrrd_layer(phantom, tmp_path):
+    from CovidCTLib.io.seg_nrrd import covidct_segments, read_seg_nrrd, write_layered_seg_nrrd
+    from CovidCTLib.lobes.segments import lobe_layer_segments
+
+    path = tmp_path / "segmentation.seg.nrrd"
+    write_layered_seg_nrrd([phantom.lungs, phantom.infection, phantom.lobes],
+                           covidct_segments() + lobe_layer_segments(2), phantom.ct.image, path)
+    header = path.read_bytes().split(b"\n\n", 1)[0].decode("utf-8")
+    for spec in LOBE_SEGMENTS:
+        assert f":={spec.name}" in header
+        assert f"SCT^{spec.type.value}^{spec.type.meaning}" in header
+    lungs, infection, _, meta = read_seg_nrrd(path)
+    assert np.array_equal(lungs, phantom.lungs) and np.array_equal(infection, phantom.infection)
+    image = sitk.ReadImage(str(path))
+    layers = sitk.GetArrayFromImage(image)
+    assert np.array_equal(layers[..., 2], phantom.lobes)
