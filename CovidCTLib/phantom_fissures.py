@@ -42,8 +42,9 @@ def horizontal_surface(v: np.ndarray, u: np.ndarray) -> np.ndarray:
     return _HORIZONTAL_A + 0.05 * _du(u, -1.0) + 0.0 * v
 
 
-def _sheet(w: np.ndarray, height: np.ndarray, slope_v: float, half: np.ndarray,
-           spacing: tuple[float, float, float]) -> np.ndarray:
+def _sheet(
+    w: np.ndarray, height: np.ndarray, slope_v: float, half: np.ndarray, spacing: tuple[float, float, float]
+) -> np.ndarray:
     """HU added by a thin sheet at ``w = height`` (sheet tilted by ``slope_v`` in normalised units)."""
     # surface normal in mm: gradient of (w*hz - slope*v*hv) -> (1, -slope*hz/hv, 0), normalised
     g = np.array([1.0, -slope_v * half[0] / half[1], 0.0])
@@ -55,9 +56,14 @@ def _sheet(w: np.ndarray, height: np.ndarray, slope_v: float, half: np.ndarray,
     return (amp * np.exp(-0.5 * (dist_mm / sigma) ** 2)).astype(np.float32)
 
 
-def draw_fissures(hu: np.ndarray, right: np.ndarray, left: np.ndarray,
-                  wvu: tuple[np.ndarray, np.ndarray, np.ndarray], half: np.ndarray,
-                  spacing: tuple[float, float, float]) -> np.ndarray:
+def draw_fissures(
+    hu: np.ndarray,
+    right: np.ndarray,
+    left: np.ndarray,
+    wvu: tuple[np.ndarray, np.ndarray, np.ndarray],
+    half: np.ndarray,
+    spacing: tuple[float, float, float],
+) -> np.ndarray:
     """Paint the fissure sheets into ``hu`` (in place, inside the lungs) and return the lobe labels (uint8)."""
     w, v, u = wvu
     lobes = np.zeros(hu.shape, dtype=np.uint8)

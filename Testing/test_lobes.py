@@ -70,8 +70,12 @@ def test_phantom_fissures_option_leaves_other_outputs_unchanged():
     changed = plain.ct.array != with_fissures.ct.array
     assert changed.any()
     # the sheets are drawn only inside the lungs (blur reaches at most one voxel beyond them)
-    near_lung = np.asarray(sitk.GetArrayFromImage(sitk.BinaryDilate(
-        sitk.GetImageFromArray((plain.lungs > 0).astype(np.uint8)), [2, 2, 2])), dtype=bool)
+    near_lung = np.asarray(
+        sitk.GetArrayFromImage(
+            sitk.BinaryDilate(sitk.GetImageFromArray((plain.lungs > 0).astype(np.uint8)), [2, 2, 2])
+        ),
+        dtype=bool,
+    )
     assert not (changed & ~near_lung).any()
 
 
@@ -187,8 +191,12 @@ def test_lobes_as_a_third_seg_nrrd_layer(phantom, tmp_path):
     from CovidCTLib.lobes.segments import lobe_layer_segments
 
     path = tmp_path / "segmentation.seg.nrrd"
-    write_layered_seg_nrrd([phantom.lungs, phantom.infection, phantom.lobes],
-                           covidct_segments() + lobe_layer_segments(2), phantom.ct.image, path)
+    write_layered_seg_nrrd(
+        [phantom.lungs, phantom.infection, phantom.lobes],
+        covidct_segments() + lobe_layer_segments(2),
+        phantom.ct.image,
+        path,
+    )
     header = path.read_bytes().split(b"\n\n", 1)[0].decode("utf-8")
     for spec in LOBE_SEGMENTS:
         assert f":={spec.name}" in header

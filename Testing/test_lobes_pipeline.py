@@ -13,8 +13,18 @@ from CovidCTLib.cli import main
 from CovidCTLib.io.writers import write_image
 from CovidCTLib.phantom import make_phantom
 
-LOBE_KEYS = {"name", "key", "label", "lung", "lung_ml", "infection_ml", "ggo_ml", "consolidation_ml", "percent",
-             "score"}
+LOBE_KEYS = {
+    "name",
+    "key",
+    "label",
+    "lung",
+    "lung_ml",
+    "infection_ml",
+    "ggo_ml",
+    "consolidation_ml",
+    "percent",
+    "score",
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +33,7 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     source = tmp_path_factory.mktemp("input") / "ct.nii.gz"
     write_image(phantom.ct.image, source)
     outdir = tmp_path_factory.mktemp("out")
-    code = main(["analyze", str(source), "-o", str(outdir), "--method", "classical", "--no-report",
-                 "--no-classify"])
+    code = main(["analyze", str(source), "-o", str(outdir), "--method", "classical", "--no-report", "--no-classify"])
     assert code == 0
     return source, outdir
 

@@ -74,10 +74,16 @@ def _smallest_eigen(h: dict[tuple[int, int], np.ndarray]) -> tuple[np.ndarray, n
     return e_min.astype(np.float32), e_mid.astype(np.float32), vec.astype(np.float32)
 
 
-def sheet_response(hu: np.ndarray, interior: np.ndarray, spacing: tuple[float, float, float],
-                   sigma_mm: float = 1.5, hu_window: tuple[float, float] = (-960.0, -350.0),
-                   min_response: float = 4.0, vessel_hu: float = -450.0,
-                   min_sheet_voxels: int = 30) -> FissureResponse:
+def sheet_response(
+    hu: np.ndarray,
+    interior: np.ndarray,
+    spacing: tuple[float, float, float],
+    sigma_mm: float = 1.5,
+    hu_window: tuple[float, float] = (-960.0, -350.0),
+    min_response: float = 4.0,
+    vessel_hu: float = -450.0,
+    min_sheet_voxels: int = 30,
+) -> FissureResponse:
     """Sheet responses of ``hu`` (canonical ``(s, p, l)``) at the ``interior`` voxels."""
     sp = np.asarray(spacing, dtype=float)
     sm = ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma=sigma_mm / sp, mode="nearest")
@@ -105,10 +111,10 @@ def sheet_response(hu: np.ndarray, interior: np.ndarray, spacing: tuple[float, f
     l0, l1, vec = _smallest_eigen(h)
     neg = l0 < -1e-3
     l0s = np.where(neg, l0, -1e-3)
-    grad = np.sqrt(gs.ravel()[idx] ** 2 + gp.ravel()[idx] ** 2 + gl.ravel()[idx] ** 2) * sigma_mm ** 2
+    grad = np.sqrt(gs.ravel()[idx] ** 2 + gp.ravel()[idx] ** 2 + gl.ravel()[idx] ** 2) * sigma_mm**2
     ratio = l1 / l0s
     edge = grad / (-l0s * sigma_mm)
-    s = -l0s * np.exp(-(ratio ** 2) / 0.5) * np.exp(-(edge ** 2) / 0.5)
+    s = -l0s * np.exp(-(ratio**2) / 0.5) * np.exp(-(edge**2) / 0.5)
     s = np.where(neg & (s >= min_response), s, 0.0).astype(np.float32)
     normal = np.abs(vec)  # components (s, p, l)
     horiz = normal[:, 0] > 0.85

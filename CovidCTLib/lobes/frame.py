@@ -54,8 +54,12 @@ class Frame:
         return tuple(float(spacing_zyx[a]) for a in self.axes)  # type: ignore[return-value]
 
 
-def coarse_factors(spacing_spl: tuple[float, float, float], shape_spl: tuple[int, ...],
-                   target_mm: tuple[float, float, float], max_voxels: int) -> tuple[int, ...]:
+def coarse_factors(
+    spacing_spl: tuple[float, float, float],
+    shape_spl: tuple[int, ...],
+    target_mm: tuple[float, float, float],
+    max_voxels: int,
+) -> tuple[int, ...]:
     """Block sizes for the canonical array (target spacing: cranio-caudal, in-plane, in-plane)."""
     return block_factors(spacing_spl, target_mm, shape_spl, max_voxels=max_voxels)  # type: ignore[arg-type]
 

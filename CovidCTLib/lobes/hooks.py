@@ -23,8 +23,9 @@ LIMITS = (
 )
 
 
-def analyze_lobes(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, reporter: Reporter | None = None
-                  ) -> tuple[np.ndarray | None, dict[str, Any]]:
+def analyze_lobes(
+    ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, reporter: Reporter | None = None
+) -> tuple[np.ndarray | None, dict[str, Any]]:
     """``(lobes, numbers)``: the lobe labelmap (None for non-HU input) and the report blocks
 
     ``lobes`` (5 entries: name, key, label, lung, lung_ml, infection_ml, ggo_ml, consolidation_ml, percent,
@@ -33,8 +34,11 @@ def analyze_lobes(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, report
     """
     if ct.intensity != "HU":
         note = "Lobes not segmented: the lobe segmentation needs a CT in Hounsfield units."
-        return None, {"lobes": None, "severity_score_lobar": None,
-                      "lobe_segmentation": {"method": METHOD_VERSION, "note": note}}
+        return None, {
+            "lobes": None,
+            "severity_score_lobar": None,
+            "lobe_segmentation": {"method": METHOD_VERSION, "note": note},
+        }
     seg = segment_lobes_detailed(ct, lungs, reporter)
     stats = lobe_statistics(ct, lungs, infection, seg.lobes)
     numbers = {

@@ -84,8 +84,13 @@ def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return tuple(out)  # type: ignore[return-value]
 
 
-def _label_side(lung_c: np.ndarray, factors: tuple[int, ...], box: tuple[slice, ...],
-                surfaces: list[np.ndarray], labels: tuple[int, ...]) -> np.ndarray:
+def _label_side(
+    lung_c: np.ndarray,
+    factors: tuple[int, ...],
+    box: tuple[slice, ...],
+    surfaces: list[np.ndarray],
+    labels: tuple[int, ...],
+) -> np.ndarray:
     """Full-resolution labels of one lung (canonical view) from coarse height maps.
 
     ``surfaces`` (coarse z index) are compared with each fine voxel's height; ``labels`` are
@@ -116,8 +121,9 @@ def _label_side(lung_c: np.ndarray, factors: tuple[int, ...], box: tuple[slice, 
     return out
 
 
-def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter | None = None,
-                           params: LobeParameters | None = None) -> LobeSegmentation:
+def segment_lobes_detailed(
+    ct: CTVolume, lungs: np.ndarray, reporter: Reporter | None = None, params: LobeParameters | None = None
+) -> LobeSegmentation:
     """Segment the five lobes; ``lungs`` is the lung labelmap (1 right, 2 left) on the CT's grid."""
     params = params or LobeParameters()
     if ct.intensity != "HU" or not ct.is_3d:
@@ -137,8 +143,7 @@ def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter |
     if reporter:
         reporter.update(step, 0.0, "Lobes: enhancing the fissures")
     fine_box = _bbox(lungs_c > 0)
-    factors = coarse_factors(spacing_c, lungs_c[fine_box].shape, params.coarse_spacing_mm,
-                             params.max_coarse_voxels)
+    factors = coarse_factors(spacing_c, lungs_c[fine_box].shape, params.coarse_spacing_mm, params.max_coarse_voxels)
     rel_lungs = np.asarray(lungs_c[fine_box])  # coarse voxel k covers box-relative fine k*f .. k*f+f-1
     hu_lr = block_mean(np.asarray(hu_c[fine_box]), factors)
     lungs_lr = coarse_labels(rel_lungs, factors)
@@ -171,8 +176,9 @@ def segment_lobes_detailed(ct: CTVolume, lungs: np.ndarray, reporter: Reporter |
         if value == RIGHT_LUNG:
             upper = lung & (np.arange(lung.shape[0])[:, None, None] > oblique.height[None] + 1.0)
             prior_h = prior_horizontal(lung, oblique.height, PRIOR_SHARES["right_middle"])
-            horizontal = refine_surface(resp.horizontal[cb], upper, prior_h, sp_lr, bands_mm=(25.0, 15.0, 8.0),
-                                        threshold=params.threshold)
+            horizontal = refine_surface(
+                resp.horizontal[cb], upper, prior_h, sp_lr, bands_mm=(25.0, 15.0, 8.0), threshold=params.threshold
+            )
             result.fissures["right_horizontal"] = _surface_info(horizontal)
             heights.append(horizontal.height)
         # back to the whole coarse (p, l) plane and coarse z index

@@ -12,5 +12,7 @@ from CovidCTLib.labels import LOBE_SEGMENTS
 
 def lobe_layer_segments(layer: int) -> list[LayerSegment]:
     """RUL, RML, RLL, LUL, LLL (labels 1-5 of the lobes labelmap) stored in labelmap layer ``layer``."""
-    return [LayerSegment(spec.key, spec.name, spec.color, spec.label, layer,
-                         f"TerminologyEntry:{terminology_entry(spec)}|") for spec in LOBE_SEGMENTS]
+    return [
+        LayerSegment(spec.key, spec.name, spec.color, spec.label, layer, f"TerminologyEntry:{terminology_entry(spec)}|")
+        for spec in LOBE_SEGMENTS
+    ]

@@ -24,8 +24,7 @@ LOBAR_SCALE = (
 )
 
 
-def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray
-                    ) -> list[dict[str, Any]]:
+def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray) -> list[dict[str, Any]]:
     """One entry per lobe (RUL, RML, RLL, LUL, LLL): name, label, lung_ml, infection_ml, ggo_ml,
     consolidation_ml, percent, score. Infection counts only inside the lungs."""
     for name, arr in (("lungs", lungs), ("infection", infection), ("lobes", lobes)):
@@ -45,18 +44,20 @@ def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobe
         lung_ml = float(total[k] * voxel_ml)
         inf_ml = float((ggo[k] + con[k]) * voxel_ml)
         percent = float(100.0 * (ggo[k] + con[k]) / total[k]) if total[k] else 0.0
-        out.append({
-            "name": spec.name,
-            "key": LOBE_NAMES[k],
-            "label": k,
-            "lung": "right" if k in LOBES_OF_LUNG[1] else "left",
-            "lung_ml": round(lung_ml, 2),
-            "infection_ml": round(inf_ml, 2),
-            "ggo_ml": round(float(ggo[k] * voxel_ml), 2),
-            "consolidation_ml": round(float(con[k] * voxel_ml), 2),
-            "percent": round(percent, 2),
-            "score": severity_from_percent(percent),
-        })
+        out.append(
+            {
+                "name": spec.name,
+                "key": LOBE_NAMES[k],
+                "label": k,
+                "lung": "right" if k in LOBES_OF_LUNG[1] else "left",
+                "lung_ml": round(lung_ml, 2),
+                "infection_ml": round(inf_ml, 2),
+                "ggo_ml": round(float(ggo[k] * voxel_ml), 2),
+                "consolidation_ml": round(float(con[k] * voxel_ml), 2),
+                "percent": round(percent, 2),
+                "score": severity_from_percent(percent),
+            }
+        )
     return out
 
 

@@ -85,8 +85,9 @@ def _quadratic_design(p: np.ndarray, l_: np.ndarray, scale: float) -> np.ndarray
     return np.stack([np.ones_like(p), p, l_, p * p, l_ * l_, p * l_], axis=-1)
 
 
-def _robust_fit(pp: np.ndarray, ll: np.ndarray, zz: np.ndarray, ww: np.ndarray, prior: np.ndarray,
-                prior_weight: float, huber: float) -> np.ndarray:
+def _robust_fit(
+    pp: np.ndarray, ll: np.ndarray, zz: np.ndarray, ww: np.ndarray, prior: np.ndarray, prior_weight: float, huber: float
+) -> np.ndarray:
     """Quadratic surface through weighted points, regularised by pseudo-points on the prior (every 4th column)."""
     shape = prior.shape
     gp, gl = np.mgrid[0 : shape[0] : 4, 0 : shape[1] : 4]
@@ -123,9 +124,17 @@ def _subvoxel(response: np.ndarray, region: np.ndarray, zi: np.ndarray, reach: i
     return np.where(den > 0, num / np.maximum(den, 1e-9), zi.astype(float))
 
 
-def refine_surface(response: np.ndarray, region: np.ndarray, prior: np.ndarray, spacing: tuple[float, ...],
-                   bands_mm: tuple[float, ...] = (30.0, 18.0, 10.0), threshold: float = 12.0,
-                   smooth_mm: float = 10.0, prior_weight: float = 0.05, huber_mm: float = 6.0) -> Surface:
+def refine_surface(
+    response: np.ndarray,
+    region: np.ndarray,
+    prior: np.ndarray,
+    spacing: tuple[float, ...],
+    bands_mm: tuple[float, ...] = (30.0, 18.0, 10.0),
+    threshold: float = 12.0,
+    smooth_mm: float = 10.0,
+    prior_weight: float = 0.05,
+    huber_mm: float = 6.0,
+) -> Surface:
     """Fit a fissure height map to the sheet ``response`` inside ``region`` (canonical coarse arrays)."""
     sz = float(spacing[0])
     zidx = np.arange(response.shape[0], dtype=np.float32)[:, None, None]
@@ -146,13 +155,15 @@ def refine_surface(response: np.ndarray, region: np.ndarray, prior: np.ndarray, 
         points = int(pp.size)
         # columns where the surface crosses the lung (the fissure can be seen there)
         crossing = columns & (np.abs(dz) <= 2.0 * sz).any(axis=0) & region.any(axis=0)
-        crossing &= np.take_along_axis(region, np.clip(np.rint(height), 0, region.shape[0] - 1
-                                                       ).astype(int)[None], axis=0)[0]
+        crossing &= np.take_along_axis(
+            region, np.clip(np.rint(height), 0, region.shape[0] - 1).astype(int)[None], axis=0
+        )[0]
         n_cross = int(np.count_nonzero(crossing))
         coverage = float(np.count_nonzero((w > 0) & crossing)) / max(n_cross, 1)
         if points >= 10:
-            fit = _robust_fit(pp.astype(float), ll.astype(float), zf[pp, ll], w[pp, ll],
-                              prior, prior_weight, huber_mm / sz)
+            fit = _robust_fit(
+                pp.astype(float), ll.astype(float), zf[pp, ll], w[pp, ll], prior, prior_weight, huber_mm / sz
+            )
         else:
             fit = prior.astype(float)
         sig = [smooth_mm / float(spacing[1]), smooth_mm / float(spacing[2])]
