@@ -206,3 +206,22 @@ def test_lobes_as_a_third_seg_nrrd_layer(phantom, tmp_path):
     image = sitk.ReadImage(str(path))
     layers = sitk.GetArrayFromImage(image)
     assert np.array_equal(layers[..., 2], phantom.lobes)
+
+
+def test_lobe_change_between_two_time_points(phantom):
+    from CovidCTLib.lobes import lobe_change
+
+    lungs, lobes = phantom.lungs, phantom.lobes
+    baseline = np.zeros_like(lungs)
+    baseline[lobes == RLL] = GGO
+    followup = np.zeros_like(lungs)
+    before = lobe_statistics(phantom.ct, lungs, baseline, lobes)
+    after = lobe_statistics(phantom.ct, lungs, followup, lobes)
+    change = {c["key"]: c for c in lobe_change(before, after)}
+    assert list(change) == ["RUL", "RML", "RLL", "LUL", "LLL"]
+    assert change["RLL"]["change_percent"] == pytest.approx(-100.0)
+    assert change["RLL"]["change_score"] == -5
+    assert change["RLL"]["change_infection_ml"] == pytest.approx(-before[2]["lung_ml"], rel=1e-3)
+    assert all(change[k]["change_score"] == 0 for k in ("RUL", "RML", "LUL", "LLL"))
+    with pytest.raises(InputError):
+        lobe_change(before[:2], after)

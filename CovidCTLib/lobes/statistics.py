@@ -68,3 +68,33 @@ def severity_score_lobar(stats: list[dict[str, Any]]) -> dict[str, Any]:
         "per_lobe": {s["key"]: int(s["score"]) for s in stats},
         "scale": LOBAR_SCALE,
     }
+
+
+def lobe_change(baseline: list[dict[str, Any]], followup: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-lobe change between two :func:`lobe_statistics` results (for the longitudinal comparison).
+
+    One entry per lobe: key, name, infection_ml / percent / score at both time points and their differences
+    (follow-up minus baseline).
+    """
+    before = {s["key"]: s for s in baseline}
+    out = []
+    for after in followup:
+        b = before.get(after["key"])
+        if b is None:
+            raise InputError(f"lobe {after['key']} is missing from the baseline statistics")
+        out.append(
+            {
+                "key": after["key"],
+                "name": after["name"],
+                "baseline_infection_ml": b["infection_ml"],
+                "followup_infection_ml": after["infection_ml"],
+                "change_infection_ml": round(after["infection_ml"] - b["infection_ml"], 2),
+                "baseline_percent": b["percent"],
+                "followup_percent": after["percent"],
+                "change_percent": round(after["percent"] - b["percent"], 2),
+                "baseline_score": b["score"],
+                "followup_score": after["score"],
+                "change_score": int(after["score"]) - int(b["score"]),
+            }
+        )
+    return out
