@@ -32,6 +32,7 @@ def analyzed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     phantom = make_phantom(shape=(48, 96, 96), fissures=True, oblique=True, seed=1)
     source = tmp_path_factory.mktemp("input") / "ct.nii.gz"
     write_image(phantom.ct.image, source)
+    np.save(source.parent / "truth_lobes.npy", phantom.lobes)
     outdir = tmp_path_factory.mktemp("out")
     code = main(["analyze", str(source), "-o", str(outdir), "--method", "classical", "--no-report", "--no-classify"])
     assert code == 0
@@ -68,3 +69,14 @@ def test_report_has_the_lobes_and_the_lobar_score(analyzed):
     assert report["severity_score"]["total"] >= 0  # the zone score stays as the second score
     assert set(report["lobe_segmentation"]["fissures"]) == {"right_oblique", "right_horizontal", "left_oblique"}
     assert "lobes" in report["timing_s"]
+
+
+def test_lobes_from_the_classical_lungs_match_the_phantom(analyzed):
+    source, outdir = analyzed
+    truth = np.load(source.parent / "truth_lobes.npy")
+    lobes = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / "lobes.nii.gz")))
+    both = (lobes > 0) & (truth > 0)  # the classical lung mask differs slightly from the truth
+    for label in range(1, 6):
+        a, b = (lobes == label) & both, (truth == label) & both
+        dice = 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+        assert dice >= 0.9, (label, dice)
