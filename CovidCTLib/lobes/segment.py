@@ -2,22 +2,26 @@
 
 Entry points: :func:`segment_lobes` (labelmap only) and :func:`segment_lobes_detailed` (with diagnostics).
 
-Method (on a canonical coarse grid of about 2 x 1.6 x 1.6 mm; see :mod:`.frame`, :mod:`.fissures`,
-:mod:`.surfaces`):
+Method (on a canonical grid of about 1.4 x 1.5 x 1.5 mm, block means of the CT, at most 10 M voxels; see
+:mod:`.frame`, :mod:`.fissures`, :mod:`.surfaces`):
 
 1. Per lung, prior fissure surfaces: a tilted plane for the oblique fissure and a level plane for the right
    horizontal fissure, placed so that the lobes take published volume shares.
-2. Hessian sheet enhancement in the lung interior (at least ``pleura_margin_mm`` from the lung surface).
+2. Hessian sheet enhancement in the lung interior (at least ``pleura_margin_mm`` from the lung surface);
+   responses next to vessels (bright voxels) and small isolated pieces are removed (fissures are vessel-free
+   surfaces).
 3. Each fissure surface is refined to the detected fissure points (robust fit + local detail, falling back
    to the prior where no fissure is seen): the oblique fissure first, then the horizontal one above it.
 4. Labels: right lung: RLL below the oblique surface, RML between the oblique and horizontal surfaces, RUL
    above both; left lung: LLL below, LUL above. The labels are computed at full resolution by comparing
    each lung voxel's height with the (interpolated) surfaces, so the lobes partition each lung mask exactly.
 
-Limits: the fissures are height maps over the axial plane (one crossing per cranio-caudal line); the airways
-and vessels are not used yet; the left lingula is part of LUL; with slices thicker than about 3 mm, or a lobe
-consolidated along its fissure, the fissure is mostly not seen and the prior (lobe shares of a normal adult)
-decides; an accessory fissure or an absent one is not modelled.
+Limits: the fissures are height maps over the axial plane (one crossing per cranio-caudal line); the airway
+tree is not used yet (vessels only to suppress false fissure responses); the left lingula is part of LUL;
+with slices thicker than about 3 mm, or a lobe consolidated along its fissure, the fissure is mostly not seen
+and the prior (lobe shares of a normal adult) decides (``fissures[...]["coverage"]`` says how much of each
+fissure was seen); an accessory fissure or an absent one is not modelled; a lung mask that misses a
+consolidated region shifts the shares.
 """
 
 from __future__ import annotations
