@@ -7,11 +7,11 @@ that the lobes below/between take published shares of the lung's volume (see :da
 
 Refinement (``refine_surface``), for a few shrinking bands around the current surface: in every column the
 strongest sheet response within the band (weighted by closeness to the surface) is a fissure point if it is
-strong enough; a low-order surface (quadratic in p, l) is fitted to those points by robust weighted least
-squares, pulled towards the prior by pseudo-observations (so few points keep the prior); the surface is
-that fit plus the normalised convolution of the points' residuals to it (local detail where seen). Where
-the fissure is not seen (incomplete fissures, thick slices, consolidated lung, blur) the fit, or the prior,
-holds.
+strong enough; a low-order surface (quadratic in p, l; a plane when little is seen) is fitted to those
+points by robust weighted least squares, pulled towards the prior by pseudo-observations (so few points keep
+the prior); the surface is that fit plus the normalised convolution of the points' residuals to it (local
+detail where seen). Where the fissure is not seen (incomplete fissures, thick slices, consolidated lung,
+blur) the fit, or the prior, holds.
 """
 
 from __future__ import annotations
@@ -80,25 +80,33 @@ def prior_horizontal(lung: np.ndarray, oblique: np.ndarray, middle_share: float)
     return np.full(lung.shape[1:], float(np.quantile(zu, share)))
 
 
-def _quadratic_design(p: np.ndarray, l_: np.ndarray, scale: float) -> np.ndarray:
+def _quadratic_design(p: np.ndarray, l_: np.ndarray, scale: float, terms: int = 6) -> np.ndarray:
+    """Design matrix of a quadratic (6 terms) or a plane (the first 3 terms) in (p, l)."""
     p, l_ = p / scale, l_ / scale
-    return np.stack([np.ones_like(p), p, l_, p * p, l_ * l_, p * l_], axis=-1)
+    return np.stack([np.ones_like(p), p, l_, p * p, l_ * l_, p * l_][:terms], axis=-1)
 
 
 def _robust_fit(
-    pp: np.ndarray, ll: np.ndarray, zz: np.ndarray, ww: np.ndarray, prior: np.ndarray, prior_weight: float, huber: float
+    pp: np.ndarray,
+    ll: np.ndarray,
+    zz: np.ndarray,
+    ww: np.ndarray,
+    prior: np.ndarray,
+    prior_weight: float,
+    huber: float,
+    terms: int = 6,
 ) -> np.ndarray:
-    """Quadratic surface through weighted points, regularised by pseudo-points on the prior (every 4th column)."""
+    """Quadratic (or plane) surface through weighted points, regularised by pseudo-points on the prior."""
     shape = prior.shape
     gp, gl = np.mgrid[0 : shape[0] : 4, 0 : shape[1] : 4]
     gp, gl = gp.ravel().astype(float), gl.ravel().astype(float)
     scale = float(max(shape))
-    a_pts = _quadratic_design(pp, ll, scale)
-    a_pri = _quadratic_design(gp, gl, scale)
+    a_pts = _quadratic_design(pp, ll, scale, terms)
+    a_pri = _quadratic_design(gp, gl, scale, terms)
     z_pri = prior[gp.astype(int), gl.astype(int)]
     w_pri = np.full(gp.size, prior_weight / max(gp.size, 1))
     w = ww / max(ww.sum(), 1e-9)
-    coef = np.zeros(6)
+    coef = np.zeros(terms)
     for _ in range(3):
         a = np.concatenate([a_pts, a_pri])
         b = np.concatenate([zz, z_pri])
@@ -108,7 +116,7 @@ def _robust_fit(
         w = ww * np.minimum(1.0, huber / np.maximum(res, 1e-6))
         w = w / max(w.sum(), 1e-9)
     full_p, full_l = np.mgrid[0 : shape[0], 0 : shape[1]]
-    return (_quadratic_design(full_p.astype(float), full_l.astype(float), scale) @ coef).reshape(shape)
+    return (_quadratic_design(full_p.astype(float), full_l.astype(float), scale, terms) @ coef).reshape(shape)
 
 
 def _subvoxel(response: np.ndarray, region: np.ndarray, zi: np.ndarray, reach: int = 2) -> np.ndarray:
@@ -134,8 +142,14 @@ def refine_surface(
     smooth_mm: float = 10.0,
     prior_weight: float = 0.05,
     huber_mm: float = 6.0,
+    min_coverage: float = 0.15,
+    sparse_prior_weight: float = 0.5,
 ) -> Surface:
-    """Fit a fissure height map to the sheet ``response`` inside ``region`` (canonical coarse arrays)."""
+    """Fit a fissure height map to the sheet ``response`` inside ``region`` (canonical coarse arrays).
+
+    Below ``min_coverage`` (share of the surface's lung columns with a fissure point) the fit is a plane and
+    the prior's weight grows linearly up to ``prior_weight + sparse_prior_weight`` at no coverage.
+    """
     sz = float(spacing[0])
     zidx = np.arange(response.shape[0], dtype=np.float32)[:, None, None]
     columns = region.any(axis=0)
@@ -161,8 +175,17 @@ def refine_surface(
         n_cross = int(np.count_nonzero(crossing))
         coverage = float(np.count_nonzero((w > 0) & crossing)) / max(n_cross, 1)
         if points >= 10:
+            # little of the fissure seen: a plane, held closer to the prior (sparse points are often noise)
+            sparse = max(0.0, (min_coverage - coverage) / min_coverage)
             fit = _robust_fit(
-                pp.astype(float), ll.astype(float), zf[pp, ll], w[pp, ll], prior, prior_weight, huber_mm / sz
+                pp.astype(float),
+                ll.astype(float),
+                zf[pp, ll],
+                w[pp, ll],
+                prior,
+                prior_weight + sparse_prior_weight * sparse,
+                huber_mm / sz,
+                terms=3 if coverage < min_coverage else 6,
             )
         else:
             fit = prior.astype(float)
