@@ -5,8 +5,9 @@ computed in the lung interior. A bright sheet has one strongly negative eigenval
 a vessel (tube) has two, a nodule three, and an edge (the rim of a lesion) has a large gradient. The
 sheet response (in HU, scale-normalised by ``sigma**2``) is::
 
-    S = -l0 * exp(-(l1 / l0)**2 / (2 * 0.5**2)) * exp(-(|grad| / (-l0 * sigma))**2 / (2 * 0.5**2))
+    S = -l0 * exp(-(l1 / l0)**2 / (2 * 0.5**2)) * exp(-(|grad| / (-l0 * sigma))**2 / (2 * edge_tolerance**2))
 
+(``edge_tolerance`` 1.0 keeps a fissure lying on a step, e.g. between aerated lung and ground glass)
 for ``l0 < 0`` and a smoothed HU in ``hu_window`` (aerated lung: no response inside consolidation), else 0.
 Responses within one voxel of a bright voxel (``> vessel_hu``: vessels, whose walls look like sheets) are
 removed, and so are connected pieces smaller than ``min_sheet_voxels`` (fissures are large surfaces). The
@@ -83,6 +84,7 @@ def sheet_response(
     min_response: float = 4.0,
     vessel_hu: float = -450.0,
     min_sheet_voxels: int = 30,
+    edge_tolerance: float = 1.0,
 ) -> FissureResponse:
     """Sheet responses of ``hu`` (canonical ``(s, p, l)``) at the ``interior`` voxels."""
     sp = np.asarray(spacing, dtype=float)
@@ -114,7 +116,7 @@ def sheet_response(
     grad = np.sqrt(gs.ravel()[idx] ** 2 + gp.ravel()[idx] ** 2 + gl.ravel()[idx] ** 2) * sigma_mm**2
     ratio = l1 / l0s
     edge = grad / (-l0s * sigma_mm)
-    s = -l0s * np.exp(-(ratio**2) / 0.5) * np.exp(-(edge**2) / 0.5)
+    s = -l0s * np.exp(-(ratio**2) / 0.5) * np.exp(-(edge**2) / (2.0 * edge_tolerance**2))
     s = np.where(neg & (s >= min_response), s, 0.0).astype(np.float32)
     normal = np.abs(vec)  # components (s, p, l)
     horiz = normal[:, 0] > 0.85
