@@ -1,7 +1,10 @@
-"""Lobe segmentation, per-lobe statistics and the lobar severity score (phantom with known lobes).
+"""Lobe segmentation, per-lobe burden and the lobar severity score (phantom with known lobes).
 
-Stated accuracy on the 48x96x96 phantom with fissures (2.5 x 1.5 x 1.5 mm): Dice >= 0.85 for every lobe
-and >= 0.92 on average (measured: RUL 0.97, RML 0.90, RLL 0.94, LUL 0.96, LLL 0.95).
+Stated accuracy on the 48x96x96 phantom with fissures (2.5 x 1.5 x 1.5 mm): Dice >= 0.95 for every lobe
+and >= 0.98 on average (measured: RUL 0.997, RML 0.992, RLL 0.997, LUL 0.997, LLL 0.996; the prior alone:
+0.956, 0.838, 0.922, 0.973, 0.968). The phantom's fissures are smooth quadratic height surfaces, the model
+family the method fits, so these numbers are an upper bound for real scans. 5 mm slices: RML >= 0.7, the
+others >= 0.85 (the horizontal fissure is not seen; the prior decides).
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ def test_phantom_lobes_partition_the_lungs(phantom):
 def test_segment_lobes_partitions_exactly_and_meets_the_stated_dice(phantom, segmented):
     _assert_partition(segmented.lobes, phantom.lungs)
     dices = _dices(segmented.lobes, phantom.lobes)
-    assert min(dices.values()) >= 0.85, dices
-    assert np.mean(list(dices.values())) >= 0.92, dices
+    assert min(dices.values()) >= 0.95, dices
+    assert np.mean(list(dices.values())) >= 0.98, dices
     assert set(segmented.fissures) == {"right_oblique", "right_horizontal", "left_oblique"}
     assert segmented.fissures["right_oblique"]["points"] > 0
 
@@ -132,7 +135,11 @@ def test_thick_slices_fall_back_on_the_prior_and_still_partition():
     result = segment_lobes_detailed(thick.ct, thick.lungs)
     _assert_partition(result.lobes, thick.lungs)
     dices = _dices(result.lobes, thick.lobes)
-    assert min(dices.values()) >= 0.75, dices
+    # the horizontal fissure (parallel to 5 mm axial slices) is not seen: RML comes from the prior share
+    # (17 % of the right lung) while the phantom's RML is 22 %, hence the lower bound for RML
+    assert dices[RML] >= 0.7, dices
+    assert min(dices[k] for k in (RUL, RLL, LUL, LLL)) >= 0.85, dices
+    assert result.fissures["right_horizontal"]["points"] == 0
 
 
 def test_one_lung_only(phantom):
