@@ -3,7 +3,7 @@
 Per lobe: ``lung_ml`` (lobe volume), ``infection_ml`` (infected voxels of the lobe), ``percent``
 (infection / lobe volume) and ``score`` 0-5: 0 none, 1 < 5 %, 2 5-25 %, 3 > 25-50 %, 4 > 50-75 %, 5 > 75 %
 (the scale of :func:`CovidCTLib.quantify.severity_from_percent`). The lobar total is the sum over the five
-lobes (0-25; Chung et al., Radiology 2020, and Pan et al., Radiology 2020, score each lobe this way).
+lobes, 0-25 (the per-lobe 0-5 CT severity score of Pan et al., Radiology 2020).
 """
 
 from __future__ import annotations
