@@ -79,7 +79,7 @@ class SegmentSpec:
 
     key: str
     name: str
-    source: str  # "lungs" or "infection"
+    source: str  # "lungs", "infection" or "lobes"
     label: int
     color: tuple[float, float, float]  # RGB in 0..1
     opacity_3d: float
@@ -118,3 +118,33 @@ def segment(key: str) -> SegmentSpec:
         if spec.key == key:
             return spec
     raise KeyError(key)
+
+
+# ----------------------------------------------------------------------------------------------- lobes
+# lobes labelmap (lobes.nii.gz): 0 background, 1 RUL, 2 RML, 3 RLL (right lung), 4 LUL, 5 LLL (left lung)
+RUL, RML, RLL, LUL, LLL = 1, 2, 3, 4, 5
+LOBE_NAMES = {RUL: "RUL", RML: "RML", RLL: "RLL", LUL: "LUL", LLL: "LLL"}
+LOBES_OF_LUNG = {RIGHT_LUNG: (RUL, RML, RLL), LEFT_LUNG: (LUL, LLL)}
+
+LOBE_SEGMENTS: tuple[SegmentSpec, ...] = (
+    SegmentSpec(
+        "rul", "Right upper lobe", "lobes", RUL, (0.694, 0.478, 0.396), 0.3,
+        _ANATOMICAL_STRUCTURE, CodedTerm("45653009", "SCT", "Upper lobe of right lung"),
+    ),
+    SegmentSpec(
+        "rml", "Right middle lobe", "lobes", RML, (0.435, 0.722, 0.824), 0.3,
+        _ANATOMICAL_STRUCTURE, CodedTerm("72481006", "SCT", "Middle lobe of right lung"),
+    ),
+    SegmentSpec(
+        "rll", "Right lower lobe", "lobes", RLL, (0.890, 0.761, 0.510), 0.3,
+        _ANATOMICAL_STRUCTURE, CodedTerm("266005", "SCT", "Lower lobe of right lung"),
+    ),
+    SegmentSpec(
+        "lul", "Left upper lobe", "lobes", LUL, (0.627, 0.557, 0.804), 0.3,
+        _ANATOMICAL_STRUCTURE, CodedTerm("44714003", "SCT", "Upper lobe of left lung"),
+    ),
+    SegmentSpec(
+        "lll", "Left lower lobe", "lobes", LLL, (0.557, 0.784, 0.463), 0.3,
+        _ANATOMICAL_STRUCTURE, CodedTerm("90572001", "SCT", "Lower lobe of left lung"),
+    ),
+)

@@ -24,6 +24,9 @@ Truth masks:
 
 * ``lungs``: the lung region (parenchyma + intrapulmonary vessels + lesions), **excluding** the trachea and
   main bronchi (the air tubes are removed from the mask even where the bronchus has entered the lung).
+* ``lobes`` (only with ``fissures=True``, else None): 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL, partitioning
+  ``lungs``; the lobes are cut by smooth fissure surfaces (see :mod:`CovidCTLib.phantom_fissures`), which are
+  drawn as thin bright sheets (the right horizontal fissure is incomplete medially, as it often is).
 * ``infection``: 1 ground glass, 2 consolidation, always inside ``lungs``. Ground glass excludes the
   vessels running through it (they stay visible in GGO); consolidation includes vessels it engulfs (they
   are indistinguishable in HU). A lesion voxel belongs to the truth where the lesion's soft edge weight
@@ -72,6 +75,7 @@ class Phantom:
             lesion inside the lung), ``ggo_ml`` / ``consolidation_ml``, ``pleural`` (touches the chest wall).
         airways: uint8 mask of the trachea and main bronchi (not part of ``lungs``).
         vessels: uint8 mask of the intrapulmonary vessels (part of ``lungs``).
+        lobes: uint8 lobe labels (1 RUL .. 5 LLL) when made with ``fissures=True``, else None.
     """
 
     ct: CTVolume
@@ -80,6 +84,7 @@ class Phantom:
     lesions: list[dict[str, Any]] = field(default_factory=list)
     airways: np.ndarray | None = None
     vessels: np.ndarray | None = None
+    lobes: np.ndarray | None = None
 
     def write(self, folder: str | Path, overwrite: bool = True) -> dict[str, Path]:
         """Write ``ct.nrrd``, ``lungs.nrrd`` and ``infection.nrrd`` into ``folder`` (atomic writes)."""
@@ -209,6 +214,7 @@ def make_phantom(
     lesions: bool = True,
     oblique: bool = False,
     origin: tuple[float, float, float] | None = None,
+    fissures: bool = False,
 ) -> Phantom:
     """Build a synthetic chest CT with known lungs and infection masks (deterministic for ``seed``).
 
@@ -222,6 +228,8 @@ def make_phantom(
             origin; the voxel content is unchanged, only the physical placement differs.
         origin: physical origin in mm ``(x, y, z)`` (LPS); default centres the volume at 0 (or an
             off-centre origin when ``oblique``).
+        fissures: draw the interlobar fissures and return the known ``lobes`` (off by default: the other
+            outputs are then identical to a phantom made without this option).
     """
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"phantom shape must be 3 sizes (z, y, x) of at least 8 voxels, got {shape}")
@@ -254,6 +262,11 @@ def make_phantom(
     parenchyma_hu = (-850.0 + 20.0 * v).astype(np.float32)  # -870 anterior .. -830 posterior
     texture = 8.0 * _smooth_noise(rng, shape, 2.0)
     hu = np.where(lung_any, parenchyma_hu + texture, hu)
+    lobe_truth = None
+    if fissures:  # lobes + fissure sheets (no random numbers drawn: the other outputs stay the same)
+        from CovidCTLib.phantom_fissures import draw_fissures
+
+        lobe_truth = draw_fissures(hu, right, left, (w, v, u), grid.half, spacing)
 
     # --- airways: trachea from the top down to the carina, main bronchi to the hilum ----------
     airways = np.zeros(shape, dtype=bool)
@@ -293,6 +306,8 @@ def make_phantom(
     lungs[right & ~airways] = RIGHT_LUNG
     lungs[left & ~airways] = LEFT_LUNG
     in_lung = lungs > 0
+    if lobe_truth is not None:
+        lobe_truth[~in_lung] = 0
 
     # --- lesions --------------------------------------------------------------------------------
     infection = np.zeros(shape, dtype=np.uint8)
@@ -385,7 +400,8 @@ def make_phantom(
         modality="CT",
         notes=[
             "Synthetic phantom (not patient data): "
-            f"shape={shape}, spacing={tuple(spacing)}, noise={noise} HU, lesions={lesions}, oblique={oblique}.",
+            f"shape={shape}, spacing={tuple(spacing)}, noise={noise} HU, lesions={lesions}, oblique={oblique}"
+            + (", fissures=True." if fissures else "."),
             "Right lung at small x indices (patient right = -x in LPS); apex at high z indices.",
         ],
         metadata={"phantom": True, "seed": seed},
@@ -397,4 +413,5 @@ def make_phantom(
         lesions=lesion_list,
         airways=airways.astype(np.uint8),
         vessels=vessels.astype(np.uint8),
+        lobes=lobe_truth,
     )

@@ -62,6 +62,7 @@ class AnalysisState:
     lungs: np.ndarray | None = None
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
+    lobes: np.ndarray | None = None
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # every fallback, stated (notes, console, panel)
@@ -123,6 +124,13 @@ def _stage_quantify(state: AnalysisState) -> None:
     state.numbers = quantify(state.ct, state.lungs, state.infection)
 
 
+def _stage_lobes(state: AnalysisState) -> None:
+    from CovidCTLib.lobes.hooks import analyze_lobes
+
+    state.lobes, lobe_numbers = analyze_lobes(state.ct, state.lungs, state.infection, state.reporter)
+    state.numbers.update(lobe_numbers)
+
+
 #: the analysis, in order; progress fractions come from the weights (measured share of the run time)
 STAGES: tuple[Stage, ...] = (
     Stage("load", 10, "Reading the CT", _stage_load),
@@ -130,6 +138,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("infection", 25, "Segmenting infection", _stage_infection),
     Stage("classify", 15, "Classifying COVID vs non-COVID", _stage_classify),
     Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
+    Stage("lobes", 4, "Segmenting the lobes", _stage_lobes),
 )
 
 
@@ -221,6 +230,7 @@ def analyze(
         slice_probabilities=slice_probabilities,
         method=resolved,
         model_versions=model_versions,
+        lobes=state.lobes,
     )
 
 

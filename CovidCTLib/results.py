@@ -23,6 +23,7 @@ class AnalysisResult:
         covid_probability: scan-level probability, or None when no classifier ran.
         slice_probabilities: per-axial-slice probabilities ``{z_index: p}`` when a classifier ran.
         method: ``"classical"`` or ``"model"``; model_versions: name -> version of every model used.
+        lobes: uint8 ``(z, y, x)``: 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL (None when not segmented).
     """
 
     ct: CTVolume
@@ -33,6 +34,7 @@ class AnalysisResult:
     slice_probabilities: dict[int, float] = field(default_factory=dict)
     method: str = "classical"
     model_versions: dict[str, str] = field(default_factory=dict)
+    lobes: np.ndarray | None = None
 
     def lungs_image(self) -> sitk.Image:
         """The lungs labelmap with the CT's exact geometry."""

@@ -19,7 +19,7 @@ from CovidCTLib.models.runtime.normalization import NORMALIZATION_ID, normalize_
 def _tiny_manifest() -> dict:
     return {
         "name": "tiny", "version": "0.0.1", "task": "lung",
-        "architecture": {"builder": "CovidCTLib.models.runtime.networks:attention_unet",
+        "architecture": {"builder": "CovidCTLib.models.networks:attention_unet",
                          "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]}},
         "input": {"channels": 1, "size": 32}, "normalization": NORMALIZATION_ID,
     }

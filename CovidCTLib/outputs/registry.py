@@ -63,6 +63,16 @@ def _segmentation(result: Any, folder: Path, options: OutputOptions) -> None:
                    overwrite=True, extra_metadata=seg_metadata(result))
 
 
+def _lobes(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.io.seg_nrrd import write_layered_seg_nrrd
+    from CovidCTLib.io.writers import write_labelmap
+    from CovidCTLib.lobes.segments import lobe_layer_segments
+
+    write_labelmap(result.lobes, result.ct.image, folder / "lobes.nii.gz", overwrite=True)
+    write_layered_seg_nrrd([result.lobes], lobe_layer_segments(0), result.ct.image, folder / "lobes.seg.nrrd",
+                           overwrite=True, extra_metadata=seg_metadata(result), layer_names=["lobes"])
+
+
 def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.outputs.dicom_seg import write_dicom_seg
 
@@ -117,6 +127,8 @@ def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
 WRITERS: tuple[Writer, ...] = (
     FileWriter("labelmaps", ("lungs.nii.gz", "infection.nii.gz"), _labelmaps),
     FileWriter("segmentation", ("segmentation.seg.nrrd",), _segmentation),
+    FileWriter("lobes", ("lobes.nii.gz", "lobes.seg.nrrd"), _lobes,
+               lambda result, options: getattr(result, "lobes", None) is not None),
     FileWriter("dicom_seg", ("segmentation.dcm",), _dicom_seg,
                lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
     FileWriter("surfaces", ("surfaces",), _surfaces, lambda result, options: bool(options.surfaces)),
@@ -129,6 +141,7 @@ WRITERS: tuple[Writer, ...] = (
 
 #: the role keys of single files, as returned by :func:`write_outputs` (``lungs``, ``report_json`` ...)
 _FILE_KEYS = {"lungs.nii.gz": "lungs", "infection.nii.gz": "infection", "segmentation.seg.nrrd": "segmentation",
+              "lobes.nii.gz": "lobes", "lobes.seg.nrrd": "lobes_segmentation",
               "segmentation.dcm": "dicom_seg", "points.csv": "points_csv", "report.json": "report_json",
               "report.csv": "report_csv", "report.html": "report_html", "report.pdf": "report_pdf"}
 
