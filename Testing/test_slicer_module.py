@@ -417,3 +417,35 @@ def test_reload_forgets_library_modules(module):
     assert sorted(dropped) == ["CovidCTLib", "CovidCTLib.models.runtime.inference"]
     assert table == {"CovidCTLibrary": 3, "numpy": 4}
     assert callable(module.module.CovidCTWidget.onReload)
+
+
+def test_logic_takes_its_runner_as_a_parameter(module, tmp_path):
+    """The Logic starts the engine through the runner it was given (here one that records the command and
+    reports a failure): nothing is added to the scene and the error is the runner's."""
+
+    class RecordingRunner:
+        commands: list[list[str]] = []
+
+        def __init__(self, command, logdir=None):
+            self.command = list(command)
+            self.process = None  # no process: nothing is started
+            RecordingRunner.commands.append(self.command)
+
+        def error_message(self):
+            return "engine refused the input (from the stand-in runner)"
+
+        def done_event(self):
+            return None
+
+        def cancel(self, wait=False):
+            return None
+
+    logic = module.module.CovidCTLogic(runnerFactory=RecordingRunner)
+    volume, _ = logic.createPhantomVolume(shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0), seed=4)
+    job = logic.startBackground(volume, method="classical", device="cpu")
+    assert RecordingRunner.commands and RecordingRunner.commands[-1][3] == "analyze"
+    assert "--json-progress" in RecordingRunner.commands[-1]
+    before = module.scene.GetNumberOfNodes()
+    with pytest.raises(RuntimeError, match="stand-in runner"):
+        logic.finishBackground(job, volume)
+    assert module.scene.GetNumberOfNodes() == before and not job.workdir.exists()

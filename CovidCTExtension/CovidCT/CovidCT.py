@@ -485,10 +485,13 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         nodes = CovidCTLogic().process(volumeNode, method="classical", device="cpu", surfaces=True)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, runnerFactory=None) -> None:
+        """``runnerFactory(command, logdir=...)`` starts a background engine process; default
+        :class:`CovidCTLib.runner.background.BackgroundAnalysis` (tests pass their own)."""
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastResult = None
         self.lastVolumeID = None  # the volume node lastResult belongs to
+        self.runnerFactory = runnerFactory
 
     def getParameterNode(self):
         return CovidCTParameterNode(super().getParameterNode())
@@ -591,15 +594,14 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         from CovidCTLib.mrml import image_from_volume_node
         from CovidCTLib.runner.background import BackgroundAnalysis, analyze_command
 
+        startRunner = self.runnerFactory or BackgroundAnalysis
         if not inputVolume or inputVolume.GetImageData() is None:
             raise ValueError("Select an input CT volume that has voxel data.")
         workdir = Path(tempfile.mkdtemp(prefix="CovidCT-"))
         try:
             inputPath = workdir / "input.nrrd"
             sitk.WriteImage(image_from_volume_node(inputVolume), str(inputPath), False)  # temporary: no compression
-            runner = BackgroundAnalysis(
-                analyze_command(inputPath, workdir / "out", method, device), logdir=workdir / "log"
-            )
+            runner = startRunner(analyze_command(inputPath, workdir / "out", method, device), logdir=workdir / "log")
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
