@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
+from CovidCTLib.cli_options import add_analysis_arguments, add_device_argument
 from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
-from CovidCTLib.outputs.registry import add_output_arguments
 from CovidCTLib.progress import CancelToken, Reporter
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -283,12 +283,7 @@ def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: A
 # ----------------------------------------------------------------------------------------------- parser
 def _add_common(parser: argparse.ArgumentParser, device: bool = True, overwrite: bool = True) -> None:
     if device:
-        parser.add_argument(
-            "--device",
-            choices=("auto", "cpu", "cuda"),
-            default="auto",
-            help="where networks run: auto = CUDA when available, else CPU (default auto)",
-        )
+        add_device_argument(parser)
     if overwrite:
         parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument(
@@ -314,28 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("input", help="DICOM folder or file, .nii/.nii.gz, .nrrd, .mha/.mhd")
     analyze.add_argument("-o", "--output", required=True, help="output folder")
-    analyze.add_argument(
-        "--method",
-        choices=("auto", "classical", "model"),
-        default="auto",
-        help="auto = trained models when installed, else classical HU method (default auto)",
-    )
-    analyze.add_argument("--no-classify", action="store_true", help="do not run the COVID classifier")
-    add_output_arguments(analyze)
-    analyze.add_argument(
-        "--ggo-range",
-        type=float,
-        nargs=2,
-        metavar=("MIN_HU", "MAX_HU"),
-        help="classical ground-glass HU range (default -750 -300)",
-    )
-    analyze.add_argument(
-        "--consolidation-range",
-        type=float,
-        nargs=2,
-        metavar=("MIN_HU", "MAX_HU"),
-        help="classical consolidation HU range (default -300 50)",
-    )
+    add_analysis_arguments(analyze)
     _add_common(analyze)
     analyze.set_defaults(handler=run_analyze)
 

@@ -12,48 +12,11 @@ from CovidCTLib.progress import CancelToken
 
 
 def add_analysis_options(parser: argparse.ArgumentParser) -> None:
-    """The options of ``covidct analyze`` that apply to every study of a batch."""
-    parser.add_argument(
-        "--method",
-        choices=("auto", "classical", "model"),
-        default="auto",
-        help="auto = trained models when installed, else classical HU method (default auto)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where networks run: auto = CUDA when available, else CPU (default auto)",
-    )
-    parser.add_argument(
-        "--surfaces",
-        choices=("stl", "obj", "ply", "vtp", "gltf"),
-        default=None,
-        help="also export one 3-D surface per segment (into OUTDIR/<id>/surfaces)",
-    )
-    parser.add_argument("--points-csv", action="store_true", help="also write the legacy point CSV per study")
-    parser.add_argument("--no-report", action="store_true", help="skip report.html / report.pdf per study")
-    parser.add_argument("--no-dicom-seg", action="store_true", help="skip the DICOM SEG for DICOM studies")
-    parser.add_argument("--no-classify", action="store_true", help="do not run the COVID classifier")
-    parser.add_argument(
-        "--include-identifiers",
-        action="store_true",
-        help="put patient name/ID in the HTML/PDF reports (off by default)",
-    )
-    parser.add_argument(
-        "--ggo-range",
-        type=float,
-        nargs=2,
-        metavar=("MIN_HU", "MAX_HU"),
-        help="classical ground-glass HU range (default -750 -300)",
-    )
-    parser.add_argument(
-        "--consolidation-range",
-        type=float,
-        nargs=2,
-        metavar=("MIN_HU", "MAX_HU"),
-        help="classical consolidation HU range (default -300 50)",
-    )
+    """The options of ``covidct analyze`` that apply to every study of a batch (the same definitions)."""
+    from CovidCTLib.cli_options import add_analysis_arguments, add_device_argument
+
+    add_analysis_arguments(parser)
+    add_device_argument(parser)
 
 
 def register(sub: Any) -> None:
@@ -102,8 +65,8 @@ def _options(args: argparse.Namespace) -> Any:
         method=args.method,
         device=args.device,
         classify=not args.no_classify,
-        reports=not args.no_report,
-        dicom_seg=not args.no_dicom_seg,
+        reports=args.reports,
+        dicom_seg=args.dicom_seg,
         surfaces=args.surfaces,
         points_csv=args.points_csv,
         include_identifiers=args.include_identifiers,

@@ -1,0 +1,28 @@
+"""The options of one analysis, shared by ``covidct analyze`` and ``covidct batch`` (one definition each)."""
+
+from __future__ import annotations
+
+import argparse
+
+from CovidCTLib.outputs.registry import add_output_arguments
+from CovidCTLib.segmentation.registry import METHODS
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda``."""
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="where networks run: auto = CUDA when available, else CPU (default auto)")
+
+
+def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
+    """Method, classifier, the output flags (from the writer registry) and the classical HU ranges."""
+    parser.add_argument("--method", choices=METHODS, default="auto",
+                        help="auto = trained models when installed, else classical HU method (default auto)")
+    parser.add_argument("--no-classify", action="store_true", help="do not run the COVID classifier")
+    add_output_arguments(parser)
+    parser.add_argument("--ggo-range", type=float, nargs=2, metavar=("MIN_HU", "MAX_HU"),
+                        help="classical ground-glass HU range (default -750 -300)")
+    parser.add_argument("--consolidation-range", type=float, nargs=2, metavar=("MIN_HU", "MAX_HU"),
+                        help="classical consolidation HU range (default -300 50)")
