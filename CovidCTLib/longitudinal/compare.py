@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
+from CovidCTLib.atomic import write_text_atomic, write_with
 from CovidCTLib.errors import InputError
 from CovidCTLib.io.seg_nrrd import write_label_seg_nrrd
 from CovidCTLib.longitudinal import change as chg
@@ -409,13 +409,22 @@ def _write_change(change: np.ndarray, base: TimePoint, stem: str, outdir: Path, 
 
 
 def write_outputs(result: CompareResult, outdir: str | os.PathLike, overwrite: bool = False) -> dict[str, Path]:
-    """Write every comparison file into ``outdir`` (all targets are checked before anything is written)."""
+    """Write every comparison file as one output set (:mod:`CovidCTLib.outputs.output_set`): OUTDIR holds the
+    complete old or the complete new comparison, never a mix."""
+    from CovidCTLib.outputs.output_set import check_output_dir, output_set
+
     outdir = Path(outdir)
     n = len(result.timepoints) - 1
     surfaces = _surfaces_available() and not result.baseline.is_slice
-    for name in _output_names(n, surfaces):
-        check_writable(outdir / name, overwrite)
-    outdir.mkdir(parents=True, exist_ok=True)
+    snapshot = check_output_dir(outdir, overwrite, frozenset(_output_names(n, surfaces)))
+    with output_set(outdir, overwrite, snapshot) as staging:
+        written = _write_files(result, staging, n, surfaces, overwrite=True)
+    result.paths = {key: outdir / path.relative_to(staging) for key, path in written.items()}
+    return result.paths
+
+
+def _write_files(result: CompareResult, outdir: Path, n: int, surfaces: bool, overwrite: bool) -> dict[str, Path]:
+    """The comparison's files in ``outdir`` (the staging folder of the output set)."""
     paths: dict[str, Path] = {}
     base = result.baseline
     for i in range(1, n + 1):
@@ -437,7 +446,6 @@ def write_outputs(result: CompareResult, outdir: str | os.PathLike, overwrite: b
     paths["trend"] = write_trend_png(rows, outdir / "trend.png", overwrite)
     result.report["files"] = {key: path.name for key, path in sorted(paths.items())} | {"json": "compare.json"}
     paths["json"] = write_text_atomic(outdir / "compare.json", json.dumps(result.report, indent=2), overwrite)
-    result.paths = paths
     return paths
 
 
@@ -461,8 +469,10 @@ def compare(
     start = time.perf_counter()
     if len(inputs) < 2:
         raise InputError("compare needs at least two inputs: a baseline and a follow-up.")
-    if outdir is not None and not overwrite:
-        check_writable(Path(outdir) / "compare.json", overwrite)
+    if outdir is not None:  # refuse an unusable OUTDIR before the (slow) registration
+        from CovidCTLib.outputs.output_set import check_output_dir
+
+        check_output_dir(outdir, overwrite, frozenset(_output_names(len(inputs) - 1, True)))
     timepoints = []
     for k, item in enumerate(inputs):
         if reporter is not None:
