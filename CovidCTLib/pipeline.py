@@ -167,6 +167,11 @@ def analyze(
             lambda: segment_infection_classical(ct, lungs, infection_thresholds, reporter=reporter),
         )
     infection = np.where(lungs > 0, infection, 0).astype(np.uint8)
+    # --- issue 13 hook: HU gate of the network output + noise floor (CovidCTLib/postprocess/stages.py)
+    from CovidCTLib.postprocess.stages import DEFAULT_FLOOR, clean_infection, score_scan
+
+    infection, gating = timed("infection_gating", 0.7, 0.72, "Checking infection against CT densities",
+                              lambda: clean_infection(ct, lungs, infection, resolved))
 
     covid_probability, classification, slice_probabilities = None, None, {}
     if classify and classifier_available():
@@ -195,12 +200,19 @@ def analyze(
     from CovidCTLib.report.report_json import build_report
 
     numbers = timed(
-        "quantify", 0.85, 0.97, "Measuring volumes, zones and lesions", lambda: quantify(ct, lungs, infection)
+        "quantify", 0.85, 0.97, "Measuring volumes, zones and lesions",
+        lambda: quantify(ct, lungs, infection, min_lesion_ml=DEFAULT_FLOOR.min_lesion_ml),
     )
+    # --- issue 13 hook: zone noise floor + scan-level COVID assessment; its probability is the top-level one
+    numbers, assessment = timed("assessment", 0.97, 0.99, "Scan-level COVID assessment",
+                                lambda: score_scan(ct, lungs, infection, numbers, covid_probability))
+    numbers["infection_gating"] = gating
+    numbers["covid_assessment"] = assessment
+    covid_probability = assessment["probability"]
     timings["total"] = time.perf_counter() - started
     notes = list(ct.notes)
     if classification is None:
-        notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
+        notes.append("No COVID classifier ran (none installed or disabled): covid_probability is the assessment's category prior.")
     report = build_report(
         ct.identity(), numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
