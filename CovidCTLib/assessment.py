@@ -2,9 +2,9 @@
 
 Features come from the segmentation (after the HU gate and the noise floor) and the slice classifier:
 burden (% of lungs), right / left involvement (bilateral when each lung holds at least
-``side_min_ml`` and ``side_min_share`` of the infection), peripheral share (infection in the outer half of each lung's in-slice depth from the
-pleura, mediastinal pleura included), lower-zone share, posterior share (behind each lung's
-antero-posterior mid-plane), ground-glass share, number of significant lesions (at least
+``side_min_ml`` and ``side_min_share`` of the infection), peripheral share (infection in the outer half
+of each lung's in-slice depth from the pleura, mediastinal pleura included), lower-zone share,
+posterior share (behind each lung's antero-posterior mid-plane), ground-glass share, number of significant lesions (at least
 ``significant_lesion_ml``) and the share of the largest lesion.
 
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from CovidCTLib.classical.grid import block_max, block_mean
-from CovidCTLib.labels import GGO, LEFT_LUNG, RIGHT_LUNG
+from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.volume import CTVolume
 
 CATEGORIES = ("negative", "atypical", "indeterminate", "typical")

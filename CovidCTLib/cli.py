@@ -24,6 +24,7 @@ from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
 from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
 from CovidCTLib.progress import CancelToken, Reporter
+from CovidCTLib.report.assessment_text import assessment_summary
 from CovidCTLib.version import DISCLAIMER, __version__
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -63,6 +64,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"CT severity score: {report['severity_score']['total']} / 30;  lesions: {len(report.get('lesions') or [])}",
         "COVID probability: "
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
+        *assessment_summary(report),  # issue 13 hook: category, reasons, noise floor
         f"Note: {DISCLAIMER}",
     ]
     return lines

@@ -212,7 +212,8 @@ def analyze(
     timings["total"] = time.perf_counter() - started
     notes = list(ct.notes)
     if classification is None:
-        notes.append("No COVID classifier ran (none installed or disabled): covid_probability is the assessment's category prior.")
+        notes.append("No COVID classifier ran (none installed or disabled): covid_probability is the "
+                     "assessment's category prior.")
     report = build_report(
         ct.identity(), numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )

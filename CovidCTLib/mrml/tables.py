@@ -9,6 +9,7 @@ from typing import Any
 import slicer
 import vtk
 
+from CovidCTLib.assessment import CATEGORIES
 from CovidCTLib.report.report_json import lookup
 from CovidCTLib.version import DISCLAIMER
 
@@ -25,6 +26,12 @@ STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = (
     ("infection.right_percent", "Involvement, right lung", "%"),
     ("infection.left_percent", "Involvement, left lung", "%"),
     ("severity_score.total", "CT severity score", "points"),
+    # issue 13: scan-level assessment (category is text: see assessment_category_row)
+    ("covid_assessment.features.peripheral_share", "Peripheral / subpleural share of infection", "fraction"),
+    ("covid_assessment.features.ggo_share", "Ground-glass share of infection", "fraction"),
+    ("covid_assessment.features.n_significant_lesions", "Significant lesions", "count"),
+    ("noise_floor.min_lesion_ml", "Noise floor: smallest lesion counted", "mL"),
+    ("noise_floor.min_zone_percent", "Noise floor: zone involvement scoring 1", "%"),
 )
 
 
@@ -57,6 +64,12 @@ def _is_number(value: Any) -> bool:
 def statistics_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """``(key, measurement, value, unit)`` rows: the main numbers, then every numeric zone field."""
     rows = [(key, label, _number(lookup(report, key)), unit) for key, label, unit in STATISTICS_ROWS]
+    assessment = report.get("covid_assessment")  # issue 13: the category as an ordinal row
+    if isinstance(assessment, dict) and assessment.get("category") in CATEGORIES:
+        category = assessment["category"]
+        rows.insert(1, ("covid_assessment.category", f"COVID-19 assessment (RSNA): {category} "
+                        "(0 negative, 1 atypical, 2 indeterminate, 3 typical)", float(CATEGORIES.index(category)),
+                        "category"))
     lesions = report.get("lesions")
     if isinstance(lesions, list):
         rows.append(("lesions.count", "Number of lesions", float(len(lesions)), "count"))
