@@ -4,8 +4,8 @@ Features come from the segmentation (after the HU gate and the noise floor) and 
 burden (% of lungs), right / left involvement (bilateral when each lung holds at least
 ``side_min_ml`` and ``side_min_share`` of the infection), peripheral share (infection in the outer half
 of each lung's in-slice depth from the pleura, mediastinal pleura included), lower-zone share,
-posterior share (behind each lung's antero-posterior mid-plane), ground-glass share, number of significant lesions (at least
-``significant_lesion_ml``) and the share of the largest lesion.
+posterior share (behind each lung's antero-posterior mid-plane), ground-glass share, number of
+significant lesions (at least ``significant_lesion_ml``) and the share of the largest lesion.
 
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
 
