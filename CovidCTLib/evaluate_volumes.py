@@ -22,6 +22,7 @@ from CovidCTLib.errors import InputError
 from CovidCTLib.version import DISCLAIMER
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+GENERIC_NAMES = ("dicom", "series", "ct", "images")
 COLUMNS = ("name", "lungs_ml", "burden_percent", "infection_ml", "lesions", "severity", "covid_probability",
            "category", "seconds", "source")
 
@@ -69,6 +70,8 @@ def find_scans(paths: list[str | os.PathLike]) -> list[Scan]:
             if stem.lower().endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
+        if stem.lower() in GENERIC_NAMES:  # e.g. <collection>/dicom: name it after the collection
+            stem = path.parent.name or stem
         name = stem if stem not in used else f"{path.parent.name}_{stem}"
         if path.is_dir() and path.parent.name and _sibling_series(path):
             name = f"{path.parent.name}_{stem}"
