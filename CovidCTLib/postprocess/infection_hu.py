@@ -13,7 +13,8 @@ only when all of these hold:
 2. **Not only a border band.** Lung voxels within ``border_mm`` of soft tissue outside the lung (heart,
    mediastinum, hilar vessels, diaphragm, chest wall) are a border band where partial volume and motion
    fake ground glass. A connected lesion is kept (with its border part, so subpleural disease reaches the
-   pleura) only when at least ``min_core_ml`` of it lies deeper than the band.
+   pleura) only when at least ``min_core_ml`` and ``min_core_share`` of it lie deeper than the band
+   (a long thin band along the border with one deeper spot is still a band).
 3. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
 
 Used only for HU volumes (8-bit slices are not in HU; their results do not change). The numbers that
@@ -47,6 +48,7 @@ class HUGating:
     soft_tissue_hu: float = -300.0
     border_mm: float = 4.0
     min_core_ml: float = 0.1
+    min_core_share: float = 0.1
     min_lesion_ml: float = 0.1
     fat_min_hu: float = -200.0
     fat_max_hu: float = -40.0
@@ -128,7 +130,8 @@ def gate_infection_hu(
     if n:
         band = upsample_nearest(border_band(hu_c, lung_c, coarse_spacing, params), factors, hu.shape)
         core = np.bincount(lab[~band].ravel(), minlength=n + 1).astype(float) * voxel_ml
-        keep = core >= params.min_core_ml
+        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
+        keep = core >= np.maximum(params.min_core_ml, params.min_core_share * size)
         keep[0] = False
         gated[~keep[lab]] = 0
     after_border = float(np.count_nonzero(gated)) * voxel_ml
