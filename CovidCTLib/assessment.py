@@ -40,6 +40,8 @@ from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.volume import CTVolume
 
 CATEGORIES = ("negative", "atypical", "indeterminate", "typical")
+#: Version of the assessment rules and priors (stated in report.json ``covid_assessment.version``).
+ASSESSMENT_VERSION = "1.0.0"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ def assess(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, numbers: dict
         reasons.append(f"Slice classifier {classifier_probability:.2f} (weight {rules.classifier_weight:g} in "
                        "log-odds; a weak signal on real scans).")
     return {
+        "version": ASSESSMENT_VERSION,
         "category": category,
         "probability": round(probability, 4),
         "reasons": reasons,

@@ -36,6 +36,9 @@ from CovidCTLib.volume import CTVolume
 
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
+#: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
+GATE_VERSION = "1.0.0"
+
 
 @dataclass(frozen=True)
 class HUGating:
@@ -105,7 +108,8 @@ def gate_infection_hu(
     infection = np.asarray(infection)
     if infection.shape != ct.shape or np.asarray(lungs).shape != ct.shape:
         raise InputError(f"mask shapes do not match the CT {ct.shape} (z, y, x); masks must be computed on this CT.")
-    summary: dict[str, Any] = {"applied": False, "parameters": params.as_dict(), "removed_ml": {}}
+    summary: dict[str, Any] = {"applied": False, "version": GATE_VERSION, "parameters": params.as_dict(),
+                               "removed_ml": {}}
     if not params.enabled or ct.intensity != "HU" or not ct.is_3d or not infection.any():
         return infection.astype(np.uint8), summary
     voxel_ml = ct.voxel_volume_ml
