@@ -227,3 +227,19 @@ def test_real_volume_specificity(shared_data, tmp_path):
     assert report["infection"]["percent_of_lungs"] < 1.0
     assert report["severity_score"]["total"] <= 2
     assert report["covid_assessment"]["category"] in ("negative", "atypical")
+
+
+def test_statistics_rows_show_the_assessment(tmp_path, phantom):
+    """The MRML statistics table lists the category (ordinal, named) and the noise floor."""
+    pytest.importorskip("slicer")
+    from CovidCTLib.mrml.tables import statistics_rows
+
+    numbers = apply_noise_floor(quantify(phantom.ct, phantom.lungs, phantom.infection), NoiseFloor())
+    report = {**numbers, "covid_probability": 0.9,
+              "covid_assessment": assess(phantom.ct, phantom.lungs, phantom.infection, numbers, 0.9)}
+    rows = {key: (label, value) for key, label, value, _unit in statistics_rows(report)}
+    label, value = rows["covid_assessment.category"]
+    assert report["covid_assessment"]["category"] in label
+    assert value == float(("negative", "atypical", "indeterminate", "typical").index(
+        report["covid_assessment"]["category"]))
+    assert rows["noise_floor.min_lesion_ml"][1] == NoiseFloor().min_lesion_ml

@@ -26,7 +26,10 @@ STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = (
     ("infection.right_percent", "Involvement, right lung", "%"),
     ("infection.left_percent", "Involvement, left lung", "%"),
     ("severity_score.total", "CT severity score", "points"),
-    # issue 13: scan-level assessment (category is text: see assessment_category_row)
+)
+
+#: issue 13: assessment and noise-floor rows, listed when the report has them (the category: see below).
+ASSESSMENT_ROWS: tuple[tuple[str, str, str], ...] = (
     ("covid_assessment.features.peripheral_share", "Peripheral / subpleural share of infection", "fraction"),
     ("covid_assessment.features.ggo_share", "Ground-glass share of infection", "fraction"),
     ("covid_assessment.features.n_significant_lesions", "Significant lesions", "count"),
@@ -64,6 +67,8 @@ def _is_number(value: Any) -> bool:
 def statistics_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """``(key, measurement, value, unit)`` rows: the main numbers, then every numeric zone field."""
     rows = [(key, label, _number(lookup(report, key)), unit) for key, label, unit in STATISTICS_ROWS]
+    rows += [(key, label, _number(lookup(report, key)), unit) for key, label, unit in ASSESSMENT_ROWS
+             if lookup(report, key) is not None]
     assessment = report.get("covid_assessment")  # issue 13: the category as an ordinal row
     if isinstance(assessment, dict) and assessment.get("category") in CATEGORIES:
         category = assessment["category"]
