@@ -170,7 +170,7 @@ def analyze(
     # --- issue 13 hook: HU gate of the network output + noise floor (CovidCTLib/postprocess/stages.py)
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR, clean_infection, score_scan
 
-    infection, gating = timed("infection_gating", 0.7, 0.72, "Checking infection against CT densities",
+    infection, gating = timed("infection_gating", 0.7, 0.7, "Checking infection against CT densities",
                               lambda: clean_infection(ct, lungs, infection, resolved))
 
     covid_probability, classification, slice_probabilities = None, None, {}
