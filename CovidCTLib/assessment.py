@@ -115,8 +115,14 @@ def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray) -> 
     return {"peripheral_share": peripheral / max(total, 1.0), "posterior_share": posterior / max(total, 1.0)}
 
 
-def assessment_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, numbers: dict[str, Any],
-                        classifier_probability: float | None, rules: AssessmentRules) -> dict[str, Any]:
+def assessment_features(
+    ct: CTVolume,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    numbers: dict[str, Any],
+    classifier_probability: float | None,
+    rules: AssessmentRules,
+) -> dict[str, Any]:
     """All features of the assessment (``numbers``: the ``quantify`` result after the noise floor)."""
     inf = numbers["infection"]
     total = float(inf["total_ml"])
@@ -135,7 +141,8 @@ def assessment_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, 
         "largest_lesion_ml": volumes[0] if volumes else 0.0,
         "largest_lesion_share": volumes[0] / total if volumes and total > 0 else 0.0,
         "largest_lesion_consolidation": max(lesions, key=lambda d: d["volume_ml"])["consolidation_fraction"]
-        if lesions else 0.0,
+        if lesions
+        else 0.0,
         "classifier_probability": None if classifier_probability is None else float(classifier_probability),
     }
     features.update(spatial_features(ct, lungs, infection))
@@ -146,25 +153,33 @@ def categorise(features: dict[str, Any], rules: AssessmentRules) -> tuple[str, l
     """RSNA category and the reasons for it (short sentences)."""
     burden = features["burden_percent"]
     if burden < rules.min_burden_percent:
-        return "negative", [f"No significant infection: {burden:.2f} % of the lungs (below "
-                            f"{rules.min_burden_percent:g} %)."]
+        return "negative", [
+            f"No significant infection: {burden:.2f} % of the lungs (below {rules.min_burden_percent:g} %)."
+        ]
     reasons = [f"Infection covers {burden:.1f} % of the lungs ({features['infection_ml']:.0f} mL)."]
     bilateral, peripheral = features["bilateral"], features["peripheral_share"]
     ggo, n_sig = features["ggo_share"], features["n_significant_lesions"]
-    reasons.append("Bilateral." if bilateral else "Unilateral (or one lung under "
-                                                  f"{rules.side_min_ml:g} mL).")
-    reasons.append(f"Peripheral/subpleural share {peripheral:.0%}; ground-glass share {ggo:.0%}; "
-                   f"lower-zone share {features['lower_zone_share']:.0%}; posterior share "
-                   f"{features['posterior_share']:.0%}; {n_sig} significant lesion(s).")
+    reasons.append("Bilateral." if bilateral else f"Unilateral (or one lung under {rules.side_min_ml:g} mL).")
+    reasons.append(
+        f"Peripheral/subpleural share {peripheral:.0%}; ground-glass share {ggo:.0%}; "
+        f"lower-zone share {features['lower_zone_share']:.0%}; posterior share "
+        f"{features['posterior_share']:.0%}; {n_sig} significant lesion(s)."
+    )
     multifocal = n_sig >= 2 or features["largest_lesion_ml"] >= rules.confluent_ml
     if bilateral and peripheral >= rules.typical_peripheral_share and ggo >= rules.typical_ggo_share and multifocal:
-        reasons.append("Typical appearance: bilateral, peripheral, ground-glass-predominant, multifocal or "
-                       "confluent opacities.")
+        reasons.append(
+            "Typical appearance: bilateral, peripheral, ground-glass-predominant, multifocal or confluent opacities."
+        )
         return "typical", reasons
-    if not bilateral and features["largest_lesion_share"] >= rules.solitary_share and \
-            features["largest_lesion_consolidation"] >= rules.atypical_min_consolidation:
-        reasons.append("Atypical appearance: one unilateral focus with a dense core (mass-like or "
-                       "lobar/segmental consolidation, e.g. a tumour or bacterial pneumonia).")
+    if (
+        not bilateral
+        and features["largest_lesion_share"] >= rules.solitary_share
+        and features["largest_lesion_consolidation"] >= rules.atypical_min_consolidation
+    ):
+        reasons.append(
+            "Atypical appearance: one unilateral focus with a dense core (mass-like or "
+            "lobar/segmental consolidation, e.g. a tumour or bacterial pneumonia)."
+        )
         return "atypical", reasons
     reasons.append("Indeterminate appearance: opacities without the typical distribution.")
     return "indeterminate", reasons
@@ -180,8 +195,14 @@ def combine_probability(category: str, classifier_probability: float | None, rul
     return min(p, rules.negative_cap) if category == "negative" else p
 
 
-def assess(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, numbers: dict[str, Any],
-           classifier_probability: float | None, rules: AssessmentRules | None = None) -> dict[str, Any]:
+def assess(
+    ct: CTVolume,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    numbers: dict[str, Any],
+    classifier_probability: float | None,
+    rules: AssessmentRules | None = None,
+) -> dict[str, Any]:
     """The ``covid_assessment`` block of report.json: category, probability, reasons, features, method."""
     rules = rules or AssessmentRules()
     features = assessment_features(ct, lungs, infection, numbers, classifier_probability, rules)
@@ -190,8 +211,10 @@ def assess(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, numbers: dict
     if classifier_probability is None:
         reasons.append("No slice classifier ran: the probability is the category prior.")
     else:
-        reasons.append(f"Slice classifier {classifier_probability:.2f} (weight {rules.classifier_weight:g} in "
-                       "log-odds; a weak signal on real scans).")
+        reasons.append(
+            f"Slice classifier {classifier_probability:.2f} (weight {rules.classifier_weight:g} in "
+            "log-odds; a weak signal on real scans)."
+        )
     return {
         "version": ASSESSMENT_VERSION,
         "category": category,

@@ -23,8 +23,18 @@ from CovidCTLib.version import DISCLAIMER
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 GENERIC_NAMES = ("dicom", "series", "ct", "images")
-COLUMNS = ("name", "lungs_ml", "burden_percent", "infection_ml", "lesions", "severity", "covid_probability",
-           "category", "seconds", "source")
+COLUMNS = (
+    "name",
+    "lungs_ml",
+    "burden_percent",
+    "infection_ml",
+    "lesions",
+    "severity",
+    "covid_probability",
+    "category",
+    "seconds",
+    "source",
+)
 
 
 @dataclass(frozen=True)
@@ -109,8 +119,11 @@ def kernel_pairs(scans: list[Scan], rows: list[dict[str, Any]]) -> list[tuple[st
     for scan, row in zip(scans, rows, strict=True):
         if scan.path.is_dir():
             by_group.setdefault(scan.group, []).append(row)
-    return [(g[0]["name"], g[1]["name"], round(g[1]["burden_percent"] - g[0]["burden_percent"], 2))
-            for g in by_group.values() if len(g) >= 2]
+    return [
+        (g[0]["name"], g[1]["name"], round(g[1]["burden_percent"] - g[0]["burden_percent"], 2))
+        for g in by_group.values()
+        if len(g) >= 2
+    ]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -131,8 +144,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return write_text_atomic(path, buffer.getvalue(), overwrite=True)
 
 
-def evaluate_volumes(paths: list[str | os.PathLike], outdir: str | os.PathLike, overwrite: bool = False,
-                     device: str = "auto", echo: Callable[[str], None] = print) -> dict[str, Any]:
+def evaluate_volumes(
+    paths: list[str | os.PathLike],
+    outdir: str | os.PathLike,
+    overwrite: bool = False,
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Analyse every scan found with the defaults; write outputs, volumes.csv; return rows and kernel pairs."""
     from CovidCTLib.pipeline import analyze, write_outputs
 
@@ -145,8 +163,10 @@ def evaluate_volumes(paths: list[str | os.PathLike], outdir: str | os.PathLike, 
         result = analyze(scan.path, device=device)
         write_outputs(result, outdir / scan.name, overwrite=overwrite)
         rows.append(scan_row(scan, result.report, time.perf_counter() - started))
-        echo(f"{scan.name}: burden {rows[-1]['burden_percent']} %, category {rows[-1]['category']}, "
-             f"{rows[-1]['seconds']} s")
+        echo(
+            f"{scan.name}: burden {rows[-1]['burden_percent']} %, category {rows[-1]['category']}, "
+            f"{rows[-1]['seconds']} s"
+        )
     csv_path = write_csv(rows, outdir / "volumes.csv")
     pairs = kernel_pairs(scans, rows)
     echo(format_table(rows))

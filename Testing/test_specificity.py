@@ -55,7 +55,7 @@ def test_gate_removes_vessel_like_tubes(clean_phantom):
     rng = np.random.default_rng(1)
     for i in rng.choice(len(zs), 6, replace=False):
         z0, y0, x0 = zs[i], ys[i], xs[i]
-        tubes[max(z0 - 6, 0):z0 + 6, y0 - 1:y0 + 1, x0 - 1:x0 + 1] = True  # 3 mm wide, 30 mm long
+        tubes[max(z0 - 6, 0) : z0 + 6, y0 - 1 : y0 + 1, x0 - 1 : x0 + 1] = True  # 3 mm wide, 30 mm long
     tubes &= lungs > 0
     hu[tubes] = 40
     ct2 = _with_hu(ct, hu)
@@ -160,10 +160,19 @@ def test_assessment_typical_for_bilateral_peripheral_lower_ggo(clean_phantom):
 
 def test_assessment_atypical_for_one_dense_focus():
     rules = AssessmentRules()
-    features = {"burden_percent": 2.0, "infection_ml": 60.0, "bilateral": False, "peripheral_share": 0.8,
-                "ggo_share": 0.6, "n_significant_lesions": 1, "largest_lesion_ml": 55.0,
-                "largest_lesion_share": 0.92, "largest_lesion_consolidation": 0.4, "lower_zone_share": 0.0,
-                "posterior_share": 1.0}
+    features = {
+        "burden_percent": 2.0,
+        "infection_ml": 60.0,
+        "bilateral": False,
+        "peripheral_share": 0.8,
+        "ggo_share": 0.6,
+        "n_significant_lesions": 1,
+        "largest_lesion_ml": 55.0,
+        "largest_lesion_share": 0.92,
+        "largest_lesion_consolidation": 0.4,
+        "lower_zone_share": 0.0,
+        "posterior_share": 1.0,
+    }
     category, reasons = categorise(features, rules)
     assert category == "atypical" and any("Atypical" in r for r in reasons)
     assert combine_probability("atypical", 0.75, rules) < 0.3
@@ -235,11 +244,15 @@ def test_statistics_rows_show_the_assessment(tmp_path, phantom):
     from CovidCTLib.mrml.tables import statistics_rows
 
     numbers = apply_noise_floor(quantify(phantom.ct, phantom.lungs, phantom.infection), NoiseFloor())
-    report = {**numbers, "covid_probability": 0.9,
-              "covid_assessment": assess(phantom.ct, phantom.lungs, phantom.infection, numbers, 0.9)}
+    report = {
+        **numbers,
+        "covid_probability": 0.9,
+        "covid_assessment": assess(phantom.ct, phantom.lungs, phantom.infection, numbers, 0.9),
+    }
     rows = {key: (label, value) for key, label, value, _unit in statistics_rows(report)}
     label, value = rows["covid_assessment.category"]
     assert report["covid_assessment"]["category"] in label
-    assert value == float(("negative", "atypical", "indeterminate", "typical").index(
-        report["covid_assessment"]["category"]))
+    assert value == float(
+        ("negative", "atypical", "indeterminate", "typical").index(report["covid_assessment"]["category"])
+    )
     assert rows["noise_floor.min_lesion_ml"][1] == NoiseFloor().min_lesion_ml

@@ -28,8 +28,12 @@ SCANS = {
 }
 VARIANTS: dict[str, dict | None] = {
     "network + noise floor only": None,
-    "+ density after thin-structure opening": {"border_mm": 1e-4, "min_core_ml": 0.0, "min_core_share": 0.0,
-                                               "max_fat_share": 1.01},
+    "+ density after thin-structure opening": {
+        "border_mm": 1e-4,
+        "min_core_ml": 0.0,
+        "min_core_share": 0.0,
+        "max_fat_share": 1.01,
+    },
     "+ border band": {"max_fat_share": 1.01},
     "+ fat density = shipped": {},
     "shipped, min density -650 HU": {"min_hu": -650.0},

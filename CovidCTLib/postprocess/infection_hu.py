@@ -108,8 +108,12 @@ def gate_infection_hu(
     infection = np.asarray(infection)
     if infection.shape != ct.shape or np.asarray(lungs).shape != ct.shape:
         raise InputError(f"mask shapes do not match the CT {ct.shape} (z, y, x); masks must be computed on this CT.")
-    summary: dict[str, Any] = {"applied": False, "version": GATE_VERSION, "parameters": params.as_dict(),
-                               "removed_ml": {}}
+    summary: dict[str, Any] = {
+        "applied": False,
+        "version": GATE_VERSION,
+        "parameters": params.as_dict(),
+        "removed_ml": {},
+    }
     if not params.enabled or ct.intensity != "HU" or not ct.is_3d or not infection.any():
         return infection.astype(np.uint8), summary
     voxel_ml = ct.voxel_volume_ml
@@ -161,15 +165,17 @@ def gate_infection_hu(
 
     out = np.zeros(infection.shape, dtype=np.uint8)
     out[box] = gated
-    summary.update({
-        "applied": True,
-        "infection_ml_before": round(before, 3),
-        "infection_ml_after": round(after_size, 3),
-        "removed_ml": {
-            "density_after_thin_structure_removal": round(before - after_density, 3),
-            "border_band_only": round(after_density - after_border, 3),
-            "fat_density": round(after_border - after_fat, 3),
-            "below_min_lesion_size": round(after_fat - after_size, 3),
-        },
-    })
+    summary.update(
+        {
+            "applied": True,
+            "infection_ml_before": round(before, 3),
+            "infection_ml_after": round(after_size, 3),
+            "removed_ml": {
+                "density_after_thin_structure_removal": round(before - after_density, 3),
+                "border_band_only": round(after_density - after_border, 3),
+                "fat_density": round(after_border - after_fat, 3),
+                "below_min_lesion_size": round(after_fat - after_size, 3),
+            },
+        }
+    )
     return out, summary

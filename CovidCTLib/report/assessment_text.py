@@ -36,7 +36,8 @@ def assessment_paragraph(report: dict[str, Any]) -> str | None:
         return None
     text = (
         f"COVID-19 assessment: {block.get('category', '-')} appearance (RSNA consensus categories), "
-        f"probability {float(block.get('probability', 0.0)):.2f}. " + " ".join(block.get("reasons") or [])
+        f"probability {float(block.get('probability', 0.0)):.2f}. "
+        + " ".join(block.get("reasons") or [])
         + " The probability combines a rule-based category from the segmentation with the slice classifier; "
         "it is not a diagnosis and does not distinguish COVID-19 from other causes with a similar CT appearance."
     )
@@ -52,8 +53,10 @@ def assessment_rows(report: dict[str, Any]) -> list[list[str]]:
     if not isinstance(block, dict):
         return []
     features = block.get("features") or {}
-    rows = [["Category", str(block.get("category", "-"))],
-            ["Probability", f"{float(block.get('probability', 0.0)):.2f}"]]
+    rows = [
+        ["Category", str(block.get("category", "-"))],
+        ["Probability", f"{float(block.get('probability', 0.0)):.2f}"],
+    ]
     rows += [[label, _fmt(key, features.get(key))] for key, label in FEATURE_LABELS if key in features]
     return rows
 
@@ -63,8 +66,10 @@ def assessment_summary(report: dict[str, Any]) -> list[str]:
     block = report.get("covid_assessment")
     if not isinstance(block, dict):
         return []
-    lines = [f"COVID-19 assessment: {block.get('category', '-')} (RSNA category), probability "
-             f"{float(block.get('probability', 0.0)):.2f}; " + " ".join(block.get("reasons") or [])]
+    lines = [
+        f"COVID-19 assessment: {block.get('category', '-')} (RSNA category), probability "
+        f"{float(block.get('probability', 0.0)):.2f}; " + " ".join(block.get("reasons") or [])
+    ]
     floor = report.get("noise_floor")
     if isinstance(floor, dict) and floor.get("meaning"):
         lines.append(f"Noise floor: {floor['meaning']}")
