@@ -63,6 +63,8 @@ class AnalysisState:
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
     lobes: np.ndarray | None = None
+    gating: dict[str, Any] = field(default_factory=dict)  # what the HU gate removed (issue 13)
+    assessment: dict[str, Any] = field(default_factory=dict)  # the scan-level COVID assessment
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # every fallback, stated (notes, console, panel)
@@ -106,12 +108,19 @@ def _stage_infection(state: AnalysisState) -> None:
     state.infection = np.where(state.lungs > 0, infection, 0).astype(np.uint8)
 
 
+def _stage_gating(state: AnalysisState) -> None:
+    from CovidCTLib.postprocess.stages import clean_infection
+
+    state.infection, state.gating = clean_infection(state.ct, state.lungs, state.infection, state.segmenters.method)
+
+
 def _stage_classify(state: AnalysisState) -> None:
     if not (state.classify and classifier_available()):
         fallback = classifier_fallback(state.classify)
         if fallback:
             state.fallbacks.append(fallback)
-        state.notes.append("No COVID classifier ran (none installed or disabled): covid_probability is null.")
+        state.notes.append("No COVID classifier ran (none installed or disabled): covid_probability is the "
+                           "assessment's category prior.")
         return
     from CovidCTLib.models.runtime.classifier_inference import classify_scan
 
@@ -119,9 +128,20 @@ def _stage_classify(state: AnalysisState) -> None:
 
 
 def _stage_quantify(state: AnalysisState) -> None:
+    from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
     from CovidCTLib.quantify import quantify
 
-    state.numbers = quantify(state.ct, state.lungs, state.infection)
+    state.numbers = quantify(state.ct, state.lungs, state.infection, min_lesion_ml=DEFAULT_FLOOR.min_lesion_ml)
+
+
+def _stage_assessment(state: AnalysisState) -> None:
+    """Zone noise floor and the scan-level COVID assessment (its probability is the top-level one)."""
+    from CovidCTLib.postprocess.stages import score_scan
+
+    probability = None if state.scan is None else float(state.scan.probability)
+    state.numbers, state.assessment = score_scan(state.ct, state.lungs, state.infection, state.numbers, probability)
+    state.numbers["infection_gating"] = state.gating
+    state.numbers["covid_assessment"] = state.assessment
 
 
 def _stage_lobes(state: AnalysisState) -> None:
@@ -136,8 +156,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("load", 10, "Reading the CT", _stage_load),
     Stage("lungs", 35, "Segmenting the lungs", _stage_lungs),
     Stage("infection", 25, "Segmenting infection", _stage_infection),
+    Stage("infection_gating", 3, "Checking infection against CT densities", _stage_gating),
     Stage("classify", 15, "Classifying COVID vs non-COVID", _stage_classify),
     Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
+    Stage("assessment", 2, "Scan-level COVID assessment", _stage_assessment),
     Stage("lobes", 4, "Segmenting the lobes", _stage_lobes),
 )
 
@@ -214,6 +236,8 @@ def analyze(
 
     from CovidCTLib.report.report_json import build_report
 
+    if state.assessment:  # issue 13: the assessment's calibrated probability is the top-level one
+        covid_probability = state.assessment["probability"]
     notes = list(ct.notes) + state.fallbacks + state.notes
     resolved = state.segmenters.method
     report = build_report(

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from required import require_module
 
 from CovidCTLib.errors import AnalysisError
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.volume import CTVolume
 
-pytest.importorskip("torch")
-inference = pytest.importorskip("CovidCTLib.models.runtime.inference")
+require_module("torch")
+inference = require_module("CovidCTLib.models.runtime.inference")
 if not inference.models_available().get("infection"):
     pytest.skip("trained segmentation models not installed", allow_module_level=True)
 
@@ -54,7 +55,7 @@ def test_analyze_of_a_ct_without_lungs_says_no_lung_found(method: str) -> None:
 
 
 def test_classifier_gives_no_probability_without_lungs() -> None:
-    classifier = pytest.importorskip("CovidCTLib.models.runtime.classifier_inference")
+    classifier = require_module("CovidCTLib.models.runtime.classifier_inference")
     if not classifier.classifier_available():
         pytest.skip("classifier not installed")
     ct = _body_without_lungs()

@@ -330,6 +330,11 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if probability is None
             else f"{probability:.2f} (research use, not a diagnosis)"
         )
+        category = summary.get("covid_assessment.category")  # issue 13: RSNA category, 0..3
+        if category is not None and category == category:
+            from CovidCTLib.assessment import CATEGORIES
+
+            self.ui.probabilityValueLabel.text += f"; {CATEGORIES[int(category)]} appearance"
         self.ui.involvementValueLabel.text = (
             f"{summary['infection.percent_of_lungs']:.1f} % (right {summary['infection.right_percent']:.1f} %, "
             f"left {summary['infection.left_percent']:.1f} %)"

@@ -38,7 +38,7 @@ def import_analysis_modules(reports: bool) -> None:
     """Import the analysis and writer modules (and the HTML/PDF report writer when reports are written)."""
     import importlib
 
-    for name in ANALYSIS_MODULES + (("CovidCTLib.report.html_pdf",) if reports else ()):
+    for name in ANALYSIS_MODULES + (("CovidCTLib.outputs.html_pdf",) if reports else ()):
         importlib.import_module(name)
     from CovidCTLib.report.report_json import software_versions
 

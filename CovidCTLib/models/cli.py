@@ -22,11 +22,15 @@ SEG_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def _add_options(p: argparse.ArgumentParser, action: str) -> None:
-    p.add_argument("task", choices=("lung", "infection", "classifier"))
-    p.add_argument("--data", required=True,
+    volumes = ("volumes",) if action == "evaluate" else ()  # issue 13: covidct evaluate volumes
+    p.add_argument("task", choices=("lung", "infection", "classifier", *volumes))
+    p.add_argument("--data", required=True, nargs="+" if volumes else None,
                    help="training data: comma-separated folders, optionally kind-prefixed "
-                        "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py")
-    p.add_argument("--out", required=True, help="output folder (checkpoints, log, exported model)")
+                        "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py"
+                        + ("; volumes: one or more folders / files of real CT volumes" if volumes else ""))
+    p.add_argument("--out", "-o", required=True, help="output folder (checkpoints, log, exported model)")
+    if volumes:
+        p.add_argument("--overwrite", action="store_true", help="volumes: replace existing outputs in OUTDIR")
     p.add_argument("--seed", type=int, default=None, help="random seed (split, sampling, init; default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None)
@@ -168,6 +172,12 @@ def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:
 
 def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
     """``covidct evaluate <task>``: metrics table, per-image CSV."""
+    if args.task == "volumes":  # issue 13 hook
+        from CovidCTLib.evaluate_volumes import evaluate_volumes
+
+        evaluate_volumes(args.data, args.out, overwrite=args.overwrite, device=args.device)
+        return 0
+    args.data = ",".join(args.data)
     if args.task == "classifier":
         _classifier("main_evaluate")(args)
         return 0

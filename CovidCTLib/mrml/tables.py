@@ -9,11 +9,21 @@ from typing import Any
 import slicer
 import vtk
 
+from CovidCTLib.assessment import CATEGORIES
 from CovidCTLib.report.fields import TABLE_FIELDS, lookup
 from CovidCTLib.version import DISCLAIMER
 
 #: (report key, measurement label, unit) of the main statistics rows, in display order (from the field table).
 STATISTICS_ROWS: tuple[tuple[str, str, str], ...] = tuple((f.key, f.label, f.unit) for f in TABLE_FIELDS)
+
+#: issue 13: assessment and noise-floor rows, listed when the report has them (the category: see below).
+ASSESSMENT_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("covid_assessment.features.peripheral_share", "Peripheral / subpleural share of infection", "fraction"),
+    ("covid_assessment.features.ggo_share", "Ground-glass share of infection", "fraction"),
+    ("covid_assessment.features.n_significant_lesions", "Significant lesions", "count"),
+    ("noise_floor.min_lesion_ml", "Noise floor: smallest lesion counted", "mL"),
+    ("noise_floor.min_zone_percent", "Noise floor: zone involvement scoring 1", "%"),
+)
 
 
 def _number(value: Any) -> float:
@@ -45,6 +55,14 @@ def _is_number(value: Any) -> bool:
 def statistics_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """``(key, measurement, value, unit)`` rows: the main numbers, then every numeric zone field."""
     rows = [(key, label, _number(lookup(report, key)), unit) for key, label, unit in STATISTICS_ROWS]
+    rows += [(key, label, _number(lookup(report, key)), unit) for key, label, unit in ASSESSMENT_ROWS
+             if lookup(report, key) is not None]
+    assessment = report.get("covid_assessment")  # issue 13: the category as an ordinal row
+    if isinstance(assessment, dict) and assessment.get("category") in CATEGORIES:
+        category = assessment["category"]
+        rows.insert(1, ("covid_assessment.category", f"COVID-19 assessment (RSNA): {category} "
+                        "(0 negative, 1 atypical, 2 indeterminate, 3 typical)", float(CATEGORIES.index(category)),
+                        "category"))
     lesions = report.get("lesions")
     if isinstance(lesions, list):
         rows.append(("lesions.count", "Number of lesions", float(len(lesions)), "count"))

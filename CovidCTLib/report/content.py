@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.labels import INFECTION_CLASSES, SEGMENTS
+from CovidCTLib.report.assessment_text import assessment_paragraph, assessment_rows
 from CovidCTLib.version import DISCLAIMER, __version__
 
 LOG = logging.getLogger(__name__)
@@ -274,8 +275,10 @@ def build_content(result, include_identifiers: bool = False, compare: dict[str, 
     return ReportContent(
         title="CovidCT chest CT analysis",
         facts=_facts(result, report, include_identifiers),
-        probability_text=_probability_text(report),
-        tables=[_volume_table(report), _zone_table(report), _lesion_table(report, top_lesions)],
+        probability_text=assessment_paragraph(report) or _probability_text(report),  # issue 13 hook
+        tables=[_volume_table(report), _zone_table(report), _lesion_table(report, top_lesions)]
+        + ([Table("COVID-19 assessment (features)", ["Feature", "Value"], assessment_rows(report))]
+           if assessment_rows(report) else []),
         images=images,
         notes=[str(n) for n in report.get("notes") or []],
         compare_tables=_compare_tables(compare),

@@ -32,11 +32,12 @@ def software_versions(method: str, model_versions: dict[str, str]) -> dict[str, 
         "models": dict(model_versions),
         "python": platform.python_version(),
     }
-    for name in ("numpy", "SimpleITK", "torch", "monai"):
+    from importlib import metadata
+
+    for name in ("numpy", "SimpleITK", "torch", "monai"):  # read from the installed metadata: no heavy import
         try:
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", None) or module.Version_VersionString()
-        except Exception:  # noqa: BLE001 - a missing optional library is simply not listed
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # a library that is not installed is simply not listed
             continue
     return versions
 

@@ -42,6 +42,14 @@ def _metrics_lines(metrics: dict[str, Any], size: int) -> list[str]:
     return lines
 
 
+def _extra_sections(sections: list[dict[str, Any]]) -> list[str]:
+    """Free-form card sections recorded in the manifest: ``{"title": ..., "lines": [markdown lines]}``."""
+    lines: list[str] = []
+    for section in sections:
+        lines += [f"## {section['title']}", "", *section.get("lines", []), ""]
+    return lines
+
+
 def _burden_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
@@ -108,6 +116,7 @@ def render_card(manifest: dict[str, Any]) -> str:
         "",
         *_burden_lines(manifest.get("burden_check_unlabelled", [])),
         *_experiment_lines(manifest.get("experiments_not_shipped", [])),
+        *_extra_sections(manifest.get("extra_sections", [])),
         "## Limitations",
         *[f"- {x}" for x in manifest.get("limitations", [])],
         "",

@@ -1,0 +1,1 @@
+"""Post-processing of segmentation outputs (HU-consistency gating of the infection on HU volumes)."""

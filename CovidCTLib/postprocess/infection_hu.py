@@ -1,0 +1,181 @@
+"""HU-consistency gating of a network's infection mask on Hounsfield-unit volumes.
+
+Ground-glass opacity is attenuation above normal aerated lung that is not explained by a thin bright
+structure; the network also marks vessels, airway walls, fissures, the partial-volume band along the heart,
+mediastinum and diaphragm, thin dependent bands and sharp-kernel noise. The gate keeps an infection voxel
+only when all of these hold:
+
+1. **Density after thin-structure removal.** The CT is smoothed in-plane (``smooth_mm`` box mean, which
+   makes sharp and soft kernels alike), then bright structures narrower than ``thin_mm`` in-plane are
+   removed by a grey-level opening (vessels and bronchial walls cut across or along, fissures, noise
+   specks). The voxel's opened value must be at least ``min_hu`` (normal aerated lung is about -850 HU,
+   ground glass above about -700 HU). A vessel seen on consecutive slices is removed on each slice.
+2. **Not only a border band.** Lung voxels within ``border_mm`` of soft tissue outside the lung (heart,
+   mediastinum, hilar vessels, diaphragm, chest wall) are a border band where partial volume and motion
+   fake ground glass. A connected lesion is kept (with its border part, so subpleural disease reaches the
+   pleura) only when at least ``min_core_ml`` and ``min_core_share`` of it lie deeper than the band
+   (a long thin band along the border with one deeper spot is still a band).
+3. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
+
+Used only for HU volumes (8-bit slices are not in HU; their results do not change). The numbers that
+chose these defaults are in ``Resources/Models/infection-unet/MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from CovidCTLib.errors import InputError
+from CovidCTLib.imaging.grid import block_mean, upsample_nearest
+from CovidCTLib.volume import CTVolume
+
+_CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
+
+#: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
+GATE_VERSION = "1.0.0"
+
+
+@dataclass(frozen=True)
+class HUGating:
+    """Parameters of the HU gate (see the module docstring)."""
+
+    enabled: bool = True
+    smooth_mm: float = 1.5
+    thin_mm: float = 5.0
+    min_hu: float = -700.0
+    soft_tissue_hu: float = -300.0
+    border_mm: float = 4.0
+    min_core_ml: float = 0.1
+    min_core_share: float = 0.1
+    min_lesion_ml: float = 0.1
+    fat_min_hu: float = -200.0
+    fat_max_hu: float = -40.0
+    max_fat_share: float = 0.5
+    grid_mm: float = 1.4
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parameters as a plain dictionary (for report.json)."""
+        return asdict(self)
+
+
+def _odd(size_mm: float, spacing_mm: float) -> int:
+    """Odd window length (voxels) covering ``size_mm``, at least 1."""
+    n = max(1, int(round(size_mm / spacing_mm)))
+    return n if n % 2 == 1 else n + 1
+
+
+def _box(mask: np.ndarray, margin: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to ``shape``."""
+    found = ndimage.find_objects(mask.astype(np.uint8))[0]
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(found, margin, shape, strict=True))
+
+
+def opened_density(hu: np.ndarray, spacing_zyx: tuple[float, ...], params: HUGating) -> np.ndarray:
+    """Smoothed HU with in-plane structures narrower than ``thin_mm`` removed (float32)."""
+    sy, sx = _odd(params.smooth_mm, spacing_zyx[1]), _odd(params.smooth_mm, spacing_zyx[2])
+    smooth = np.asarray(hu, dtype=np.float32)
+    if sy > 1 or sx > 1:
+        smooth = ndimage.uniform_filter(smooth, size=(1, sy, sx))
+    ty, tx = _odd(params.thin_mm, spacing_zyx[1]), _odd(params.thin_mm, spacing_zyx[2])
+    return ndimage.grey_opening(smooth, size=(1, ty, tx))
+
+
+def border_band(hu: np.ndarray, lung: np.ndarray, spacing_zyx: tuple[float, ...], params: HUGating) -> np.ndarray:
+    """Lung voxels within ``border_mm`` (3-D box) of soft tissue outside the lung."""
+    tissue = ~lung & (np.asarray(hu) >= params.soft_tissue_hu)
+    size = tuple(2 * int(round(params.border_mm / s)) + 1 for s in spacing_zyx)
+    return lung & ndimage.maximum_filter(tissue, size=size)
+
+
+def _in_plane_factor(spacing_zyx: tuple[float, ...], params: HUGating) -> int:
+    """In-plane block size that brings fine in-plane spacing to about ``grid_mm`` (speed)."""
+    return max(1, int(params.grid_mm // max(min(spacing_zyx[1:]), 1e-3)))
+
+
+def gate_infection_hu(
+    ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, params: HUGating | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Gate ``infection`` (uint8, 1 GGO / 2 consolidation) by CT physics; returns ``(infection, summary)``.
+
+    The summary gives the parameters and the infection volume (mL) removed by each rule.
+    """
+    params = params or HUGating()
+    infection = np.asarray(infection)
+    if infection.shape != ct.shape or np.asarray(lungs).shape != ct.shape:
+        raise InputError(f"mask shapes do not match the CT {ct.shape} (z, y, x); masks must be computed on this CT.")
+    summary: dict[str, Any] = {
+        "applied": False,
+        "version": GATE_VERSION,
+        "parameters": params.as_dict(),
+        "removed_ml": {},
+    }
+    if not params.enabled or ct.intensity != "HU" or not ct.is_3d or not infection.any():
+        return infection.astype(np.uint8), summary
+    voxel_ml = ct.voxel_volume_ml
+    spacing = ct.spacing_zyx
+    margin = (0, *(int(np.ceil(params.border_mm / s)) + 2 for s in spacing[1:]))
+    box = _box(infection > 0, margin, ct.shape)  # work where infection is
+    hu = sitk.GetArrayViewFromImage(ct.image)[box]
+    lung = np.asarray(lungs)[box] > 0
+    inf = np.where(lung, infection[box], 0).astype(np.uint8)
+    before = float(np.count_nonzero(inf)) * voxel_ml
+
+    factors = (1, _in_plane_factor(spacing, params), _in_plane_factor(spacing, params))
+    coarse_spacing = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+    hu_c = block_mean(hu, factors)
+    lung_c = block_mean(lung.astype(np.uint8), factors) >= 0.5
+    opened = opened_density(hu_c, coarse_spacing, params)
+    dense_enough = upsample_nearest(opened >= params.min_hu, factors, hu.shape)
+    gated = np.where(dense_enough, inf, 0).astype(np.uint8)
+    after_density = float(np.count_nonzero(gated)) * voxel_ml
+
+    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    if n:
+        band = upsample_nearest(border_band(hu_c, lung_c, coarse_spacing, params), factors, hu.shape)
+        core = np.bincount(lab[~band].ravel(), minlength=n + 1).astype(float) * voxel_ml
+        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
+        keep = core >= np.maximum(params.min_core_ml, params.min_core_share * size)
+        keep[0] = False
+        gated[~keep[lab]] = 0
+    after_border = float(np.count_nonzero(gated)) * voxel_ml
+
+    if n:
+        smooth = ndimage.uniform_filter(hu_c, size=(1, 3, 3))
+        fat = upsample_nearest((smooth >= params.fat_min_hu) & (smooth <= params.fat_max_hu), factors, hu.shape)
+        lab = np.where(gated > 0, lab, 0)
+        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float)
+        fat_share = np.bincount(lab[fat].ravel(), minlength=n + 1) / np.maximum(size, 1)
+        fatty = fat_share > params.max_fat_share
+        fatty[0] = False
+        gated[fatty[lab]] = 0
+    after_fat = float(np.count_nonzero(gated)) * voxel_ml
+
+    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    if n:
+        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
+        small = size < params.min_lesion_ml
+        small[0] = False
+        gated[small[lab]] = 0
+    after_size = float(np.count_nonzero(gated)) * voxel_ml
+
+    out = np.zeros(infection.shape, dtype=np.uint8)
+    out[box] = gated
+    summary.update(
+        {
+            "applied": True,
+            "infection_ml_before": round(before, 3),
+            "infection_ml_after": round(after_size, 3),
+            "removed_ml": {
+                "density_after_thin_structure_removal": round(before - after_density, 3),
+                "border_band_only": round(after_density - after_border, 3),
+                "fat_density": round(after_border - after_fat, 3),
+                "below_min_lesion_size": round(after_fat - after_size, 3),
+            },
+        }
+    )
+    return out, summary

@@ -1,0 +1,259 @@
+"""Issue 13: HU gate of the infection, noise floor, scan-level COVID assessment, ``evaluate volumes``."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from required import require_module
+from scipy import ndimage
+
+from CovidCTLib.assessment import AssessmentRules, assess, categorise, combine_probability
+from CovidCTLib.evaluate_volumes import find_scans, kernel_pairs, scan_row
+from CovidCTLib.labels import CONSOLIDATION, GGO
+from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
+from CovidCTLib.phantom import make_phantom
+from CovidCTLib.postprocess.infection_hu import HUGating, gate_infection_hu
+from CovidCTLib.postprocess.stages import clean_infection
+from CovidCTLib.quantify import quantify
+from CovidCTLib.volume import CTVolume
+
+SHAPE = (48, 96, 96)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(shape=SHAPE, seed=0)
+
+
+@pytest.fixture(scope="module")
+def clean_phantom():
+    return make_phantom(shape=SHAPE, seed=0, lesions=False)
+
+
+def _with_hu(ct: CTVolume, hu: np.ndarray, intensity: str = "HU") -> CTVolume:
+    image = sitk.GetImageFromArray(hu.astype(np.int16))
+    image.CopyInformation(ct.image)
+    return CTVolume(image, intensity, "test")
+
+
+def test_gate_keeps_real_lesions(phantom):
+    gated, summary = gate_infection_hu(phantom.ct, phantom.lungs, phantom.infection)
+    truth = phantom.infection > 0
+    assert summary["applied"]
+    assert np.count_nonzero(gated[truth]) >= 0.9 * np.count_nonzero(truth)
+    assert not np.any(gated[~truth])  # it only removes
+
+
+def test_gate_removes_vessel_like_tubes(clean_phantom):
+    """Bright thin tubes running through several slices are not infection, even when the network says so."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    hu = ct.array.astype(np.int16)
+    tubes = np.zeros(hu.shape, bool)
+    zs, ys, xs = np.nonzero(ndimage.binary_erosion(lungs > 0, iterations=6))
+    rng = np.random.default_rng(1)
+    for i in rng.choice(len(zs), 6, replace=False):
+        z0, y0, x0 = zs[i], ys[i], xs[i]
+        tubes[max(z0 - 6, 0) : z0 + 6, y0 - 1 : y0 + 1, x0 - 1 : x0 + 1] = True  # 3 mm wide, 30 mm long
+    tubes &= lungs > 0
+    hu[tubes] = 40
+    ct2 = _with_hu(ct, hu)
+    fake = np.zeros(hu.shape, np.uint8)
+    fake[ndimage.binary_dilation(tubes, structure=np.ones((1, 3, 3), bool)) & (lungs > 0)] = GGO
+    gated, summary = gate_infection_hu(ct2, lungs, fake)
+    assert np.count_nonzero(fake) > 0
+    assert np.count_nonzero(gated) <= 0.05 * np.count_nonzero(fake)
+    assert summary["removed_ml"]["density_after_thin_structure_removal"] > 0
+
+
+def test_gate_removes_border_rim_only(clean_phantom):
+    """A thin partial-volume band along the soft tissue outside the lung is dropped."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    lung = lungs > 0
+    hu = ct.array.astype(np.int16)
+    rim = lung & ~ndimage.binary_erosion(lung, structure=np.ones((1, 3, 3), bool), iterations=2)
+    hu[rim] = np.maximum(hu[rim], -550)  # partial volume: ground-glass density right at the border
+    fake = np.where(rim, GGO, 0).astype(np.uint8)
+    gated, _ = gate_infection_hu(_with_hu(ct, hu), lungs, fake)
+    assert np.count_nonzero(gated) <= 0.05 * np.count_nonzero(fake)
+
+
+def test_gate_keeps_diffuse_denser_lung(clean_phantom):
+    """A uniformly denser lung (diffuse ground glass) marked by the network is kept."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    lung = lungs > 0
+    hu = ct.array.astype(np.int16)
+    hu[lung] = np.clip(hu[lung] + 300, -600, None)  # normal lung about -850 -> about -550
+    infection = np.where(lung, GGO, 0).astype(np.uint8)
+    gated, _ = gate_infection_hu(_with_hu(ct, hu), lungs, infection)
+    assert np.count_nonzero(gated) >= 0.7 * np.count_nonzero(infection)
+
+
+def test_gate_is_hu_only(phantom):
+    ct8 = _with_hu(phantom.ct, np.clip(phantom.ct.array + 1000, 0, 255) // 8, intensity="8bit")
+    gated, summary = gate_infection_hu(ct8, phantom.lungs, phantom.infection)
+    assert not summary["applied"]
+    assert np.array_equal(gated, phantom.infection)
+    assert not HUGating(enabled=False).enabled
+
+
+def test_noise_floor_reads_zero_on_lesion_free_phantom(clean_phantom):
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    specks = np.zeros(ct.shape, np.uint8)
+    zs, ys, xs = np.nonzero(lungs > 0)
+    specks[zs[::400], ys[::400], xs[::400]] = GGO  # isolated single-voxel false positives
+    floor = NoiseFloor()
+    cleaned = remove_small_lesions(specks, ct.voxel_volume_ml, floor.min_lesion_ml)
+    numbers = apply_noise_floor(quantify(ct, lungs, cleaned, min_lesion_ml=floor.min_lesion_ml), floor)
+    assert np.count_nonzero(specks) > 10 and not cleaned.any()
+    assert numbers["severity_score"]["total"] == 0
+    assert numbers["lesions"] == []
+    assert numbers["noise_floor"]["min_lesion_ml"] == floor.min_lesion_ml
+
+
+def test_noise_floor_zone_threshold(phantom):
+    numbers = quantify(phantom.ct, phantom.lungs, phantom.infection)
+    strict = apply_noise_floor(quantify(phantom.ct, phantom.lungs, phantom.infection), NoiseFloor(0.0, 100.0))
+    assert numbers["severity_score"]["total"] > 0
+    assert strict["severity_score"]["total"] == 0
+    assert all(z["severity"] == 0 for z in strict["zones"])
+
+
+def _bilateral_peripheral_lower_ggo(clean_phantom) -> np.ndarray:
+    """Ground glass in the outer rind of the lower half of both lungs, a few blobs per lung."""
+    lungs = clean_phantom.lungs
+    infection = np.zeros(lungs.shape, np.uint8)
+    inner = ndimage.binary_erosion(lungs > 0, structure=np.ones((1, 3, 3), bool), iterations=5)
+    rind = (lungs > 0) & ~inner
+    half = lungs.shape[0] // 2
+    for side in (1, 2):
+        zs, ys, xs = np.nonzero(rind[:half] & (lungs[:half] == side))
+        for i in np.linspace(0, len(zs) - 1, 6).astype(int):
+            ball = np.zeros(lungs.shape, bool)
+            ball[zs[i], ys[i], xs[i]] = True
+            ball = ndimage.binary_dilation(ball, iterations=5) & (lungs == side)
+            infection[ball] = GGO
+    return infection
+
+
+def test_assessment_negative_without_infection(clean_phantom):
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    empty = np.zeros(ct.shape, np.uint8)
+    numbers = apply_noise_floor(quantify(ct, lungs, empty), NoiseFloor())
+    block = assess(ct, lungs, empty, numbers, classifier_probability=0.95)
+    assert block["category"] == "negative"
+    assert block["probability"] <= AssessmentRules().negative_cap
+    assert block["reasons"] and block["features"]["burden_percent"] == 0.0
+
+
+def test_assessment_typical_for_bilateral_peripheral_lower_ggo(clean_phantom):
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    infection = _bilateral_peripheral_lower_ggo(clean_phantom)
+    numbers = apply_noise_floor(quantify(ct, lungs, infection, min_lesion_ml=0.25), NoiseFloor())
+    block = assess(ct, lungs, infection, numbers, classifier_probability=0.5)
+    features = block["features"]
+    assert features["bilateral"] and features["peripheral_share"] > 0.6 and features["ggo_share"] == 1.0
+    assert block["category"] == "typical", block["reasons"]
+    assert block["probability"] >= 0.7
+
+
+def test_assessment_atypical_for_one_dense_focus():
+    rules = AssessmentRules()
+    features = {
+        "burden_percent": 2.0,
+        "infection_ml": 60.0,
+        "bilateral": False,
+        "peripheral_share": 0.8,
+        "ggo_share": 0.6,
+        "n_significant_lesions": 1,
+        "largest_lesion_ml": 55.0,
+        "largest_lesion_share": 0.92,
+        "largest_lesion_consolidation": 0.4,
+        "lower_zone_share": 0.0,
+        "posterior_share": 1.0,
+    }
+    category, reasons = categorise(features, rules)
+    assert category == "atypical" and any("Atypical" in r for r in reasons)
+    assert combine_probability("atypical", 0.75, rules) < 0.3
+    assert combine_probability("typical", 0.75, rules) > combine_probability("indeterminate", 0.75, rules)
+
+
+def test_clean_infection_classical_and_model(phantom):
+    model_out, model_summary = clean_infection(phantom.ct, phantom.lungs, phantom.infection, "model")
+    classical_out, classical_summary = clean_infection(phantom.ct, phantom.lungs, phantom.infection, "classical")
+    assert model_summary["applied"] and not classical_summary["applied"]
+    assert set(np.unique(model_out)) <= {0, GGO, CONSOLIDATION}
+    assert np.count_nonzero(classical_out) <= np.count_nonzero(phantom.infection)
+
+
+def test_evaluate_volumes_finds_scans_and_pairs(tmp_path, phantom):
+    (tmp_path / "a").mkdir()
+    sitk.WriteImage(phantom.ct.image, str(tmp_path / "a" / "case1.nii.gz"))
+    for kernel in ("k1", "k2"):
+        (tmp_path / "pair" / kernel).mkdir(parents=True)
+        (tmp_path / "pair" / kernel / "1-01.dcm").write_bytes(b"")
+    scans = find_scans([tmp_path])
+    names = sorted(s.name for s in scans)
+    assert names == ["case1", "pair_k1", "pair_k2"]
+    rows = [{"name": s.name, "burden_percent": b} for s, b in zip(scans, (1.0, 2.0, 2.5), strict=True)]
+    pairs = kernel_pairs(scans, rows)
+    assert len(pairs) == 1 and pairs[0][2] == pytest.approx(0.5)
+
+
+def test_evaluate_volumes_cli_writes_csv(tmp_path, phantom, monkeypatch):
+    """The command on a phantom written to NIfTI: outputs per scan and volumes.csv (classical, fast)."""
+    from CovidCTLib import cli, pipeline
+
+    data = tmp_path / "data"
+    data.mkdir()
+    sitk.WriteImage(phantom.ct.image, str(data / "phantom.nii.gz"))
+    monkeypatch.setattr(pipeline, "resolve_method", lambda method: "classical")
+    monkeypatch.setattr(pipeline, "classifier_available", lambda: False)
+    out = tmp_path / "out"
+    code = cli.main(["evaluate", "volumes", "--data", str(data), "-o", str(out)])
+    assert code == 0
+    with open(out / "volumes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["name"] for r in rows] == ["phantom"]
+    assert float(rows[0]["burden_percent"]) > 0 and rows[0]["category"] in ("typical", "indeterminate", "atypical")
+    assert (out / "phantom" / "report.json").is_file()
+    report = __import__("json").loads((out / "phantom" / "report.json").read_text())
+    assert report["covid_assessment"]["probability"] == report["covid_probability"]
+    assert report["noise_floor"]["min_zone_percent"] == NoiseFloor().min_zone_percent
+    assert scan_row.__name__ == "scan_row"
+
+
+@pytest.mark.slow
+def test_real_volume_specificity(shared_data, tmp_path):
+    """LIDC-IDRI-0002 (normal lungs, the classifier's worst) reads < 1 % and negative/atypical."""
+    from CovidCTLib.pipeline import analyze, segmentation_models_available
+
+    path = shared_data / "lidc_idri_chest_ct" / "LIDC-IDRI-0002.nii.gz"
+    if not path.is_file() or not segmentation_models_available():
+        pytest.skip("LIDC-IDRI-0002 or the trained models are not available")
+    report = analyze(path).report
+    assert report["infection"]["percent_of_lungs"] < 1.0
+    assert report["severity_score"]["total"] <= 2
+    assert report["covid_assessment"]["category"] in ("negative", "atypical")
+
+
+def test_statistics_rows_show_the_assessment(tmp_path, phantom):
+    """The MRML statistics table lists the category (ordinal, named) and the noise floor."""
+    require_module("slicer")
+    from CovidCTLib.mrml.tables import statistics_rows
+
+    numbers = apply_noise_floor(quantify(phantom.ct, phantom.lungs, phantom.infection), NoiseFloor())
+    report = {
+        **numbers,
+        "covid_probability": 0.9,
+        "covid_assessment": assess(phantom.ct, phantom.lungs, phantom.infection, numbers, 0.9),
+    }
+    rows = {key: (label, value) for key, label, value, _unit in statistics_rows(report)}
+    label, value = rows["covid_assessment.category"]
+    assert report["covid_assessment"]["category"] in label
+    assert value == float(
+        ("negative", "atypical", "indeterminate", "typical").index(report["covid_assessment"]["category"])
+    )
+    assert rows["noise_floor.min_lesion_ml"][1] == NoiseFloor().min_lesion_ml

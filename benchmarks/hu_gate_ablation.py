@@ -1,0 +1,69 @@
+"""Burden % / severity of the real HU volumes under variants of the HU gate (issue 13 model-card table).
+
+The networks run once per scan (lungs + infection, shipped models); each variant of
+``CovidCTLib.postprocess.infection_hu.HUGating`` is then applied with the default noise floor.
+Usage: ``python benchmarks/hu_gate_ablation.py [DATA_DIR]`` (default ``$COVIDCT_SHARED_DATA`` or
+../shared/data). Research software, not for diagnosis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from CovidCTLib.io.loader import load_ct
+from CovidCTLib.models.runtime.inference import segment_infection_model, segment_lungs_model
+from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
+from CovidCTLib.postprocess.infection_hu import HUGating, gate_infection_hu
+from CovidCTLib.quantify import quantify
+
+SCANS = {
+    "RICORD": "ricord_1a_covid_chest_ct/dicom",
+    "LIDC-0001": "lidc_idri_chest_ct/LIDC-IDRI-0001.nii.gz",
+    "LIDC-0002": "lidc_idri_chest_ct/LIDC-IDRI-0002.nii.gz",
+    "LIDC-0003": "lidc_idri_chest_ct/LIDC-IDRI-0003.nii.gz",
+    "A0001 kernel L": "lung_pet_ct_dx/A0001/2.000000-5mm-40805",
+    "A0001 kernel B": "lung_pet_ct_dx/A0001/3.000000-5mm-41315",
+}
+VARIANTS: dict[str, dict | None] = {
+    "network + noise floor only": None,
+    "+ density after thin-structure opening": {
+        "border_mm": 1e-4,
+        "min_core_ml": 0.0,
+        "min_core_share": 0.0,
+        "max_fat_share": 1.01,
+    },
+    "+ border band": {"max_fat_share": 1.01},
+    "+ fat density = shipped": {},
+    "shipped, min density -650 HU": {"min_hu": -650.0},
+    "shipped, min density -750 HU": {"min_hu": -750.0},
+    "shipped, thin structures 3 mm": {"thin_mm": 3.0},
+    "shipped, thin structures 7 mm": {"thin_mm": 7.0},
+    "shipped, border 6 mm": {"border_mm": 6.0},
+    "shipped, border core share 25 %": {"min_core_share": 0.25},
+}
+
+
+def main(data: Path) -> None:
+    floor = NoiseFloor()
+    cases = {}
+    for name, rel in SCANS.items():
+        ct = load_ct(data / rel)
+        lungs = segment_lungs_model(ct)
+        cases[name] = (ct, lungs, segment_infection_model(ct, lungs))
+    print("| variant | " + " | ".join(cases) + " |")
+    print("|---" * (len(cases) + 1) + "|")
+    for label, kw in VARIANTS.items():
+        cells = []
+        for ct, lungs, infection in cases.values():
+            gated = infection if kw is None else gate_infection_hu(ct, lungs, infection, HUGating(**kw))[0]
+            gated = remove_small_lesions(gated, ct.voxel_volume_ml, floor.min_lesion_ml)
+            numbers = apply_noise_floor(quantify(ct, lungs, gated, min_lesion_ml=floor.min_lesion_ml), floor)
+            cells.append(f"{numbers['infection']['percent_of_lungs']:.2f} / {numbers['severity_score']['total']}")
+        print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(os.environ.get("COVIDCT_SHARED_DATA", "../shared/data"))
+    main(root)
