@@ -43,7 +43,8 @@ from CovidCTLib.models.runtime.classifier import (
     standardize,
 )
 from CovidCTLib.models.runtime.device import resolve_device, set_training_threads
-from CovidCTLib.models.training.checkpoints import load_checkpoint, save_checkpoint
+from CovidCTLib.models.training.checkpoints import load_checkpoint
+from CovidCTLib.models.training.trainer import LoopHooks, TrainConfig, train_loop
 from CovidCTLib.version import DISCLAIMER, __version__
 
 DEFAULTS: dict[str, Any] = {
@@ -168,9 +169,10 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray
     return items, cache, train_idx, val_idx, out
 
 
-def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | None = None,
-               config: ClassifierConfig | None = None) -> dict[str, Any]:
-    """Shared training loop for train / finetune. Returns the final summary (also in ``metrics.json``)."""
+def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | None = None,
+                     config: ClassifierConfig | None = None) -> dict[str, Any]:
+    """Train or fine-tune the classifier with the one training loop (its recipe as hooks); returns the final
+    summary (also in ``metrics.json``)."""
     seed = int(_opt(args, "seed"))
     device = training_device(_opt(args, "device"), _opt(args, "threads"))
     items, cache, train_idx, val_idx, out = _prepare(args)
@@ -179,12 +181,10 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
     max_steps = _opt(args, "max_steps")
     lr, patience = float(_opt(args, "lr")), int(_opt(args, "patience"))
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
 
     model = build_classifier(config).to(device)
     if init_state is not None:
         model.load_state_dict({k: v.float() for k, v in init_state.items()})
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=float(_opt(args, "weight_decay")))
     aux, aux_probs, n_aux = _aux_pool(args, out, seed, bs)
     bs_main = max(2, bs - n_aux)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / bs_main))
@@ -196,90 +196,67 @@ def train_loop(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | N
             return (step + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = EMA(model, float(_opt(args, "ema_decay")))
     labels = cache["labels"]
     y_train = labels[train_idx]
     pos_weight = torch.tensor([(y_train == 0).sum() / max((y_train == 1).sum(), 1)], dtype=torch.float32)
     val_x = eval_batch(cache["crops"][val_idx], config.input_size)
-    start_epoch, step, best_auc, best_epoch, history = 0, 0, -1.0, -1, []
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if _opt(args, "resume") and last_path.exists():
-        ck = load_checkpoint(last_path)
-        model.load_state_dict(ck["model"])
-        ema.model.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, step = ck["epoch"] + 1, ck["step"]
-        best_auc, best_epoch, history = ck["best_auc"], ck["best_epoch"], ck["history"]
-        rng.bit_generator.state = ck["rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        _log(f"resumed from {last_path} at epoch {start_epoch}")
-    _log(f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
-         f"{epochs} epochs")
     if _opt(args, "aug") not in AUGMENT_PRESETS:
         raise InputError(f"--aug must be one of {', '.join(AUGMENT_PRESETS)}")
     aug = AUGMENT_PRESETS[_opt(args, "aug")]
-    stop = False
-    for epoch in range(start_epoch, epochs):
-        model.train()
-        t0 = time.time()
+    epoch_batches: list[np.ndarray] = []
+
+    def start_epoch(epoch: int, rng: np.random.Generator) -> None:
         perm = rng.permutation(train_idx)
-        losses = []
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs_main:(b + 1) * bs_main]
-            if len(idx) < 2:
-                continue
-            crops, clahe, y_np = cache["crops"][idx], cache["clahe"][idx], labels[idx]
-            if aux is not None:
-                a_idx = rng.choice(len(aux_probs), size=n_aux, p=aux_probs)
-                crops = np.concatenate([crops, aux["crops"][a_idx]])
-                clahe = np.concatenate([clahe, aux["clahe"][a_idx]])
-                y_np = np.concatenate([y_np, aux["labels"][a_idx]])
-            x = augment_batch(crops, clahe, config.input_size, aug, rng)
-            x = standardize(x).to(device)
-            y = torch.from_numpy(y_np.astype(np.float32)).to(device)
-            y_s = y * 0.95 + 0.025  # label smoothing
-            with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-                logit = model(x).float().view(-1)
-            loss = F.binary_cross_entropy_with_logits(logit, y_s, pos_weight=pos_weight.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            sched.step()
-            ema.update(model)
-            losses.append(float(loss.detach()))
-            step += 1
-            if max_steps is not None and step >= int(max_steps):
-                stop = True
-                break
+        epoch_batches[:] = [perm[b * bs_main:(b + 1) * bs_main] for b in range(steps_per_epoch)][::-1]
+
+    def make_batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+        idx = epoch_batches.pop()
+        if len(idx) < 2:
+            return None
+        crops, clahe, y_np = cache["crops"][idx], cache["clahe"][idx], labels[idx]
+        if aux is not None:
+            a_idx = rng.choice(len(aux_probs), size=n_aux, p=aux_probs)
+            crops = np.concatenate([crops, aux["crops"][a_idx]])
+            clahe = np.concatenate([clahe, aux["clahe"][a_idx]])
+            y_np = np.concatenate([y_np, aux["labels"][a_idx]])
+        x = standardize(augment_batch(crops, clahe, config.input_size, aug, rng)).to(device)
+        return x, torch.from_numpy(y_np.astype(np.float32)).to(device)
+
+    def loss_fn(net: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        logit = net(x).float().view(-1)
+        return F.binary_cross_entropy_with_logits(logit, y * 0.95 + 0.025, pos_weight=pos_weight.to(device))
+
+    def before_validate(rng: np.random.Generator) -> None:
         calib = eval_batch(cache["crops"][rng.choice(train_idx, min(len(train_idx), 4 * bs), replace=False)],
                            config.input_size)
         recalibrate_bn(ema.model, list(torch.split(calib, bs)), device)
-        p_val = predict_crops(ema.model, val_x, device, tta=False)
-        m = binary_metrics(labels[val_idx], p_val)
-        rec = {"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
-               "val_auc": m["auc"], "val_f1": m["f1"], "val_acc": m["accuracy"],
-               "lr": round(sched.get_last_lr()[0], 6), "seconds": round(time.time() - t0, 1)}
-        history.append(rec)
-        _log(json.dumps(rec))
-        if m["auc"] > best_auc:
-            best_auc, best_epoch = m["auc"], epoch
-            save_checkpoint({"ema": ema.model.state_dict(), "config": config.__dict__, "epoch": epoch,
-                             "val": m}, best_path)
-        save_checkpoint({"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "epoch": epoch, "step": step, "best_auc": best_auc,
-                         "best_epoch": best_epoch, "history": history, "rng": rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state(), "config": config.__dict__}, last_path)
-        if stop or epoch - best_epoch >= patience:
-            _log("stopping: " + ("max_steps reached" if stop else f"no AUC gain for {patience} epochs"))
-            break
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        return binary_metrics(labels[val_idx], predict_crops(net, val_x, device, tta=False))
+
+    hooks = LoopHooks(
+        step_lr=lr_at, start_epoch=start_epoch, after_step=ema.update, evaluated=lambda _model: ema.model,
+        before_validate=before_validate, extra_state=lambda: {"ema": ema.model.state_dict()},
+        load_extra_state=lambda state: ema.model.load_state_dict(state["ema"]),
+    )
+    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr,
+                      weight_decay=float(_opt(args, "weight_decay")), patience=patience, seed=seed,
+                      device=str(device), max_steps=None if max_steps is None else int(max_steps), monitor="auc")
+    _log(f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
+         f"{epochs} epochs")
+    run = train_loop(model, make_batch, loss_fn, validate, out, cfg, resume=bool(_opt(args, "resume")),
+                     log=_log, hooks=hooks)
+    history = [{"epoch": r["epoch"] - 1, "loss": None if r["loss"] is None else round(r["loss"], 4),
+                "val_auc": r.get("auc"), "val_f1": r.get("f1"), "val_acc": r.get("accuracy"), "lr": r["lr"],
+                "seconds": r["seconds"]} for r in run["history"]]
+    best_path = out / "best.pt"
 
     # final: best checkpoint, validation with test-time augmentation, per-image CSV, exported model
     best = load_checkpoint(best_path)
-    ema.model.load_state_dict(best["ema"])
-    p_val = predict_crops(ema.model, val_x, device, tta=True)
+    best["val"] = best["metrics"]
+    p_val = predict_crops(ema.model, val_x, device, tta=True)  # ema.model holds the best weights (train_loop)
     final = binary_metrics(labels[val_idx], p_val)
     _write_predictions(out / "val_predictions.csv", [items[i] for i in val_idx], p_val)
     _write_history(out / "history.csv", history)
@@ -353,7 +330,7 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 def main_train(args: argparse.Namespace) -> dict[str, Any]:
     """``covidct train classifier``: train from scratch (grouped split), export to ``<out>/model``."""
-    return train_loop(args)
+    return train_classifier(args)
 
 
 def main_finetune(args: argparse.Namespace) -> dict[str, Any]:
@@ -363,7 +340,7 @@ def main_finetune(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_classifier(getattr(args, "model", None), device="cpu")
     if getattr(args, "lr", None) is None:
         args.lr = 3e-4
-    return train_loop(args, init_state=loaded.model.state_dict(), config=loaded.config)
+    return train_classifier(args, init_state=loaded.model.state_dict(), config=loaded.config)
 
 
 def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
