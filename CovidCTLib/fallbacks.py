@@ -70,5 +70,5 @@ def classifier_fallback(classify: bool) -> str | None:
     try:
         inference.load_classifier(folder, "cpu")
     except ModelError as exc:
-        return f"Fallback: the COVID classifier was REFUSED, so covid_probability is null. {exc}"
+        return f"Fallback: the COVID classifier was REFUSED, so no slice classifier was used (covid_probability comes from the segmentation findings alone). {exc}"
     return None

@@ -205,11 +205,12 @@ def test_evaluate_volumes_finds_scans_and_pairs(tmp_path, phantom):
 def test_evaluate_volumes_cli_writes_csv(tmp_path, phantom, monkeypatch):
     """The command on a phantom written to NIfTI: outputs per scan and volumes.csv (classical, fast)."""
     from CovidCTLib import cli, pipeline
+    from CovidCTLib.segmentation import registry
 
     data = tmp_path / "data"
     data.mkdir()
     sitk.WriteImage(phantom.ct.image, str(data / "phantom.nii.gz"))
-    monkeypatch.setattr(pipeline, "resolve_method", lambda method: "classical")
+    monkeypatch.setattr(registry, "trained_segmentation_available", lambda: False)
     monkeypatch.setattr(pipeline, "classifier_available", lambda: False)
     out = tmp_path / "out"
     code = cli.main(["evaluate", "volumes", "--data", str(data), "-o", str(out)])

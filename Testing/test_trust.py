@@ -301,7 +301,9 @@ def test_auto_states_the_fallback_when_a_model_is_refused(
     assert str(tampered_models["lung"]) in console and "checksum" in console
     assert "WARNING: Fallback: the COVID classifier was REFUSED" in console
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["method"] == "classical" and report["covid_probability"] is None
+    assert report["method"] == "classical" and report["classification"] is None
+    # no classifier ran: the top-level probability is the assessment's, from the segmentation alone
+    assert report["covid_probability"] == report["covid_assessment"]["probability"]
     assert len(report["fallbacks"]) == 2 and all(text in report["notes"] for text in report["fallbacks"])
     assert str(tampered_models["classifier"]) in report["fallbacks"][1]
 
