@@ -70,5 +70,8 @@ def classifier_fallback(classify: bool) -> str | None:
     try:
         inference.load_classifier(folder, "cpu")
     except ModelError as exc:
-        return f"Fallback: the COVID classifier was REFUSED, so no slice classifier was used (covid_probability comes from the segmentation findings alone). {exc}"
+        return (
+            "Fallback: the COVID classifier was REFUSED, so no slice classifier was used (covid_probability comes "
+            f"from the segmentation findings alone). {exc}"
+        )
     return None
