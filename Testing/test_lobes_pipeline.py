@@ -69,6 +69,10 @@ def test_report_has_the_lobes_and_the_lobar_score(analyzed):
     assert report["severity_score"]["total"] >= 0  # the zone score stays as the second score
     assert set(report["lobe_segmentation"]["fissures"]) == {"right_oblique", "right_horizontal", "left_oblique"}
     assert "lobes" in report["timing_s"]
+    # the noise floor of the zones applies to the lobes: below 1 % involvement a lobe scores 0
+    for entry in lobes:
+        assert (entry["score"] == 0) == (entry["percent"] < 1.0), entry
+    assert "1 %" in score["noise_floor"]
 
 
 def test_lobes_from_the_classical_lungs_match_the_phantom(analyzed):
