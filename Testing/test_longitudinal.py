@@ -235,3 +235,21 @@ def test_cli_with_analysis_folders(phantom, followup, tmp_path, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert lines[-1]["event"] == "error" and "--overwrite" in lines[-1]["message"]
     assert main(["compare", str(a), str(tmp_path / "missing"), "-o", str(tmp_path / "o2")]) == 2
+
+
+def test_comparison_reads_back_from_its_files(phantom, followup, compared):
+    """What the Slicer module shows after a background run: the stored comparison equals the computed one."""
+    from CovidCTLib.longitudinal.readback import read_compare_outputs
+
+    result, out = compared
+    stored = read_compare_outputs(out, [phantom.ct, followup.ct])
+    assert np.array_equal(stored.changes[1], result.changes[1])
+    for computed, read in zip(result.timepoints, stored.timepoints, strict=True):
+        assert np.array_equal(read.lungs, computed.lungs) and np.array_equal(read.infection, computed.infection)
+    point = np.array(phantom.ct.image.TransformIndexToPhysicalPoint((40, 50, 10)), float)
+    np.testing.assert_allclose(stored.registrations[1].transform.TransformPoint(point),
+                               result.registrations[1].transform.TransformPoint(point), atol=1e-4)
+    assert stored.report["timepoints"] == result.report["timepoints"]
+    other = make_phantom(shape=(20, 40, 40), spacing=(5.0, 3.0, 3.0)).ct
+    with pytest.raises(InputError, match="grid"):
+        read_compare_outputs(out, [other, followup.ct])

@@ -390,6 +390,13 @@ def test_compare_section(widget, module):
         with pytest.raises(ValueError, match="same volume"):
             logic.compare(base, base, interactive=False)
         widget.ui.compareButton.emit("clicked(bool)", False)
+        assert widget._compareJob is not None  # runs in a background process: the GUI is not blocked
+        assert widget.ui.compareStatusLabel.text.startswith("Comparing")
+        deadline = time.monotonic() + 300
+        while widget._compareJob is not None:
+            assert time.monotonic() < deadline, "the background comparison did not end"
+            widget._compareTimer.fire()
+            time.sleep(0.1)
         assert widget.ui.compareStatusLabel.text.startswith("Comparison shown"), widget.ui.compareStatusLabel.text
         names = [
             module.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()

@@ -163,6 +163,8 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._compareJob = None
+        self._compareTimer = None
         self._timer = None
         self._deviceProbe = None
 
@@ -187,6 +189,9 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
+        self._compareTimer = qt.QTimer()
+        self._compareTimer.setInterval(300)
+        self._compareTimer.connect("timeout()", self.onCompareTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -205,6 +210,12 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(0, self._updateDeviceStatus)
 
     def cleanup(self) -> None:
+        if self._compareTimer is not None:
+            self._compareTimer.stop()
+        if self._compareJob is not None:
+            self._compareJob.runner.cancel(wait=True)
+            self._compareJob.cleanup()
+            self._compareJob = None
         if self._timer is not None:
             self._timer.stop()
         if self._job is not None:
@@ -427,17 +438,43 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(f"Exported {len(paths)} files to {folder}")
 
     def onCompare(self) -> None:
+        """Start the comparison in a background process; :meth:`onCompareTimer` shows it when it ends."""
         node = self._parameterNode
-        self.ui.compareStatusLabel.text = "Comparing (registration can take a minute)..."
-        slicer.app.processEvents()
+        if self._compareJob is not None:
+            self.logic.cancelBackground(self._compareJob)
+            self.ui.compareStatusLabel.text = "Cancelling the comparison..."
+            return
         try:
             with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-                self.ui.compareStatusLabel.text = self.logic.compare(
+                self.logic.ensureDependencies(node.method, interactive=True)
+                self._compareJob = self.logic.startCompare(
                     node.baselineVolume, node.followupVolume, method=node.method, device=node.device
                 )
+                self.ui.compareStatusLabel.text = "Comparing (registration can take a minute)..."
+                self._compareTimer.start()
         except Exception as error:
             self.ui.compareStatusLabel.text = f"Failed: {error}"
             raise
+
+    def onCompareTimer(self) -> None:
+        job = self._compareJob
+        if job is None:
+            self._compareTimer.stop()
+            return
+        for event in job.poll():
+            if event.get("event") == "progress":
+                fraction = float(event.get("fraction", 0.0))
+                self.ui.compareStatusLabel.text = f"Comparing: {event.get('message') or ''} ({100 * fraction:.0f} %)"
+        if not job.finished:
+            return
+        self._compareTimer.stop()
+        self._compareJob = None
+        try:
+            self.ui.compareStatusLabel.text = self.logic.finishCompare(job)
+        except Exception as error:  # noqa: BLE001 - shown to the user, scene left as it was
+            self.ui.compareStatusLabel.text = (
+                "Comparison cancelled." if job.cancelled else f"Failed: {error}"
+            )
 
 
 #
@@ -757,28 +794,18 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             return False
         return restore_comparison_layout(slicer.mrmlScene)
 
-    def compare(
-        self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto", interactive: bool = True
-    ) -> str:
-        """Register the follow-up to the baseline and show the change; returns a status line.
-
-        Uses ``CovidCTLib.longitudinal.compare`` and ``CovidCTLib.mrml.compare.show_comparison`` when both are
-        installed; otherwise says so without computing anything.
-        """
-        try:
-            from CovidCTLib.longitudinal import compare as longitudinal_compare
-            from CovidCTLib.mrml.compare import show_comparison
-        except ImportError as error:
-            return f"Longitudinal comparison is not installed in this version of CovidCT ({error.name})."
+    def startCompare(self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto") -> CovidCTJob:
+        """Export both volumes and start ``covidct compare --json-progress`` on them in the background."""
         import SimpleITK as sitk
 
         from CovidCTLib.mrml import image_from_volume_node
+        from CovidCTLib.runner.background import BackgroundAnalysis, compare_command
 
         if not baselineVolume or not followupVolume:
             raise ValueError("Select a baseline and a follow-up volume.")
         if baselineVolume == followupVolume:
             raise ValueError("Baseline and follow-up are the same volume; select two scans of the patient.")
-        self.ensureDependencies(method, interactive=interactive)
+        startRunner = self.runnerFactory or BackgroundAnalysis
         workdir = Path(tempfile.mkdtemp(prefix="CovidCT-compare-"))
         try:
             inputs = []
@@ -786,11 +813,44 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
                 path = workdir / f"{label}.nrrd"
                 sitk.WriteImage(image_from_volume_node(volume), str(path), False)
                 inputs.append(path)
-            result = longitudinal_compare(inputs, workdir / "out", method=method, device=device, overwrite=True)
-            show_comparison(slicer.mrmlScene, baselineVolume, followupVolume, result)
-        finally:
+            runner = startRunner(compare_command(inputs, workdir / "out", method, device), logdir=workdir / "log")
+        except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        job = CovidCTJob(runner, workdir, baselineVolume)
+        job.followupVolume = followupVolume
+        return job
+
+    def finishCompare(self, job: CovidCTJob) -> str:
+        """Show a finished background comparison (or raise its error); removes its temporary folder."""
+        from CovidCTLib.longitudinal.readback import read_compare_outputs
+        from CovidCTLib.mrml.compare import show_comparison
+
+        try:
+            error = job.runner.error_message()
+            if error:
+                for label, volume in (("baseline", job.inputVolume), ("followup", job.followupVolume)):
+                    error = error.replace(str(job.workdir / f"{label}.nrrd"), f"'{volume.GetName()}'")
+                raise RuntimeError(error)
+            done = job.runner.done_event()
+            if done is None:
+                raise RuntimeError("The comparison ended without reporting its outputs.")
+            cts = [self.volumeToCT(job.inputVolume), self.volumeToCT(job.followupVolume)]
+            result = read_compare_outputs(Path(done.get("outdir") or job.workdir / "out"), cts)
+            show_comparison(slicer.mrmlScene, job.inputVolume, job.followupVolume, result)
+        finally:
+            job.cleanup()
         return "Comparison shown (research use, not a diagnosis)."
+
+    def compare(
+        self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto", interactive: bool = True,
+        timeout: float = 900.0,
+    ) -> str:
+        """Blocking comparison (scripts, tests): :meth:`startCompare`, wait, :meth:`finishCompare`."""
+        self.ensureDependencies(method, interactive=interactive)
+        job = self.startCompare(baselineVolume, followupVolume, method, device)
+        job.runner.wait(timeout=timeout)
+        return self.finishCompare(job)
 
 
 #

@@ -366,6 +366,7 @@ def build_report(
 def _output_names(n_followups: int, with_surfaces: bool) -> list[str]:
     names = ["compare.json", "compare.csv", "trend.png", "change.nii.gz", "change.seg.nrrd"]
     names += [f"transform_{i}.tfm" for i in range(1, n_followups + 1)]
+    names += [f"timepoint_{i}_{part}.nii.gz" for i in range(n_followups + 1) for part in ("lungs", "infection")]
     if n_followups > 1:
         names += [f"change_{i}{ext}" for i in range(1, n_followups + 1) for ext in (".nii.gz", ".seg.nrrd")]
     if with_surfaces:
@@ -427,6 +428,12 @@ def _write_files(result: CompareResult, outdir: Path, n: int, surfaces: bool, ov
     """The comparison's files in ``outdir`` (the staging folder of the output set)."""
     paths: dict[str, Path] = {}
     base = result.baseline
+    for i, point in enumerate(result.timepoints):  # each on its own grid: the comparison can be shown from files
+        for part, array in (("lungs", point.lungs), ("infection", point.infection)):
+            image = labelmap_like(array, point.ct.image)
+            paths[f"timepoint_{i}_{part}"] = write_with(
+                outdir / f"timepoint_{i}_{part}.nii.gz", lambda tmp, im=image: sitk.WriteImage(im, str(tmp), True),
+                overwrite)
     for i in range(1, n + 1):
         reg = result.registrations[i]
         change = result.changes[i]

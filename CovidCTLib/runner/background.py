@@ -221,6 +221,20 @@ class BackgroundAnalysis:
                 self._kill_at = None
 
 
+def compare_command(
+    inputs: Sequence[str | os.PathLike],
+    outdir: str | os.PathLike,
+    method: str = "auto",
+    device: str = "auto",
+    python: str | None = None,
+) -> list[str]:
+    """The command line of one background comparison (``covidct compare ... --json-progress``)."""
+    return [
+        python or python_executable(), "-m", "CovidCTLib.cli", "compare", *(str(p) for p in inputs),
+        "-o", str(outdir), "--method", method, "--device", device, "--overwrite", "--json-progress",
+    ]
+
+
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
