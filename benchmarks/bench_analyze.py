@@ -95,7 +95,9 @@ def main() -> None:
         row = json.loads(stdout.strip().splitlines()[-1])
         row["peak_mb"] = peak_mb
         rows.append(row)
-    stages = ["load", "lungs", "infection", "classify", "quantify", "write", "total", "wall"]
+    from CovidCTLib.pipeline import STAGES
+
+    stages = [stage.name for stage in STAGES] + ["write", "total", "wall"]
     header = f"| case | size | method | {' | '.join(s + ' s' for s in stages)} | peak MB | lungs mL | infection % |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
