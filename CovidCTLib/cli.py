@@ -62,7 +62,9 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"Infection: {infection['total_ml']:.1f} mL ({infection['percent_of_lungs']:.1f} % of lungs; "
         f"right {infection['right_percent']:.1f} %, left {infection['left_percent']:.1f} %); "
         f"ground-glass {infection['ggo_ml']:.1f} mL, consolidation {infection['consolidation_ml']:.1f} mL",
-        f"CT severity score: {report['severity_score']['total']} / 30;  lesions: {len(report.get('lesions') or [])}",
+        f"CT severity score: {report['severity_score']['total']} / 30 (zones)"
+        + (f", {report['severity_score_lobar']['total']} / 25 (lobes)" if report.get("severity_score_lobar") else "")
+        + f";  lesions: {len(report.get('lesions') or [])}",
         "COVID probability: "
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
         *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
