@@ -289,3 +289,23 @@ def test_offscreen_render_of_surfaces(tmp_path):
     bluish = (xy[:, :, 2] > xy[:, :, 1] + 5) & drawn.reshape(200, 200)
     assert greenish[:, :100].sum() > greenish[:, 100:].sum()
     assert bluish[:, 100:].sum() > bluish[:, :100].sum()
+
+
+def test_lobes_node_overlays_an_oblique_volume_exactly(mrml):
+    """The lobes become a second segmentation node: five coded segments, the voxels and the oblique grid kept."""
+    from CovidCTLib.labels import LOBE_SEGMENTS
+    from CovidCTLib.mrml.segmentation import segment_array
+
+    phantom = make_phantom(shape=SHAPE, spacing=SPACING, seed=3, oblique=True, fissures=True)
+    volume = add_volume_from_image(mrml.scene, phantom.ct.image, "Oblique CT")
+    report = sample_report(phantom.lungs, phantom.infection, phantom.ct.voxel_volume_ml)
+    nodes = results_to_mrml(mrml.scene, volume, phantom.lungs, phantom.infection, report, surfaces=False,
+                            lobes=phantom.lobes)
+    lobes = nodes["lobes"]
+    assert lobes.GetName() == "Oblique CT CovidCT lobes"
+    assert lobes.GetSegmentation().GetNumberOfSegments() == 5
+    for spec in LOBE_SEGMENTS:
+        segment = lobes.GetSegmentation().GetSegment(spec.key)
+        assert segment.GetName() == spec.name and spec.type.value in segment.GetTerminology()
+        assert np.array_equal(segment_array(lobes, spec.key), (phantom.lobes == spec.label).astype(np.uint8))
+    assert lobes.GetAttribute("CovidCT.InputVolume") == volume.GetID()

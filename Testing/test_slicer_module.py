@@ -25,7 +25,7 @@ slicer = require_module("slicer", reason="slicer-core wheel not installed")
 from slicer_fixture import REPO_ROOT, install_app_standins, make_mrml_context  # noqa: E402
 
 from CovidCTLib.mrml import add_volume_from_image  # noqa: E402
-from CovidCTLib.runner.background import BackgroundAnalysis, analyze_command, read_outputs  # noqa: E402
+from CovidCTLib.runner.background import BackgroundAnalysis, analyze_command, read_lobes, read_outputs  # noqa: E402
 
 
 def _engine_available() -> bool:
@@ -223,6 +223,7 @@ def test_background_analysis_end_to_end(module, tmp_path):
     done = job.runner.done_event()
     assert done is not None
     _, lungs, infection, report = read_outputs(done["outdir"])
+    lobes = read_lobes(done["outdir"])  # shown as their own segmentation node
     nodes = logic.finishBackground(job, volume, surfaces=False)
     assert not workdir.exists()  # temporary export removed
     summary = logic.summaryFromTable(nodes["statistics"])
@@ -231,6 +232,8 @@ def test_background_analysis_end_to_end(module, tmp_path):
 
     assert int(segment_array(nodes["segmentation"], "left_lung").sum()) == int((lungs == 2).sum())
     assert int(segment_array(nodes["segmentation"], "ggo").sum()) == int((infection == 1).sum())
+    assert nodes["lobes"].GetSegmentation().GetNumberOfSegments() == 5
+    assert int(segment_array(nodes["lobes"], "rll").sum()) == int((lobes == 3).sum()) > 0
     saved = logic.saveReport(volume, nodes["statistics"], tmp_path / "report")
     assert json.loads((tmp_path / "report" / "report.json").read_text())["lungs"] == report["lungs"]
     assert all(p.exists() for p in saved)

@@ -656,7 +656,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         """Load a finished background run into the scene (or raise its error); removes its temp folder."""
         from CovidCTLib.mrml import check_result_geometry, results_to_mrml
         from CovidCTLib.results import AnalysisResult
-        from CovidCTLib.runner.background import read_outputs
+        from CovidCTLib.runner.background import read_lobes, read_outputs
 
         try:
             error = job.runner.error_message()
@@ -666,10 +666,13 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             done = job.runner.done_event()
             if done is None:
                 raise RuntimeError("The analysis ended without reporting its outputs.")
-            lungsImage, lungs, infection, report = read_outputs(Path(done.get("outdir") or job.workdir / "out"))
+            outdir = Path(done.get("outdir") or job.workdir / "out")
+            lungsImage, lungs, infection, report = read_outputs(outdir)
+            lobes = read_lobes(outdir)
             check_result_geometry(inputVolume, lungsImage)
             nodes = results_to_mrml(
-                slicer.mrmlScene, inputVolume, lungs, infection, report, surfaces=surfaces, smoothing=smoothing
+                slicer.mrmlScene, inputVolume, lungs, infection, report, surfaces=surfaces, smoothing=smoothing,
+                lobes=lobes,
             )
             self.lastResult = AnalysisResult(
                 ct=self.volumeToCT(inputVolume),
@@ -679,6 +682,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
                 covid_probability=report.get("covid_probability"),
                 method=str(report.get("method", "")),
                 model_versions=dict((report.get("versions") or {}).get("models") or {}),
+                lobes=lobes,
             )
             self._remember(inputVolume, nodes)
             return nodes

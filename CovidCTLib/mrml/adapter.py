@@ -15,7 +15,7 @@ import slicer
 from CovidCTLib.mrml.display import set_lung_window, show_in_views
 from CovidCTLib.mrml.geometry import image_from_volume_node
 from CovidCTLib.mrml.hierarchy import file_beside
-from CovidCTLib.mrml.segmentation import add_segmentation_node, show_closed_surfaces
+from CovidCTLib.mrml.segmentation import add_lobes_node, add_segmentation_node, show_closed_surfaces
 from CovidCTLib.mrml.tables import add_lesions_table, add_statistics_table
 from CovidCTLib.volume import same_geometry
 
@@ -43,13 +43,16 @@ def results_to_mrml(
     surfaces: bool = True,
     smoothing: float = 0.5,
     show: bool = True,
+    lobes: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Create the CovidCT nodes for one analysed volume; returns ``{"segmentation", "statistics", "lesions"}``.
+    """Create the CovidCT nodes for one analysed volume; returns ``{"segmentation", "statistics", "lesions"}``
+    (and ``"lobes"``, a second segmentation node, when ``lobes`` is given).
 
     Args:
         lungs / infection: ``(z, y, x)`` uint8 labelmaps on the volume's grid (labels from ``labels.py``).
         report: the report.json dictionary.
         name: base name of the created nodes (default: the volume's name).
+        lobes: ``(z, y, x)`` uint8 lobe labelmap (1 RUL .. 5 LLL) on the volume's grid, or None.
         surfaces: create and show closed surfaces in 3-D; smoothing: their smoothing factor (0..1).
         show: set the lung window and, inside the Slicer application, show the volume and centre views.
     """
@@ -65,6 +68,12 @@ def results_to_mrml(
         created.append(statistics)
         lesions = add_lesions_table(scene, report, f"{base} lesions")
         created.append(lesions)
+        lobes_node = None
+        if lobes is not None:
+            lobes_node = add_lobes_node(scene, volume_node, lobes, f"{base} lobes")
+            created.append(lobes_node)
+            if transform_id:
+                lobes_node.SetAndObserveTransformNodeID(transform_id)
         for node in created:
             node.SetAttribute("CovidCT.InputVolume", volume_node.GetID())
         if surfaces:
@@ -76,7 +85,10 @@ def results_to_mrml(
     if show:
         set_lung_window(volume_node)
         show_in_views(volume_node, segmentation)
-    return {"segmentation": segmentation, "statistics": statistics, "lesions": lesions}
+    nodes = {"segmentation": segmentation, "statistics": statistics, "lesions": lesions}
+    if lobes_node is not None:
+        nodes["lobes"] = lobes_node
+    return nodes
 
 
 def result_to_mrml(
@@ -84,6 +96,7 @@ def result_to_mrml(
 ) -> dict[str, Any]:
     """:func:`results_to_mrml` for an :class:`~CovidCTLib.results.AnalysisResult` (geometry checked)."""
     check_result_geometry(volume_node, result.ct.image)
+    kwargs.setdefault("lobes", getattr(result, "lobes", None))
     return results_to_mrml(scene, volume_node, result.lungs, result.infection, result.report, **kwargs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import slicer
 
-from CovidCTLib.labels import SEGMENTS, SegmentSpec
+from CovidCTLib.labels import LOBE_SEGMENTS, SEGMENTS, SegmentSpec
 from CovidCTLib.mrml.geometry import oriented_image_from_array, volume_ijk_to_ras
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
@@ -54,13 +54,34 @@ def add_segmentation_node(
     The lungs and the infection are two shared labelmap layers (label values from ``labels.SEGMENTS``),
     with exactly the volume's IJK-to-RAS (oblique directions included). Segment IDs are the spec keys.
     """
-    _check_shape(volume_node, lungs, "lungs")
-    _check_shape(volume_node, infection, "infection")
+    return _layered_node(scene, volume_node, {"lungs": lungs, "infection": infection}, SEGMENTS, name)
+
+
+def add_lobes_node(
+    scene: slicer.vtkMRMLScene, volume_node: slicer.vtkMRMLScalarVolumeNode, lobes: np.ndarray, name: str
+) -> slicer.vtkMRMLSegmentationNode:
+    """A segmentation node with the five lobes (``labels.LOBE_SEGMENTS``, one labelmap layer) on the volume's
+    grid; shown as outlines in 2-D and hidden in 3-D (the lungs and lesions stay readable)."""
+    node = _layered_node(scene, volume_node, {"lobes": lobes}, LOBE_SEGMENTS, name)
+    display = node.GetDisplayNode()
+    display.SetVisibility3D(False)
+    display.SetVisibility2DFill(False)
+    return node
+
+
+def _layered_node(
+    scene: slicer.vtkMRMLScene,
+    volume_node: slicer.vtkMRMLScalarVolumeNode,
+    arrays: dict[str, np.ndarray],
+    specs: tuple[SegmentSpec, ...],
+    name: str,
+) -> slicer.vtkMRMLSegmentationNode:
+    """A segmentation node whose segments ``specs`` share the labelmap layers ``arrays`` (by spec source)."""
+    for source, array in arrays.items():
+        _check_shape(volume_node, array, source)
     ijk_to_ras = volume_ijk_to_ras(volume_node)
-    layers = {
-        "lungs": oriented_image_from_array(np.asarray(lungs, dtype=np.uint8), ijk_to_ras),
-        "infection": oriented_image_from_array(np.asarray(infection, dtype=np.uint8), ijk_to_ras),
-    }
+    layers = {source: oriented_image_from_array(np.asarray(array, dtype=np.uint8), ijk_to_ras)
+              for source, array in arrays.items()}
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
@@ -68,7 +89,7 @@ def add_segmentation_node(
     labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
     was_modifying = node.StartModify()
     try:
-        for spec in SEGMENTS:
+        for spec in specs:
             segment = slicer.vtkSegment()
             segment.SetName(spec.name)
             segment.SetColor(*spec.color)
@@ -79,7 +100,7 @@ def add_segmentation_node(
     finally:
         node.EndModify(was_modifying)
     display = node.GetDisplayNode()
-    for spec in SEGMENTS:
+    for spec in specs:
         display.SetSegmentOpacity3D(spec.key, spec.opacity_3d)
     return node
 

@@ -257,3 +257,9 @@ def read_outputs(outdir: str | os.PathLike) -> tuple[sitk.Image, np.ndarray, np.
     lungs = sitk.GetArrayFromImage(lungs_image).astype(np.uint8)
     infection = sitk.GetArrayFromImage(infection_image).astype(np.uint8)
     return lungs_image, lungs, infection, report
+
+
+def read_lobes(outdir: str | os.PathLike) -> np.ndarray | None:
+    """The lobe labelmap an analysis wrote (``lobes.nii.gz``), or None when it wrote none (8-bit input)."""
+    path = Path(outdir) / "lobes.nii.gz"
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.uint8) if path.is_file() else None
