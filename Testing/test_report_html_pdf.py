@@ -274,3 +274,17 @@ def test_render_surfaces_anterior_view_puts_patient_right_on_image_left(tmp_path
     columns = drawn_both[1]
     assert green[drawn_both].any()
     assert columns[green[drawn_both]].mean() < columns[~green[drawn_both]].mean()
+
+
+def test_report_shows_the_lobes_and_the_lobar_score(tmp_path):
+    from CovidCTLib.lobes.statistics import lobe_statistics, severity_score_lobar
+
+    phantom = make_phantom(shape=(40, 80, 80), spacing=(3.0, 2.0, 2.0), seed=3, fissures=True)
+    report = synthetic_report(phantom.ct, phantom.lungs, phantom.infection, probability=None)
+    report["lobes"] = lobe_statistics(phantom.ct, phantom.lungs, phantom.infection, phantom.lobes)
+    report["severity_score_lobar"] = severity_score_lobar(report["lobes"])
+    result = AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection, report=report)
+    text = _html_text(write_reports(result, tmp_path)["report_html"].read_text(encoding="utf-8"))
+    for lobe in report["lobes"]:
+        assert lobe["name"] in text and f"{lobe['lung_ml']:.1f}" in text
+    assert f"Lobar severity score: {report['severity_score_lobar']['total']} of 25." in text

@@ -169,6 +169,25 @@ def _zone_table(report: dict[str, Any]) -> Table:
                  note)
 
 
+def _lobe_table(report: dict[str, Any]) -> list[Table]:
+    """The five lobes with their burden and score (none for 8-bit input, where lobes are not segmented)."""
+    lobes = report.get("lobes") or []
+    if not lobes:
+        return []
+    rows = [[str(lobe.get("name", "")), ml(lobe.get("lung_ml")), ml(lobe.get("infection_ml")),
+             *(ml(lobe.get(f"{c.key}_ml")) for c in INFECTION_CLASSES), pct(lobe.get("percent")),
+             str(lobe.get("score", "-"))] for lobe in lobes]
+    score = report.get("severity_score_lobar") or {}
+    note = f"Lobar severity score: {score.get('total', '-')} of 25."
+    if score.get("scale"):
+        note += f" {score['scale']}"
+    limits = (report.get("lobe_segmentation") or {}).get("limits")
+    if limits:
+        note += f" {limits}"
+    return [Table("Lobes", ["Lobe", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"],
+                  rows, note)]
+
+
 def _lesion_table(report: dict[str, Any], top: int) -> Table:
     lesions = sorted(report.get("lesions") or [], key=lambda item: -float(item.get("volume_ml") or 0.0))
     rows = []
@@ -276,7 +295,7 @@ def build_content(result, include_identifiers: bool = False, compare: dict[str, 
         title="CovidCT chest CT analysis",
         facts=_facts(result, report, include_identifiers),
         probability_text=assessment_paragraph(report) or _probability_text(report),  # issue 13 hook
-        tables=[_volume_table(report), _zone_table(report), _lesion_table(report, top_lesions)]
+        tables=[_volume_table(report), _zone_table(report), *_lobe_table(report), _lesion_table(report, top_lesions)]
         + ([Table("COVID-19 assessment (features)", ["Feature", "Value"], assessment_rows(report))]
            if assessment_rows(report) else []),
         images=images,
