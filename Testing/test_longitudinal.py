@@ -253,3 +253,15 @@ def test_comparison_reads_back_from_its_files(phantom, followup, compared):
     other = make_phantom(shape=(20, 40, 40), spacing=(5.0, 3.0, 3.0)).ct
     with pytest.raises(InputError, match="grid"):
         read_compare_outputs(out, [other, followup.ct])
+
+
+def test_compare_reports_the_change_per_lobe(compared):
+    result, _ = compared
+    points = result.report["timepoints"]
+    for point in points:  # the lobes partition each scan's lungs: their infection adds up to the scan's
+        assert [lobe["key"] for lobe in point["lobes"]] == ["RUL", "RML", "RLL", "LUL", "LLL"]
+        total = point["numbers"]["regions"]["total"]["infection"]
+        assert sum(lobe["infection_ml"] for lobe in point["lobes"]) == pytest.approx(total, rel=0.02, abs=0.05)
+    change = result.report["changes"][0]["lobes_vs_baseline"]
+    for before, after, delta in zip(points[0]["lobes"], points[1]["lobes"], change, strict=True):
+        assert delta["change_infection_ml"] == pytest.approx(after["infection_ml"] - before["infection_ml"], abs=0.02)

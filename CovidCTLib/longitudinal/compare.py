@@ -285,6 +285,30 @@ def run_comparison(
     return CompareResult(timepoints, order, regs, wl, wi, changes, report)
 
 
+def _lobe_statistics(point: TimePoint) -> list[dict[str, Any]] | None:
+    """Per-lobe burden of one time point on its own grid (None for single slices or 8-bit scans)."""
+    if point.is_slice or point.ct.intensity != "HU":
+        return None
+    from CovidCTLib.lobes import lobe_statistics, segment_lobes
+    from CovidCTLib.noise_floor import zone_severity
+    from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
+
+    stats = lobe_statistics(point.ct, point.lungs, point.infection, segment_lobes(point.ct, point.lungs))
+    for lobe in stats:  # the same noise floor as the analysis: a lobe scores 1 from 1 %
+        lobe["score"] = zone_severity(float(lobe["percent"]), DEFAULT_FLOOR)
+    return stats
+
+
+def _lobe_change(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None,
+                 ) -> list[dict[str, Any]] | None:
+    """Per-lobe change of infection (follow-up minus baseline), None when a time point has no lobes."""
+    if before is None or after is None:
+        return None
+    from CovidCTLib.lobes import lobe_change
+
+    return lobe_change(before, after)
+
+
 def build_report(
     timepoints: list[TimePoint],
     order: str,
@@ -297,11 +321,12 @@ def build_report(
     """The content of compare.json."""
     base = timepoints[0]
     numbers = [chg.timepoint_numbers(tp.lungs, tp.infection, tp.ct.image) for tp in timepoints]
+    lobes = [_lobe_statistics(tp) for tp in timepoints]
     tps = []
     for i, tp in enumerate(timepoints):
         entry: dict[str, Any] = {
             "index": i, "label": tp.label, "date": tp.date, "source": source_name(tp.ct.source), "kind": tp.kind,
-            "segmentation_method": tp.method, "numbers": numbers[i],
+            "segmentation_method": tp.method, "numbers": numbers[i], "lobes": lobes[i],
         }
         if i > 0:
             reg = regs[i]
@@ -326,6 +351,7 @@ def build_report(
             "change_map_on_baseline_grid": chg.change_numbers(change, base.lungs, base.ct.image),
             "regions_vs_baseline": chg.region_changes(numbers[0], numbers[i]),
             "regions_vs_previous": chg.region_changes(numbers[i - 1], numbers[i]),
+            "lobes_vs_baseline": _lobe_change(lobes[0], lobes[i]),
         }
         if entry["not_assessable"]:
             for key in ("regions_vs_baseline", "regions_vs_previous"):
