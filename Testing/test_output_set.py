@@ -35,7 +35,7 @@ def _contents(folder: Path) -> dict[str, bytes]:
 def _failing_writer(name: str, error: BaseException):
     def run(result, folder, options):
         raise error
-    return registry.FileWriter(name, (f"{name}.bin",), run)
+    return registry.FileWriter(name, ((name, f"{name}.bin"),), run)
 
 
 def test_a_set_is_marked_complete_and_lists_its_files(tmp_path, result) -> None:

@@ -31,10 +31,14 @@ OPTIONS: tuple[OutputOption, ...] = (
 
 @dataclass(frozen=True)
 class FileWriter:
-    """A writer of one or more files whose names are known in advance."""
+    """A writer of one or more files whose names are known in advance.
+
+    ``files``: ``(role key, file or folder name)`` pairs; the key names the file in the dictionary
+    :func:`write_outputs` returns (the files of a folder such as ``surfaces`` get ``<key>_<i>``).
+    """
 
     name: str
-    files: tuple[str, ...]
+    files: tuple[tuple[str, str], ...]
     run: Callable[[Any, Path, OutputOptions], list[Path] | None]
     when: Callable[[Any, OutputOptions], bool] = lambda result, options: True
 
@@ -42,11 +46,11 @@ class FileWriter:
         return bool(self.when(result, options))
 
     def paths(self, result: Any, options: OutputOptions) -> list[str]:
-        return list(self.files)
+        return [name for _, name in self.files]
 
     def write(self, result: Any, folder: Path, options: OutputOptions) -> list[Path]:
         written = self.run(result, folder, options)
-        return list(written) if written else [folder / name for name in self.files]
+        return list(written) if written else [folder / name for _, name in self.files]
 
 
 def _labelmaps(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -124,31 +128,26 @@ def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
 
 
 #: every output, in writing order (key = the role in the returned path dictionary)
-WRITERS: tuple[Writer, ...] = (
-    FileWriter("labelmaps", ("lungs.nii.gz", "infection.nii.gz"), _labelmaps),
-    FileWriter("segmentation", ("segmentation.seg.nrrd",), _segmentation),
-    FileWriter("lobes", ("lobes.nii.gz", "lobes.seg.nrrd"), _lobes,
+WRITERS: tuple[FileWriter, ...] = (
+    FileWriter("labelmaps", (("lungs", "lungs.nii.gz"), ("infection", "infection.nii.gz")), _labelmaps),
+    FileWriter("segmentation", (("segmentation", "segmentation.seg.nrrd"),), _segmentation),
+    FileWriter("lobes", (("lobes", "lobes.nii.gz"), ("lobes_segmentation", "lobes.seg.nrrd")), _lobes,
                lambda result, options: getattr(result, "lobes", None) is not None),
-    FileWriter("dicom_seg", ("segmentation.dcm",), _dicom_seg,
+    FileWriter("dicom_seg", (("dicom_seg", "segmentation.dcm"),), _dicom_seg,
                lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
-    FileWriter("surfaces", ("surfaces",), _surfaces, lambda result, options: bool(options.surfaces)),
-    FileWriter("points_csv", ("points.csv",), _points, lambda result, options: options.points_csv),
-    FileWriter("report_json", ("report.json",), _report_json),
-    FileWriter("report_csv", ("report.csv",), _report_csv),
-    FileWriter("report_html", ("report.html",), _report_html, lambda result, options: options.reports),
-    FileWriter("report_pdf", ("report.pdf",), _report_pdf, lambda result, options: options.reports),
+    FileWriter("surfaces", (("surface", "surfaces"),), _surfaces, lambda result, options: bool(options.surfaces)),
+    FileWriter("points_csv", (("points_csv", "points.csv"),), _points, lambda result, options: options.points_csv),
+    FileWriter("report_json", (("report_json", "report.json"),), _report_json),
+    FileWriter("report_csv", (("report_csv", "report.csv"),), _report_csv),
+    FileWriter("report_html", (("report_html", "report.html"),), _report_html,
+               lambda result, options: options.reports),
+    FileWriter("report_pdf", (("report_pdf", "report.pdf"),), _report_pdf, lambda result, options: options.reports),
 )
-
-#: the role keys of single files, as returned by :func:`write_outputs` (``lungs``, ``report_json`` ...)
-_FILE_KEYS = {"lungs.nii.gz": "lungs", "infection.nii.gz": "infection", "segmentation.seg.nrrd": "segmentation",
-              "lobes.nii.gz": "lobes", "lobes.seg.nrrd": "lobes_segmentation",
-              "segmentation.dcm": "dicom_seg", "points.csv": "points_csv", "report.json": "report_json",
-              "report.csv": "report_csv", "report.html": "report_html", "report.pdf": "report_pdf"}
 
 
 def known_output_names(extra: tuple[str, ...] = ()) -> frozenset[str]:
     """Every name a writer of :data:`WRITERS` can create (top-level entries of an output folder)."""
-    return frozenset(name.split("/")[0] for writer in WRITERS for name in getattr(writer, "files", ())) | set(extra)
+    return frozenset(name for writer in WRITERS for _, name in writer.files) | set(extra)
 
 
 def check_outputs(outdir: str | os.PathLike, overwrite: bool, extra: tuple[str, ...] = (),
@@ -184,12 +183,6 @@ def planned_outputs(result: Any, options: OutputOptions, only: tuple[str, ...] |
             if w.applies(result, options) and (only is None or w.name in only)]
 
 
-def output_paths(outdir: Path, result: Any, options: OutputOptions) -> dict[str, Path]:
-    """The files :func:`write_outputs` will create, keyed by role (folders such as ``surfaces`` excluded)."""
-    return {_FILE_KEYS[name]: Path(outdir) / name for _, names in planned_outputs(result, options)
-            for name in names if name in _FILE_KEYS}
-
-
 def write_outputs(
     result: Any,
     outdir: str | os.PathLike,
@@ -205,7 +198,7 @@ def write_outputs(
     ``snapshot``: from :func:`check_output_dir` when the folder was checked before the analysis.
     ``extra_files``: name -> writer(path) for files that belong to the set (the demo's phantom CT).
     ``only``: write just these writers (e.g. :data:`REPORT_WRITERS`).
-    Returns the final paths keyed by role (plus ``surface_<i>`` for each surface file).
+    Returns the final paths keyed by role (``surface_<i>`` for the files of the surfaces folder).
     """
     options = options or OutputOptions()
     outdir = Path(outdir)
@@ -219,12 +212,11 @@ def write_outputs(
             write(staging / name)
         for index, (writer, _) in enumerate(plan):
             reporter.update("write", index / max(len(plan), 1), f"Writing {writer.name.replace('_', ' ')}")
-            for path in writer.write(result, staging, options):
+            keys = {name: key for key, name in writer.files}
+            for index_in_folder, path in enumerate(writer.write(result, staging, options)):
                 rel = Path(path).relative_to(staging)
-                key = _FILE_KEYS.get(str(rel))
-                if key is None and writer.name == "surfaces":
-                    key = f"surface_{sum(k.startswith('surface_') for k in paths)}"
-                paths[key or str(rel)] = outdir / rel
+                key = keys.get(str(rel)) or f"{keys[rel.parts[0]]}_{index_in_folder}"  # a file of a folder
+                paths[key] = outdir / rel
     return paths
 
 
