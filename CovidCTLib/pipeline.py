@@ -1,6 +1,7 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
-``analyze`` runs :data:`STAGES` (load, lungs, infection, classify, quantify; progress from their weights)
+``analyze`` runs :data:`STAGES` (load, lungs, infection, infection_gating, classify, quantify, assessment,
+lobes; progress from their weights)
 and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
 The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
 The trained models are used when installed (``method="auto"``), the classical HU method otherwise.
@@ -146,17 +147,11 @@ def _stage_assessment(state: AnalysisState) -> None:
 
 def _stage_lobes(state: AnalysisState) -> None:
     from CovidCTLib.lobes.hooks import analyze_lobes
-    from CovidCTLib.lobes.statistics import severity_score_lobar
-    from CovidCTLib.noise_floor import zone_severity
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
 
-    state.lobes, lobe_numbers = analyze_lobes(state.ct, state.lungs, state.infection, state.reporter)
-    if lobe_numbers.get("lobes"):  # the zones' noise floor applies to the lobes too: 1 point from 1 %
-        for lobe in lobe_numbers["lobes"]:
-            lobe["score"] = zone_severity(float(lobe["percent"]), DEFAULT_FLOOR)
-        lobe_numbers["severity_score_lobar"] = severity_score_lobar(lobe_numbers["lobes"])
-        lobe_numbers["severity_score_lobar"]["noise_floor"] = (
-            f"A lobe scores 1 only from {DEFAULT_FLOOR.min_zone_percent:g} % involvement.")
+    # the zones' noise floor applies to the lobes too: a lobe scores 1 only from 1 %
+    state.lobes, lobe_numbers = analyze_lobes(state.ct, state.lungs, state.infection, state.reporter,
+                                              min_percent=DEFAULT_FLOOR.min_zone_percent)
     state.numbers.update(lobe_numbers)
 
 

@@ -24,9 +24,11 @@ LOBAR_SCALE = (
 )
 
 
-def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray) -> list[dict[str, Any]]:
+def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray,
+                    min_percent: float = 0.0) -> list[dict[str, Any]]:
     """One entry per lobe (RUL, RML, RLL, LUL, LLL): name, label, lung_ml, infection_ml, ggo_ml,
-    consolidation_ml, percent, score. Infection counts only inside the lungs."""
+    consolidation_ml, percent, score. Infection counts only inside the lungs. ``min_percent`` is the noise
+    floor: a lobe involved less than that scores 0 (the analysis passes the zones' floor)."""
     for name, arr in (("lungs", lungs), ("infection", infection), ("lobes", lobes)):
         if np.shape(arr) != ct.shape:
             raise InputError(f"{name} labelmap shape {np.shape(arr)} does not match the CT {ct.shape} (z, y, x)")
@@ -55,7 +57,7 @@ def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobe
                 "ggo_ml": round(float(ggo[k] * voxel_ml), 2),
                 "consolidation_ml": round(float(con[k] * voxel_ml), 2),
                 "percent": round(percent, 2),
-                "score": severity_from_percent(percent),
+                "score": 0 if percent < min_percent else severity_from_percent(percent),
             }
         )
     return out

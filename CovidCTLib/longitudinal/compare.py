@@ -290,13 +290,11 @@ def _lobe_statistics(point: TimePoint) -> list[dict[str, Any]] | None:
     if point.is_slice or point.ct.intensity != "HU":
         return None
     from CovidCTLib.lobes import lobe_statistics, segment_lobes
-    from CovidCTLib.noise_floor import zone_severity
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
 
-    stats = lobe_statistics(point.ct, point.lungs, point.infection, segment_lobes(point.ct, point.lungs))
-    for lobe in stats:  # the same noise floor as the analysis: a lobe scores 1 from 1 %
-        lobe["score"] = zone_severity(float(lobe["percent"]), DEFAULT_FLOOR)
-    return stats
+    # the same noise floor as the analysis: a lobe scores 1 from 1 %
+    return lobe_statistics(point.ct, point.lungs, point.infection, segment_lobes(point.ct, point.lungs),
+                           DEFAULT_FLOOR.min_zone_percent)
 
 
 def _lobe_change(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None,

@@ -43,9 +43,7 @@ class ModelLungs:
         return inference.segment_lungs_model(ct, self.device, reporter, inferer=self.shared.for_ct(ct))
 
     def versions(self) -> dict[str, str]:
-        from CovidCTLib.models.runtime import inference
-
-        return {k: v for k, v in inference.models_available().items() if k == "lung"}
+        return _version_used("lung", self.device)
 
 
 @dataclass
@@ -66,9 +64,7 @@ class ModelInfection:
             self.shared.inferer = None  # lungs -> infection is done with this CT: free its slices
 
     def versions(self) -> dict[str, str]:
-        from CovidCTLib.models.runtime import inference
-
-        return {k: v for k, v in inference.models_available().items() if k == "infection"}
+        return _version_used("infection", self.device)
 
 
 @dataclass
@@ -82,6 +78,14 @@ class ModelSlices:
         from CovidCTLib.models.runtime import inference
 
         return inference.segment_slice_images(task, images, device=self.device)
+
+
+def _version_used(task: str, device: str) -> dict[str, str]:
+    """``{task: "name version"}`` of the network this segmenter ran (the loaded, verified model: no re-hashing)."""
+    from CovidCTLib.models.runtime import inference
+
+    model = inference.get_model(inference.model_name(task), device)
+    return {task: f"{model.name} {model.version}"}
 
 
 def shared_slices() -> _SharedSlices:
