@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ class ClassicalSlices:
     """Relative-intensity rules for 8-bit slices (:mod:`CovidCTLib.classical.slices2d`)."""
 
     method: str = "classical"
-    options: dict[str, Any] = field(default_factory=dict)
 
     def segment_images(self, task: str, images: list[np.ndarray]) -> list[np.ndarray]:
         from CovidCTLib.classical.slices2d import segment_slice_classical

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from CovidCTLib.models.runtime.slice_inferer import SliceInferer
 from CovidCTLib.progress import Reporter
 from CovidCTLib.volume import CTVolume
 
@@ -19,12 +20,10 @@ from CovidCTLib.volume import CTVolume
 class _SharedSlices:
     """The slice inferer of the CT being analysed (replaced when another CT comes)."""
 
-    inferer: object | None = None
+    inferer: SliceInferer | None = None
 
-    def for_ct(self, ct: CTVolume) -> object:
-        from CovidCTLib.models.runtime.slice_inferer import SliceInferer
-
-        if self.inferer is None or self.inferer.ct is not ct:  # type: ignore[attr-defined]
+    def for_ct(self, ct: CTVolume) -> SliceInferer:
+        if self.inferer is None or self.inferer.ct is not ct:
             self.inferer = SliceInferer(ct)
         return self.inferer
 
