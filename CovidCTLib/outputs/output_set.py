@@ -68,7 +68,10 @@ def clean_stale(outdir: Path) -> list[str]:
             os.replace(entry, outdir)
             done.append(f"restored the previous output set of an interrupted run into {outdir}")
         else:
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:  # a probe file of a run killed while checking the folder
+                entry.unlink(missing_ok=True)
             done.append(f"removed the unfinished output folder {entry.name} of an interrupted run")
     return done
 
