@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from CovidCTLib.models.runtime.device import DEVICES
 from CovidCTLib.outputs.registry import add_output_arguments
 from CovidCTLib.segmentation.registry import METHODS
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

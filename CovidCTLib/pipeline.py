@@ -20,6 +20,7 @@ import numpy as np
 
 from CovidCTLib.errors import AnalysisError, CovidCTError, NotCTError
 from CovidCTLib.fallbacks import classifier_fallback, segmentation_fallback
+from CovidCTLib.models.runtime.device import DEVICES
 from CovidCTLib.progress import Reporter
 from CovidCTLib.results import AnalysisResult
 from CovidCTLib.segmentation.registry import (
@@ -29,8 +30,6 @@ from CovidCTLib.segmentation.registry import (
     trained_segmentation_available,
 )
 from CovidCTLib.volume import CTVolume
-
-DEVICES = ("auto", "cpu", "cuda")
 
 #: Smallest plausible lung volume (mL) below which the result is refused as "no lung found".
 MIN_LUNG_ML = 50.0

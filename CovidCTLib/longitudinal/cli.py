@@ -62,6 +62,9 @@ def run_compare(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 def register(subparsers: Any) -> None:
     """Add the ``compare`` subcommand to the ``covidct`` parser."""
+    from CovidCTLib.cli_options import add_device_argument
+    from CovidCTLib.segmentation.registry import METHODS
+
     parser = subparsers.add_parser(
         "compare",
         help="compare a baseline with follow-up scans (registration, change map, trend)",
@@ -79,9 +82,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument("--deformable", action="store_true",
                         help="add a B-spline (deformable) stage after the affine one (slower)")
-    parser.add_argument("--method", choices=("auto", "classical", "model"), default="auto",
+    parser.add_argument("--method", choices=METHODS, default="auto",
                         help="segmentation method for CT inputs (default auto)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_device_argument(parser)
     parser.add_argument("--no-quality-check", action="store_true",
                         help="report even when the registration fails the quality thresholds "
                         "(the verdicts then read 'not assessable')")

@@ -11,6 +11,9 @@ from typing import Any
 
 from CovidCTLib.errors import InputError
 
+#: the devices every command and ``analyze`` accept
+DEVICES = ("auto", "cpu", "cuda")
+
 
 def device_name(device: Any = "auto") -> str:
     """``auto`` (or None) -> ``cuda`` when a CUDA GPU is available, else ``cpu``; checks an explicit CUDA request."""
