@@ -107,6 +107,7 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
             reporter=reporter,
             classify=not args.no_classify,
             infection_thresholds=_thresholds(args),
+            harmonise_kernel=not args.no_kernel_harmonisation,
         )
         paths = write_outputs(result, outdir, args.overwrite, options_from_args(args), reporter, snapshot)
     finally:

@@ -20,6 +20,9 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default="auto",
                         help="auto = trained models when installed, else classical HU method (default auto)")
     parser.add_argument("--no-classify", action="store_true", help="do not run the COVID classifier")
+    parser.add_argument("--no-kernel-harmonisation", action="store_true",
+                        help="analyse a sharp-kernel CT as it is, without smoothing it to a standard kernel's "
+                             "lung texture first (default: harmonise; stated in the report)")
     add_output_arguments(parser)
     parser.add_argument("--ggo-range", type=float, nargs=2, metavar=("MIN_HU", "MAX_HU"),
                         help="classical ground-glass HU range (default -750 -300)")

@@ -1,6 +1,6 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
-``analyze`` runs :data:`STAGES` (load, lungs, infection, infection_gating, classify, quantify, assessment,
+``analyze`` runs :data:`STAGES` (load, harmonise, lungs, infection, infection_gating, classify, quantify, assessment,
 lobes; progress from their weights)
 and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
 The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
@@ -57,13 +57,16 @@ class AnalysisState:
     classify: bool
     infection_thresholds: Any | None
     reporter: Reporter
-    ct: CTVolume | None = None
+    harmonise_kernel: bool = True
+    ct: CTVolume | None = None  # the CT the stages analyse (kernel-harmonised when its kernel is sharp)
+    original_ct: CTVolume | None = None  # the CT as loaded: what the result and its pictures show
     segmenters: Segmenters | None = None
     lungs: np.ndarray | None = None
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
     lobes: np.ndarray | None = None
     gating: dict[str, Any] = field(default_factory=dict)  # what the HU gate removed (issue 13)
+    harmonisation: dict[str, Any] = field(default_factory=dict)  # the kernel harmonisation (issue 13)
     assessment: dict[str, Any] = field(default_factory=dict)  # the scan-level COVID assessment
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -96,6 +99,17 @@ def _stage_load(state: AnalysisState) -> None:
             f"{state.ct.source} is not in Hounsfield units (8-bit intensities); the classical method needs HU. "
             "Use the original DICOM/NIfTI in HU, or --method model with trained models installed."
         )
+
+
+def _stage_harmonise(state: AnalysisState) -> None:
+    """Smooth a sharp-kernel HU volume to a standard kernel's texture (kept: the original, for the result)."""
+    from CovidCTLib.imaging.kernel import KernelHarmonisation, harmonisation_note, harmonise_kernel
+
+    state.original_ct = state.ct
+    state.ct, state.harmonisation = harmonise_kernel(state.ct, KernelHarmonisation(enabled=state.harmonise_kernel))
+    note = harmonisation_note(state.harmonisation)
+    if note:
+        state.notes.append(note)
 
 
 def _stage_lungs(state: AnalysisState) -> None:
@@ -141,6 +155,7 @@ def _stage_assessment(state: AnalysisState) -> None:
     probability = None if state.scan is None else float(state.scan.probability)
     state.numbers, state.assessment = score_scan(state.ct, state.lungs, state.infection, state.numbers, probability)
     state.numbers["infection_gating"] = state.gating
+    state.numbers["kernel_harmonisation"] = state.harmonisation
     state.numbers["covid_assessment"] = state.assessment
 
 
@@ -157,6 +172,7 @@ def _stage_lobes(state: AnalysisState) -> None:
 #: the analysis, in order; progress fractions come from the weights (measured share of the run time)
 STAGES: tuple[Stage, ...] = (
     Stage("load", 10, "Reading the CT", _stage_load),
+    Stage("harmonise", 1, "Checking the reconstruction kernel", _stage_harmonise),
     Stage("lungs", 35, "Segmenting the lungs", _stage_lungs),
     Stage("infection", 25, "Segmenting infection", _stage_infection),
     Stage("infection_gating", 3, "Checking infection against CT densities", _stage_gating),
@@ -198,6 +214,7 @@ def analyze(
     reporter: Reporter | None = None,
     classify: bool = True,
     infection_thresholds: Any | None = None,
+    harmonise_kernel: bool = True,
 ) -> AnalysisResult:
     """Analyse one chest CT volume.
 
@@ -208,6 +225,8 @@ def analyze(
         reporter: progress/cancellation reporter.
         classify: run the COVID classifier when one is installed.
         infection_thresholds: :class:`CovidCTLib.classical.infection.InfectionThresholds` (classical only).
+        harmonise_kernel: smooth a sharp-kernel HU volume to a standard kernel's lung texture first
+            (:mod:`CovidCTLib.imaging.kernel`); stated in report.json ``kernel_harmonisation``.
     """
     if device not in DEVICES:
         raise CovidCTError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
@@ -215,10 +234,10 @@ def analyze(
         raise CovidCTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter)
+    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter, harmonise_kernel)
     timings = run_stages(state)
     timings["total"] = time.perf_counter() - started
-    ct, scan = state.ct, state.scan
+    ct, scan = state.original_ct or state.ct, state.scan
     model_versions: dict[str, str] = {}
     model_versions.update(state.segmenters.lungs.versions())
     model_versions.update(state.segmenters.infection.versions())

@@ -65,6 +65,7 @@ def _options(args: argparse.Namespace) -> Any:
         method=args.method,
         device=args.device,
         classify=not args.no_classify,
+        harmonise_kernel=not args.no_kernel_harmonisation,
         reports=args.reports,
         dicom_seg=args.dicom_seg,
         surfaces=args.surfaces,

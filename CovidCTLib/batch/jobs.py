@@ -30,6 +30,7 @@ class AnalysisOptions:
     method: str = "auto"
     device: str = "auto"
     classify: bool = True
+    harmonise_kernel: bool = True
     reports: bool = True
     dicom_seg: bool = True
     surfaces: str | None = None

@@ -103,6 +103,7 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
         reporter=reporter,
         classify=options.classify,
         infection_thresholds=infection_thresholds(options),
+        harmonise_kernel=options.harmonise_kernel,
     )
     options_out = OutputOptions(options.reports, options.dicom_seg, options.surfaces, options.points_csv,
                                 options.include_identifiers)

@@ -73,4 +73,10 @@ def assessment_summary(report: dict[str, Any]) -> list[str]:
     floor = report.get("noise_floor")
     if isinstance(floor, dict) and floor.get("meaning"):
         lines.append(f"Noise floor: {floor['meaning']}")
+    kernel = report.get("kernel_harmonisation")
+    if isinstance(kernel, dict) and kernel.get("applied"):
+        lines.append(
+            f"Kernel: sharp (lung texture {kernel['lung_texture_hu']:.0f} HU); the CT was smoothed in-plane "
+            f"(sigma {kernel['sigma_mm']:.1f} mm) before the analysis."
+        )
     return lines
