@@ -235,14 +235,16 @@ def run_segment_slices(args: argparse.Namespace, cancel: CancelToken) -> int:
 
 # ----------------------------------------------------------------------------------------------- classify
 def run_classify(args: argparse.Namespace, cancel: CancelToken) -> int:
-    """``covidct classify``: write ``path,covid_probability`` for images or volumes."""
+    """``covidct classify``: write the slice classifier's probability for images or volumes.
+
+    This is the classifier alone (pooled slice scores); ``covidct analyze`` combines it with the segmentation into
+    the scan-level COVID assessment, whose probability is report.json's ``covid_probability``.
+    """
+    from CovidCTLib.models.runtime import classifier_inference as classifier
+
     output = Path(args.output)
     check_writable(output, args.overwrite)
-    try:
-        classifier = importlib.import_module("CovidCTLib.models.runtime.classifier_inference")
-    except ImportError:
-        classifier = None
-    if classifier is None or not classifier.classifier_available():
+    if not classifier.classifier_available():
         raise ModelError(
             "No COVID classifier is installed. Train one with "
             "`covidct train classifier --data /path/to/covid_ct_classification --out runs/classifier` "
@@ -253,15 +255,18 @@ def run_classify(args: argparse.Namespace, cancel: CancelToken) -> int:
     try:
         for index, path in enumerate(args.inputs):
             reporter.update("classify", index / len(args.inputs), f"Classifying {Path(path).name}")
-            rows.append((path, float(classifier.classify_path(path, device=args.device))))
+            row = classifier.classify_path_details(path, device=args.device)
+            rows.append((path, float(row["probability"]), f"{row['model_name']} {row['model_version']}"))
     finally:
         display.close()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "covid_probability"])
-    writer.writerows([(path, f"{p:.4f}") for path, p in rows])
+    writer.writerow(["path", "classifier_probability", "model"])
+    writer.writerows([(path, f"{p:.4f}", model) for path, p, model in rows])
     write_text_atomic(output, buffer.getvalue(), overwrite=args.overwrite)
-    print(f"{len(rows)} predictions written to {output} (research use, not a diagnosis)")
+    print(f"{len(rows)} slice-classifier probabilities written to {output} (research use, not a diagnosis). "
+          "This is the classifier alone: for a CT volume, `covidct analyze` gives the scan-level COVID assessment "
+          "(category, reasons and its calibrated probability), which also weighs the segmented infection.")
     return 0
 
 

@@ -363,3 +363,20 @@ def test_calibrate_classifier_cli_stores_scaling_used_by_inference(trained: Path
     assert cal["slope"] > 0 and cal["after"]["auc"] == pytest.approx(cal["before"]["auc"], abs=1e-6)
     now = classify_images([str(p) for p in sorted(tiny_dataset.rglob("*.png"))], model_dir=folder, device="cpu")
     np.testing.assert_allclose(now, apply_calibration(np.array(raw), cal), atol=1e-4)
+
+
+def test_classify_command_names_its_number_the_classifier_probability(tmp_path: Path, capsys) -> None:
+    """`covidct classify` gives the classifier alone, named as such (not the assessment's covid_probability)."""
+    from CovidCTLib.cli import main
+
+    if not (default_model_dir() / "manifest.json").is_file():
+        skip_or_fail("no covid-classifier shipped in Resources/Models")
+    png = tmp_path / "slice.png"
+    _write_png(png, _chest(covid=True))
+    out = tmp_path / "predictions.csv"
+    assert main(["classify", str(png), "-o", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "classifier_probability", "model"]
+    assert 0.0 <= float(rows[0]["classifier_probability"]) <= 1.0
+    assert rows[0]["model"].startswith("covid-classifier ")
+    assert "scan-level COVID assessment" in capsys.readouterr().out
