@@ -1,6 +1,7 @@
 """Burden % / severity of the real HU volumes under variants of the HU gate (issue 13 model-card table).
 
-The networks run once per scan (lungs + infection, shipped models); each variant of
+The networks run once per scan (lungs + infection, shipped models, on the kernel-harmonised CT as in
+``analyze``); each variant of
 ``CovidCTLib.postprocess.infection_hu.HUGating`` is then applied with the default noise floor.
 Usage: ``python benchmarks/hu_gate_ablation.py [DATA_DIR]`` (default ``$COVIDCT_SHARED_DATA`` or
 ../shared/data). Research software, not for diagnosis.
@@ -12,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from CovidCTLib.imaging.kernel import harmonise_kernel
 from CovidCTLib.io.loader import load_ct
 from CovidCTLib.models.runtime.inference import segment_infection_model, segment_lungs_model
 from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
@@ -49,7 +51,7 @@ def main(data: Path) -> None:
     floor = NoiseFloor()
     cases = {}
     for name, rel in SCANS.items():
-        ct = load_ct(data / rel)
+        ct = harmonise_kernel(load_ct(data / rel))[0]  # as analyze does: a sharp kernel is smoothed first
         lungs = segment_lungs_model(ct)
         cases[name] = (ct, lungs, segment_infection_model(ct, lungs))
     print("| variant | " + " | ".join(cases) + " |")
