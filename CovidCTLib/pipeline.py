@@ -1,7 +1,7 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
-``analyze`` runs :data:`STAGES` (load, lungs, infection, infection_gating, classify, quantify, assessment,
-lobes; progress from their weights)
+``analyze`` runs :data:`STAGES` (load, lungs, infection, infection_gating, classify, explain, quantify,
+assessment, lobes; progress from their weights)
 and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
 The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
 The trained models are used when installed (``method="auto"``), the classical HU method otherwise.
@@ -68,6 +68,10 @@ class AnalysisState:
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # every fallback, stated (notes, console, panel)
+    explain: bool = True  # Grad-CAM heatmap and top slices of the classifier (issue 16.2)
+    top_k: int = 5
+    heatmap: np.ndarray | None = None
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,18 @@ def _stage_classify(state: AnalysisState) -> None:
         return
     from CovidCTLib.models.runtime.classifier_inference import classify_scan
 
-    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter)
+    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter,
+                               explain=state.explain)
+
+
+def _stage_explain(state: AnalysisState) -> None:
+    """Issue 16.2 hook: the heatmap and the ``explanation`` section (:mod:`CovidCTLib.explain`)."""
+    if not state.explain or state.scan is None:
+        return
+    from CovidCTLib.explain.hooks import explain_classification
+
+    state.heatmap, state.explanation = explain_classification(state.ct, state.lungs, state.infection, state.scan,
+                                                              state.top_k)
 
 
 def _stage_quantify(state: AnalysisState) -> None:
@@ -161,6 +176,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("infection", 25, "Segmenting infection", _stage_infection),
     Stage("infection_gating", 3, "Checking infection against CT densities", _stage_gating),
     Stage("classify", 15, "Classifying COVID vs non-COVID", _stage_classify),
+    Stage("explain", 3, "Explaining the COVID score (Grad-CAM heatmap)", _stage_explain),
     Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
     Stage("assessment", 2, "Scan-level COVID assessment", _stage_assessment),
     Stage("lobes", 4, "Segmenting the lobes", _stage_lobes),
@@ -198,6 +214,8 @@ def analyze(
     reporter: Reporter | None = None,
     classify: bool = True,
     infection_thresholds: Any | None = None,
+    explain: bool = True,
+    top_slices: int = 5,
 ) -> AnalysisResult:
     """Analyse one chest CT volume.
 
@@ -208,6 +226,8 @@ def analyze(
         reporter: progress/cancellation reporter.
         classify: run the COVID classifier when one is installed.
         infection_thresholds: :class:`CovidCTLib.classical.infection.InfectionThresholds` (classical only).
+        explain: compute the classifier's Grad-CAM heatmap and report.json ``explanation`` (when it runs).
+        top_slices: how many top slices the explanation lists.
     """
     if device not in DEVICES:
         raise CovidCTError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
@@ -215,7 +235,10 @@ def analyze(
         raise CovidCTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter)
+    if top_slices < 1:
+        raise CovidCTError(f"--top-slices must be at least 1, not {top_slices}.")
+    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter, explain=explain,
+                          top_k=int(top_slices))
     timings = run_stages(state)
     timings["total"] = time.perf_counter() - started
     ct, scan = state.ct, state.scan
@@ -247,6 +270,7 @@ def analyze(
         ct.identity(), state.numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
     report["fallbacks"] = list(state.fallbacks)  # also in notes; the console and the Slicer panel show them
+    report["explanation"] = state.explanation  # issue 16.2: None when no classifier ran or explain is off
     reporter.stage("done", 1.0, 1.0, "Analysis finished")
     return AnalysisResult(
         ct=ct,
@@ -258,6 +282,7 @@ def analyze(
         method=resolved,
         model_versions=model_versions,
         lobes=state.lobes,
+        heatmap=state.heatmap,
     )
 
 
