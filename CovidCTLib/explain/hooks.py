@@ -11,8 +11,13 @@ from CovidCTLib.explain.summary import explain_scan
 from CovidCTLib.volume import CTVolume
 
 
-def explain_classification(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, scan: Any, top_k: int,
-                           ) -> tuple[np.ndarray, dict[str, Any]]:
+def explain_classification(
+    ct: CTVolume,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    scan: Any,
+    top_k: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """``(heat, explanation)`` for a :class:`ScanClassification` made with ``explain=True``."""
     heat = heatmap_volume(ct.image, lungs, scan.cams)
     explanation = explain_scan(ct.image, lungs, infection, heat, scan.slice_probabilities, ct.voxel_volume_ml, top_k)

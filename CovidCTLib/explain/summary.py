@@ -32,10 +32,12 @@ DEFAULT_TOP_K = 5
 HOT_LEVEL = 0.5
 #: at most this many hot regions are reported
 MAX_REGIONS = 3
-METHOD = (f"Grad-CAM (Selvaraju et al. 2017) of the slice classifier's COVID logit on the output of EfficientNet-b0 "
-          f"block stage {CAM_STAGE} (stride 16), computed in the classification's own forward pass, averaged "
-          "with the left-right flip like the score, mapped back from each lung crop into its slice, restricted "
-          "to the lungs and scaled to 0..1 by the scan's maximum")
+METHOD = (
+    f"Grad-CAM (Selvaraju et al. 2017) of the slice classifier's COVID logit on the output of EfficientNet-b0 "
+    f"block stage {CAM_STAGE} (stride 16), computed in the classification's own forward pass, averaged "
+    "with the left-right flip like the score, mapped back from each lung crop into its slice, restricted "
+    "to the lungs and scaled to 0..1 by the scan's maximum"
+)
 LIMITS = (
     "The map shows where the network's evidence for its COVID score lies, not where disease is: it is not a "
     "segmentation and not a diagnosis. It is coarse (a 6 x 6 grid over each slice's lung box, about 1/6 of the "
@@ -103,16 +105,26 @@ def slice_z_mm(image: sitk.Image, k: int) -> float:
 
 def top_slices(image: sitk.Image, heat: np.ndarray, slice_scores: dict[int, float], k: int) -> list[TopSlice]:
     """The ``k`` slices with the highest score (ties: lower index first)."""
-    ranked = sorted(slice_scores.items(), key=lambda item: (-item[1], item[0]))[:max(0, k)]
-    return [TopSlice(int(z), round(slice_z_mm(image, z), 2), round(float(p), 4), round(float(heat[z].max()), 4))
-            for z, p in ranked]
+    ranked = sorted(slice_scores.items(), key=lambda item: (-item[1], item[0]))[: max(0, k)]
+    return [
+        TopSlice(int(z), round(slice_z_mm(image, z), 2), round(float(p), 4), round(float(heat[z].max()), 4))
+        for z, p in ranked
+    ]
 
 
 def _lps_box(image: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned LPS box enclosing the voxels ``lo..hi`` (inclusive ITK indices; whole voxels)."""
-    corners = [image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in (
-        (lo[0] - 0.5, hi[0] + 0.5)[a], (lo[1] - 0.5, hi[1] + 0.5)[b], (lo[2] - 0.5, hi[2] + 0.5)[c])))
-        for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    corners = [
+        image.TransformContinuousIndexToPhysicalPoint(
+            tuple(
+                float(v)
+                for v in ((lo[0] - 0.5, hi[0] + 0.5)[a], (lo[1] - 0.5, hi[1] + 0.5)[b], (lo[2] - 0.5, hi[2] + 0.5)[c])
+            )
+        )
+        for a in (0, 1)
+        for b in (0, 1)
+        for c in (0, 1)
+    ]
     pts = np.asarray(corners)
     return pts.min(axis=0), pts.max(axis=0)
 
@@ -121,8 +133,14 @@ def _round(values: Any, digits: int = 2) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
-def hot_regions(image: sitk.Image, heat: np.ndarray, infection: np.ndarray, voxel_ml: float,
-                level: float = HOT_LEVEL, limit: int = MAX_REGIONS) -> list[HotRegion]:
+def hot_regions(
+    image: sitk.Image,
+    heat: np.ndarray,
+    infection: np.ndarray,
+    voxel_ml: float,
+    level: float = HOT_LEVEL,
+    limit: int = MAX_REGIONS,
+) -> list[HotRegion]:
     """The ``limit`` connected regions of heat ``>= level`` with the most integrated heat."""
     total = float(heat.sum())
     if total <= 0:
@@ -144,15 +162,22 @@ def hot_regions(image: sitk.Image, heat: np.ndarray, infection: np.ndarray, voxe
         hi = np.array([xs.stop - 1, ys.stop - 1, zs.stop - 1])
         box_min, box_max = _lps_box(image, lo, hi)
         pz, py, px = peaks[i]
-        regions.append(HotRegion(
-            rank=rank, lps_min_mm=_round(box_min), lps_max_mm=_round(box_max),
-            center_lps_mm=_round((box_min + box_max) / 2), size_mm=_round(box_max - box_min),
-            index_min=[int(v) for v in lo], index_max=[int(v) for v in hi],
-            peak_lps_mm=_round(image.TransformIndexToPhysicalPoint((int(px), int(py), int(pz)))),
-            peak_heat=round(float(heat[pz, py, px]), 4), volume_ml=round(float(counts[i]) * voxel_ml, 2),
-            heat_share=round(float(sums[i]) / total, 4),
-            heat_in_infection=round(float(inside[i] / sums[i]), 4) if sums[i] > 0 else None,
-        ))
+        regions.append(
+            HotRegion(
+                rank=rank,
+                lps_min_mm=_round(box_min),
+                lps_max_mm=_round(box_max),
+                center_lps_mm=_round((box_min + box_max) / 2),
+                size_mm=_round(box_max - box_min),
+                index_min=[int(v) for v in lo],
+                index_max=[int(v) for v in hi],
+                peak_lps_mm=_round(image.TransformIndexToPhysicalPoint((int(px), int(py), int(pz)))),
+                peak_heat=round(float(heat[pz, py, px]), 4),
+                volume_ml=round(float(counts[i]) * voxel_ml, 2),
+                heat_share=round(float(sums[i]) / total, 4),
+                heat_in_infection=round(float(inside[i] / sums[i]), 4) if sums[i] > 0 else None,
+            )
+        )
     return regions
 
 
@@ -164,8 +189,15 @@ def heat_in_mask(heat: np.ndarray, mask: np.ndarray) -> float | None:
     return float(heat[mask].sum(dtype=np.float64)) / total
 
 
-def explain_scan(image: sitk.Image, lungs: np.ndarray, infection: np.ndarray, heat: np.ndarray,
-                 slice_scores: dict[int, float], voxel_ml: float, k: int = DEFAULT_TOP_K) -> Explanation:
+def explain_scan(
+    image: sitk.Image,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    heat: np.ndarray,
+    slice_scores: dict[int, float],
+    voxel_ml: float,
+    k: int = DEFAULT_TOP_K,
+) -> Explanation:
     """The explanation of one scan from its heat volume, segmentation and slice scores."""
     lung, lesion = np.asarray(lungs) > 0, np.asarray(infection) > 0
     share = float(lesion.sum()) / max(1, int(lung.sum()))

@@ -27,5 +27,7 @@ def explanation_summary(report: dict[str, Any]) -> list[str]:
     explanation = report.get("explanation")
     if not explanation:
         return []
-    return [f"Top slices (index, z, slice score): {top_slices_text(explanation)}",
-            f"Heat in infection (Grad-CAM of the classifier): {heat_fraction_text(explanation)}"]
+    return [
+        f"Top slices (index, z, slice score): {top_slices_text(explanation)}",
+        f"Heat in infection (Grad-CAM of the classifier): {heat_fraction_text(explanation)}",
+    ]

@@ -23,8 +23,19 @@ from CovidCTLib.models.runtime.classifier import standardize
 #: the last stage before the final down-sampling (stride 32 gives a 3 x 3 grid on the 96 px input).
 CAM_STAGE = 4
 #: The parts of an EfficientNetBN the staged forward needs.
-_REQUIRED = ("_conv_stem_padding", "_conv_stem", "_bn0", "_swish", "_blocks", "_conv_head_padding", "_conv_head",
-             "_bn1", "_avg_pooling", "_dropout", "_fc")
+_REQUIRED = (
+    "_conv_stem_padding",
+    "_conv_stem",
+    "_bn0",
+    "_swish",
+    "_blocks",
+    "_conv_head_padding",
+    "_conv_head",
+    "_bn1",
+    "_avg_pooling",
+    "_dropout",
+    "_fc",
+)
 
 
 @dataclass
@@ -39,21 +50,23 @@ def check_explainable(model: torch.nn.Module) -> None:
     """Raise :class:`ModelError` unless ``model`` is an EfficientNetBN this module can run stage by stage."""
     missing = [name for name in _REQUIRED if not hasattr(model, name)]
     if missing or len(model._blocks) <= CAM_STAGE:
-        raise ModelError("the installed classifier is not a MONAI EfficientNetBN with the expected stages "
-                         f"(missing {', '.join(missing) or 'block stages'}), so no Grad-CAM heatmap can be made; "
-                         "install the shipped covid-classifier or run with --no-heatmap.")
+        raise ModelError(
+            "the installed classifier is not a MONAI EfficientNetBN with the expected stages "
+            f"(missing {', '.join(missing) or 'block stages'}), so no Grad-CAM heatmap can be made; "
+            "install the shipped covid-classifier or run with --no-heatmap."
+        )
 
 
 def staged_logits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (B,) and the features of :data:`CAM_STAGE` (a leaf that requires grad) for standardised ``x``."""
     with torch.no_grad():
         h = model._swish(model._bn0(model._conv_stem(model._conv_stem_padding(x))))
-        for stage in model._blocks[:CAM_STAGE + 1]:
+        for stage in model._blocks[: CAM_STAGE + 1]:
             h = stage(h)
     features = h.detach().requires_grad_(True)
     with torch.enable_grad():
         h = features
-        for stage in model._blocks[CAM_STAGE + 1:]:
+        for stage in model._blocks[CAM_STAGE + 1 :]:
             h = stage(h)
         h = model._swish(model._bn1(model._conv_head(model._conv_head_padding(h))))
         logits = model._fc(model._dropout(model._avg_pooling(h).flatten(start_dim=1)))[:, 0]
@@ -71,8 +84,9 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits.detach(), cams.detach()
 
 
-def predict_with_cams(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64,
-                      tta: bool = True) -> CamBatch:
+def predict_with_cams(
+    model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64, tta: bool = True
+) -> CamBatch:
     """Like :func:`CovidCTLib.models.runtime.classifier.predict_crops` (same probabilities), plus Grad-CAM maps.
 
     ``crops_01``: (B, C, S, S) crops in 0..1 at the network input size. With ``tta`` the probability is the
@@ -82,7 +96,7 @@ def predict_with_cams(model: torch.nn.Module, crops_01: torch.Tensor, device: to
     model.eval()
     probabilities, cams = [], []
     for i in range(0, crops_01.shape[0], batch_size):
-        x = standardize(crops_01[i:i + batch_size]).to(device)
+        x = standardize(crops_01[i : i + batch_size]).to(device)
         n = x.shape[0]
         batch = torch.cat([x, torch.flip(x, dims=[-1])]) if tta else x
         logits, maps = grad_cam(model, batch)
