@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+#: the caption of the report picture (HTML and PDF)
+EXPLANATION_CAPTION = (
+    "Top slices of the COVID score (CT slice index, z in mm, calibrated slice score) in the radiological view "
+    "(patient right on the image left, anterior at the top). Colour: Grad-CAM heat of the slice classifier "
+    "(0..1 per scan, shown from 0.1), i.e. where the network's evidence for its score lies. Cyan: the "
+    "segmented infection. Boxes: the hottest regions (heat >= 0.5) that cross the slice, numbered as in "
+    "report.json. The map is coarse (about 1/6 of the lung width per cell), shows positive evidence only, is "
+    "not a segmentation of disease and not a diagnosis."
+)
+
 
 def heat_fraction_text(explanation: dict[str, Any] | None) -> str:
     """``'12.3 % of the heat (infection is 4.0 % of the lungs)'``, or why there is no number."""
