@@ -73,15 +73,20 @@ def staged_logits(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return logits, features
 
 
-def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (B,) and Grad-CAM maps (B, h, w) for a batch of standardised crops (model in eval mode)."""
+def signed_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B,) and the gradient-weighted feature sums (B, h, w) before the ReLU (model in eval mode)."""
     logits, features = staged_logits(model, x)
     with torch.enable_grad():
         # eval mode: the samples of a batch do not interact, so the gradient of the sum is each sample's own
         (grad,) = torch.autograd.grad(logits.sum(), features)
     weights = grad.mean(dim=(2, 3), keepdim=True)
-    cams = torch.relu((weights * features).sum(dim=1))
-    return logits.detach(), cams.detach()
+    return logits.detach(), (weights * features).sum(dim=1).detach()
+
+
+def grad_cam(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B,) and Grad-CAM maps ``ReLU(signed_cam)`` (B, h, w) for standardised crops."""
+    logits, signed = signed_cam(model, x)
+    return logits, torch.relu(signed)
 
 
 def predict_with_cams(
