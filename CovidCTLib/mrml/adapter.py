@@ -14,7 +14,7 @@ import slicer
 
 from CovidCTLib.mrml.display import set_lung_window, show_in_views
 from CovidCTLib.mrml.geometry import image_from_volume_node
-from CovidCTLib.mrml.heatmap import add_heatmap_node, set_heatmap_visible
+from CovidCTLib.mrml.heatmap import add_heatmap_node, find_heat_color_node, heat_color_node, set_heatmap_visible
 from CovidCTLib.mrml.hierarchy import file_beside
 from CovidCTLib.mrml.segmentation import add_lobes_node, add_segmentation_node, show_closed_surfaces
 from CovidCTLib.mrml.tables import add_lesions_table, add_statistics_table
@@ -62,6 +62,7 @@ def results_to_mrml(
     """
     base = name or f"{volume_node.GetName()} CovidCT"
     created: list[slicer.vtkMRMLNode] = []
+    helpers: list[slicer.vtkMRMLNode] = []  # shared nodes made for this result (the heat colour table)
     try:
         segmentation = add_segmentation_node(scene, volume_node, lungs, infection, base)
         created.append(segmentation)
@@ -80,6 +81,8 @@ def results_to_mrml(
                 lobes_node.SetAndObserveTransformNodeID(transform_id)
         heat_node = None
         if heatmap is not None:  # issue 16.2
+            if find_heat_color_node(scene) is None:
+                helpers.append(heat_color_node(scene))  # removed again on failure
             heat_node = add_heatmap_node(scene, volume_node, heatmap, f"{base} heatmap")
             created.append(heat_node)
             if transform_id:
@@ -90,7 +93,7 @@ def results_to_mrml(
             show_closed_surfaces(segmentation, smoothing)
         file_beside(scene, volume_node, created)
     except BaseException:
-        remove_nodes(scene, created)
+        remove_nodes(scene, created + helpers)
         raise
     if show:
         set_lung_window(volume_node)

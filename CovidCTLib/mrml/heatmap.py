@@ -15,10 +15,19 @@ HEATMAP_FLOOR = 0.1
 COLOR_NODE_NAME = "CovidCT heat"
 
 
+def find_heat_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableNode | None:
+    """The scene's heatmap colour table, or None before the first heatmap."""
+    for node in scene.GetNodesByClass("vtkMRMLColorTableNode") or []:
+        if node.GetAttribute("CovidCT.ColorTable") == "heat":
+            return node
+    return None
+
+
 def heat_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorTableNode:
     """The shared colour table (dark red to yellow to white, 256 entries), created once per scene."""
-    for node in scene.GetNodesByClassByName("vtkMRMLColorTableNode", COLOR_NODE_NAME) or []:
-        return node
+    existing = find_heat_color_node(scene)
+    if existing is not None:
+        return existing
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_NODE_NAME)
     table.SetTypeToUser()
     table.SetNumberOfColors(256)
