@@ -133,6 +133,13 @@ def _round(values: Any, digits: int = 2) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
+def _peak(heat: np.ndarray, labels: np.ndarray, label: int, box: tuple[slice, ...]) -> tuple[int, int, int]:
+    """(z, y, x) of the hottest voxel of region ``label`` (searched inside its bounding box only)."""
+    sub = np.where(labels[box] == label, heat[box], -1.0)
+    local = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    return tuple(int(b.start + v) for b, v in zip(box, local, strict=True))  # type: ignore[return-value]
+
+
 def hot_regions(
     image: sitk.Image,
     heat: np.ndarray,
@@ -153,7 +160,6 @@ def hot_regions(
     sums = np.bincount(ids, weights=values, minlength=n + 1)[1:]
     inside = np.bincount(ids[lesion], weights=values[lesion], minlength=n + 1)[1:]
     counts = np.bincount(ids, minlength=n + 1)[1:]
-    peaks = ndimage.maximum_position(heat, labels, np.arange(1, n + 1))
     slices = ndimage.find_objects(labels)
     regions: list[HotRegion] = []
     for rank, i in enumerate(np.argsort(-sums, kind="stable")[:limit], start=1):
@@ -161,7 +167,7 @@ def hot_regions(
         lo = np.array([xs.start, ys.start, zs.start])  # ITK (i, j, k)
         hi = np.array([xs.stop - 1, ys.stop - 1, zs.stop - 1])
         box_min, box_max = _lps_box(image, lo, hi)
-        pz, py, px = peaks[i]
+        pz, py, px = _peak(heat, labels, i + 1, slices[i])
         regions.append(
             HotRegion(
                 rank=rank,
