@@ -144,18 +144,24 @@ def test_uniform_map_covers_exactly_the_lungs_of_the_classified_slices():
 def test_explanation_top_slices_boxes_and_heat_fraction_by_hand():
     image, lungs = _grid((1, 0, 0, 0, 1, 0, 0, 0, 1))
     heat = np.zeros(lungs.shape, np.float32)
-    heat[1, 10:14, 8:12] = 1.0  # one hot block, half of it inside the infection
+    heat[1, 10:14, 8:12] = 0.8  # one hot block, half of it inside the infection, hottest at (x 11, y 12)
+    heat[1, 12, 11] = 1.0
+    heat[1, 20, 30] = 0.9  # a second, one-voxel region with less total heat
     infection = np.zeros_like(lungs)
     infection[1, 10:14, 8:10] = 1
     e = explain_scan(image, lungs, infection, heat, {0: 0.2, 1: 0.9, 2: 0.5}, voxel_ml=0.002, k=2)
     assert [s.index for s in e.top_slices] == [1, 2] and e.top_slices[0].score == 0.9
     assert e.top_slices[0].z_mm == pytest.approx(slice_z_mm(image, 1)) == pytest.approx(7.0)
-    assert e.heat_in_infection == pytest.approx(0.5)
+    block = 0.8 * 16 + 0.2
+    assert e.heat_in_infection == pytest.approx(0.8 * 8 / (block + 0.9), abs=1e-4)
     assert e.infection_share_of_lung == pytest.approx(8 / lungs.sum(), abs=1e-4)
-    (box,) = e.hot_regions
+    box, small = e.hot_regions
+    assert small.index_min == small.index_max == [30, 20, 1] and small.peak_heat == pytest.approx(0.9)
+    assert box.peak_lps_mm == pytest.approx(list(image.TransformIndexToPhysicalPoint((11, 12, 1))))
     assert box.index_min == [8, 10, 1] and box.index_max == [11, 13, 1]
     assert box.lps_min_mm == pytest.approx([-20 + 7.5, 10 + 9.5, 5 + 2 - 1]) and box.size_mm == [4.0, 4.0, 2.0]
-    assert box.heat_in_infection == pytest.approx(0.5) and box.heat_share == pytest.approx(1.0)
+    assert box.heat_in_infection == pytest.approx(0.8 * 8 / block, abs=1e-4)
+    assert box.heat_share == pytest.approx(block / (block + 0.9), abs=1e-4)
 
 
 # ------------------------------------------------------------------------------------ end to end
