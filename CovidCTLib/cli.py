@@ -24,6 +24,7 @@ from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
 from CovidCTLib.cli_options import add_analysis_arguments, add_device_argument
 from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
+from CovidCTLib.explain.text import explanation_summary
 from CovidCTLib.progress import CancelToken, Reporter
 from CovidCTLib.report.assessment_text import assessment_summary
 from CovidCTLib.version import DISCLAIMER, __version__
@@ -69,6 +70,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
         *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
         *assessment_summary(report),  # issue 13 hook: category, reasons, noise floor
+        *explanation_summary(report),  # issue 16.2 hook: top slices and heat in infection
         f"Note: {DISCLAIMER}",
     ]
     return lines
@@ -108,6 +110,8 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
             classify=not args.no_classify,
             infection_thresholds=_thresholds(args),
             harmonise_kernel=not args.no_kernel_harmonisation,
+            explain=not args.no_explain,
+            top_slices=args.top_slices,
         )
         paths = write_outputs(result, outdir, args.overwrite, options_from_args(args), reporter, snapshot)
     finally:

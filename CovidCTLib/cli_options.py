@@ -23,6 +23,10 @@ def add_analysis_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-kernel-harmonisation", action="store_true",
                         help="analyse a sharp-kernel CT as it is, without smoothing it to a standard kernel's "
                              "lung texture first (default: harmonise; stated in the report)")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="do not compute the classifier's Grad-CAM heatmap and report.json explanation")
+    parser.add_argument("--top-slices", type=int, default=5, metavar="K",
+                        help="how many top-scoring slices the explanation lists (default 5)")
     add_output_arguments(parser)
     parser.add_argument("--ggo-range", type=float, nargs=2, metavar=("MIN_HU", "MAX_HU"),
                         help="classical ground-glass HU range (default -750 -300)")

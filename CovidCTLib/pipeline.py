@@ -1,7 +1,7 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
-``analyze`` runs :data:`STAGES` (load, harmonise, lungs, infection, infection_gating, classify, quantify, assessment,
-lobes; progress from their weights)
+``analyze`` runs :data:`STAGES` (load, harmonise, lungs, infection, infection_gating, classify, explain,
+quantify, assessment, lobes; progress from their weights)
 and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
 The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
 The trained models are used when installed (``method="auto"``), the classical HU method otherwise.
@@ -71,6 +71,10 @@ class AnalysisState:
     numbers: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)  # every fallback, stated (notes, console, panel)
+    explain: bool = True  # Grad-CAM heatmap and top slices of the classifier (issue 16.2)
+    top_k: int = 5
+    heatmap: np.ndarray | None = None
+    explanation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,18 @@ def _stage_classify(state: AnalysisState) -> None:
         return
     from CovidCTLib.models.runtime.classifier_inference import classify_scan
 
-    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter)
+    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter,
+                               explain=state.explain)
+
+
+def _stage_explain(state: AnalysisState) -> None:
+    """Issue 16.2 hook: the heatmap and the ``explanation`` section (:mod:`CovidCTLib.explain`)."""
+    if not state.explain or state.scan is None:
+        return
+    from CovidCTLib.explain.hooks import explain_classification
+
+    state.heatmap, state.explanation = explain_classification(state.ct, state.lungs, state.infection, state.scan,
+                                                              state.top_k)
 
 
 def _stage_quantify(state: AnalysisState) -> None:
@@ -177,6 +192,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("infection", 25, "Segmenting infection", _stage_infection),
     Stage("infection_gating", 3, "Checking infection against CT densities", _stage_gating),
     Stage("classify", 15, "Classifying COVID vs non-COVID", _stage_classify),
+    Stage("explain", 3, "Explaining the COVID score (Grad-CAM heatmap)", _stage_explain),
     Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
     Stage("assessment", 2, "Scan-level COVID assessment", _stage_assessment),
     Stage("lobes", 4, "Segmenting the lobes", _stage_lobes),
@@ -215,6 +231,8 @@ def analyze(
     classify: bool = True,
     infection_thresholds: Any | None = None,
     harmonise_kernel: bool = True,
+    explain: bool = True,
+    top_slices: int = 5,
 ) -> AnalysisResult:
     """Analyse one chest CT volume.
 
@@ -227,6 +245,8 @@ def analyze(
         infection_thresholds: :class:`CovidCTLib.classical.infection.InfectionThresholds` (classical only).
         harmonise_kernel: smooth a sharp-kernel HU volume to a standard kernel's lung texture first
             (:mod:`CovidCTLib.imaging.kernel`); stated in report.json ``kernel_harmonisation``.
+        explain: compute the classifier's Grad-CAM heatmap and report.json ``explanation`` (when it runs).
+        top_slices: how many top slices the explanation lists.
     """
     if device not in DEVICES:
         raise CovidCTError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}.")
@@ -234,7 +254,10 @@ def analyze(
         raise CovidCTError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}.")
     reporter = reporter or Reporter()
     started = time.perf_counter()
-    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter, harmonise_kernel)
+    if top_slices < 1:
+        raise CovidCTError(f"--top-slices must be at least 1, not {top_slices}.")
+    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter,
+                          harmonise_kernel=harmonise_kernel, explain=explain, top_k=int(top_slices))
     timings = run_stages(state)
     timings["total"] = time.perf_counter() - started
     ct, scan = state.original_ct or state.ct, state.scan
@@ -266,6 +289,7 @@ def analyze(
         ct.identity(), state.numbers, resolved, model_versions, timings, covid_probability, classification, notes
     )
     report["fallbacks"] = list(state.fallbacks)  # also in notes; the console and the Slicer panel show them
+    report["explanation"] = state.explanation  # issue 16.2: None when no classifier ran or explain is off
     reporter.stage("done", 1.0, 1.0, "Analysis finished")
     return AnalysisResult(
         ct=ct,
@@ -277,6 +301,7 @@ def analyze(
         method=resolved,
         model_versions=model_versions,
         lobes=state.lobes,
+        heatmap=state.heatmap,
     )
 
 

@@ -24,6 +24,7 @@ class AnalysisResult:
         slice_probabilities: per-axial-slice probabilities ``{z_index: p}`` when a classifier ran.
         method: ``"classical"`` or ``"model"``; model_versions: name -> version of every model used.
         lobes: uint8 ``(z, y, x)``: 1 RUL, 2 RML, 3 RLL, 4 LUL, 5 LLL (None when not segmented).
+        heatmap: float32 ``(z, y, x)`` 0..1 Grad-CAM heat of the classifier in the lungs (None when not made).
     """
 
     ct: CTVolume
@@ -35,6 +36,7 @@ class AnalysisResult:
     method: str = "classical"
     model_versions: dict[str, str] = field(default_factory=dict)
     lobes: np.ndarray | None = None
+    heatmap: np.ndarray | None = None
 
     def lungs_image(self) -> sitk.Image:
         """The lungs labelmap with the CT's exact geometry."""

@@ -334,6 +334,8 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     volume, _ = module.module.CovidCTLogic().createPhantomVolume(shape=(40, 96, 96), spacing=(5.0, 3.0, 3.0))
     node = widget._parameterNode
     node.inputVolume, node.method, node.device = volume, "classical", "cpu"
+    views = [module.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]  # the slice views
+    assert not widget.ui.showHeatmapCheckBox.enabled and widget.ui.heatValueLabel.text == "-"
     widget.ui.applyButton.emit("clicked(bool)", False)
     other, _ = module.module.CovidCTLogic().createPhantomVolume(name="other", shape=(24, 48, 48), seed=9)
     node.inputVolume = other  # the user picks another volume while the analysis runs
@@ -344,6 +346,7 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     assert "%" in widget.ui.involvementValueLabel.text
     assert widget.ui.severityValueLabel.text != "-"
     assert "n/a" in widget.ui.probabilityValueLabel.text or "not a diagnosis" in widget.ui.probabilityValueLabel.text
+    _check_heatmap_toggle(widget, node, views)
     assert widget.ui.saveReportButton.enabled
     widget.ui.saveReportButton.emit("clicked(bool)", False)
     assert (tmp_path / "saved" / "report.json").exists()
@@ -351,6 +354,29 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     widget.ui.exportButton.emit("clicked(bool)", False)
     assert (tmp_path / "saved" / "segmentation.seg.nrrd").exists()
     assert (tmp_path / "saved" / "surfaces" / "left_lung.stl").exists()
+
+
+def _check_heatmap_toggle(widget, node, views) -> None:
+    """Issue 16.2: the heatmap is shown over the CT; "Show COVID heatmap" hides and shows it again."""
+    from CovidCTLib.pipeline import classifier_available
+
+    ui = widget.ui
+    if not classifier_available():  # no classifier, no heatmap: the toggle stays off
+        assert node.heatmapVolume is None and not ui.showHeatmapCheckBox.enabled and "n/a" in ui.heatValueLabel.text
+        return
+    heat = node.heatmapVolume
+    assert heat is not None and heat.GetAttribute("CovidCT.InputVolume") == node.segmentation.GetAttribute(
+        "CovidCT.InputVolume"
+    )
+    assert ui.showHeatmapCheckBox.enabled and ui.showHeatmapCheckBox.checked
+    assert "% of the classifier's heat" in ui.heatValueLabel.text
+    assert all(view.GetForegroundVolumeID() == heat.GetID() for view in views)
+    ui.showHeatmapCheckBox.emit("toggled(bool)", False)
+    assert all(view.GetForegroundVolumeID() is None for view in views)
+    widget._updateGUI()
+    assert not ui.showHeatmapCheckBox.checked
+    ui.showHeatmapCheckBox.emit("toggled(bool)", True)
+    assert all(view.GetForegroundVolumeID() == heat.GetID() for view in views)
 
 
 @needs_engine

@@ -132,7 +132,8 @@ class CovidCTParameterNode:
 
     inputVolume - the chest CT. method - auto / classical / model (set from the method combo box).
     device - where networks run. computeSurfaces / smoothing - 3-D surfaces of the segments.
-    segmentation / statisticsTable / lesionsTable - the last results. baselineVolume / followupVolume -
+    segmentation / statisticsTable / lesionsTable / heatmapVolume - the last results (heatmapVolume: the
+    classifier's Grad-CAM heatmap, when one was made). baselineVolume / followupVolume -
     the longitudinal comparison inputs.
     """
 
@@ -144,6 +145,7 @@ class CovidCTParameterNode:
     segmentation: vtkMRMLSegmentationNode
     statisticsTable: vtkMRMLTableNode
     lesionsTable: vtkMRMLTableNode
+    heatmapVolume: vtkMRMLScalarVolumeNode
     baselineVolume: vtkMRMLScalarVolumeNode
     followupVolume: vtkMRMLScalarVolumeNode
 
@@ -204,6 +206,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.showHeatmapCheckBox.connect("toggled(bool)", self.onShowHeatmap)
 
         self.initializeParameterNode()
         # Device detection imports torch (slow): do it once the panel is shown, never installing anything.
@@ -326,6 +329,22 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             button.enabled = hasResults and not running
         self.ui.compareButton.enabled = bool(node.baselineVolume and node.followupVolume) and not running
         self._showSummary(node.statisticsTable)
+        self._showHeatmapState(node)
+
+    def _showHeatmapState(self, node) -> None:
+        """Issue 16.2: the toggle follows the heatmap node and whether the slice views show it."""
+        from CovidCTLib.mrml.heatmap import heatmap_visible
+
+        heat = node.heatmapVolume
+        self.ui.showHeatmapCheckBox.enabled = heat is not None
+        self.ui.showHeatmapCheckBox.checked = heatmap_visible(slicer.mrmlScene, heat)
+
+    def onShowHeatmap(self, checked: bool) -> None:
+        """Show or hide the Grad-CAM heatmap as the foreground of the slice views."""
+        node = self._parameterNode
+        if node is None:
+            return
+        self.logic.setHeatmapVisible(node.heatmapVolume, bool(checked))
 
     def _showSummary(self, table) -> None:
         summary = self.logic.summaryFromTable(table) if table else None
@@ -333,6 +352,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.probabilityValueLabel.text = "-"
             self.ui.involvementValueLabel.text = "-"
             self.ui.severityValueLabel.text = "-"
+            self.ui.heatValueLabel.text = "-"
             return
         self.ui.resultsCollapsibleButton.collapsed = False
         probability = summary.get("covid_probability")
@@ -351,6 +371,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"left {summary['infection.left_percent']:.1f} %)"
         )
         self.ui.severityValueLabel.text = f"{summary['severity_score.total']:.0f}"
+        self.ui.heatValueLabel.text = self.logic.heatText(summary)
 
     def _setStatus(self, text: str, fraction: float | None = None) -> None:
         self.ui.statusLabel.text = text
@@ -408,6 +429,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         node.segmentation = nodes["segmentation"]
         node.statisticsTable = nodes["statistics"]
         node.lesionsTable = nodes["lesions"]
+        node.heatmapVolume = nodes.get("heatmap")
         self.ui.progressBar.visible = False
         warnings = "".join(f"WARNING: {text} " for text in self.logic.fallbackWarnings())  # issue 12: never silent
         self._setStatus(f"Done in {job.elapsed_s:.0f} s. {warnings}{DISCLAIMER}")
@@ -624,6 +646,8 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         self.lastVolumeID = inputVolume.GetID()
         inputVolume.SetAttribute("CovidCT.Segmentation", nodes["segmentation"].GetID())
         inputVolume.SetAttribute("CovidCT.Statistics", nodes["statistics"].GetID())
+        heat = nodes.get("heatmap")
+        inputVolume.SetAttribute("CovidCT.Heatmap", heat.GetID() if heat is not None else "")
         report = getattr(self.lastResult, "report", None)
         if report is not None:
             nodes["statistics"].SetAttribute("CovidCT.ReportJSON", json.dumps(report, default=str))
@@ -656,7 +680,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         """Load a finished background run into the scene (or raise its error); removes its temp folder."""
         from CovidCTLib.mrml import check_result_geometry, results_to_mrml
         from CovidCTLib.results import AnalysisResult
-        from CovidCTLib.runner.background import read_lobes, read_outputs
+        from CovidCTLib.runner.background import read_heatmap, read_lobes, read_outputs
 
         try:
             error = job.runner.error_message()
@@ -669,10 +693,11 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             outdir = Path(done.get("outdir") or job.workdir / "out")
             lungsImage, lungs, infection, report = read_outputs(outdir)
             lobes = read_lobes(outdir)
+            heatmap = read_heatmap(outdir)
             check_result_geometry(inputVolume, lungsImage)
             nodes = results_to_mrml(
                 slicer.mrmlScene, inputVolume, lungs, infection, report, surfaces=surfaces, smoothing=smoothing,
-                lobes=lobes,
+                lobes=lobes, heatmap=heatmap,
             )
             self.lastResult = AnalysisResult(
                 ct=self.volumeToCT(inputVolume),
@@ -683,6 +708,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
                 method=str(report.get("method", "")),
                 model_versions=dict((report.get("versions") or {}).get("models") or {}),
                 lobes=lobes,
+                heatmap=heatmap,
             )
             self._remember(inputVolume, nodes)
             return nodes
@@ -694,6 +720,21 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         """The fallbacks of the last analysis (a refused or missing model), to show in the panel."""
         report = self.lastResult.report if self.lastResult is not None else {}
         return [str(text) for text in report.get("fallbacks") or []]
+
+    @staticmethod
+    def heatText(summary: dict[str, Any]) -> str:
+        """The panel line of the heat-in-infection fraction (issue 16.2), from the statistics-table summary."""
+        value = summary.get("explanation.heat_in_infection")
+        if value is None or value != value:
+            return "n/a (no classifier heatmap)"
+        return f"{100 * float(value):.1f} % of the classifier's heat lies in the segmented infection"
+
+    @staticmethod
+    def setHeatmapVisible(heatNode, visible: bool) -> int:
+        """Show (or hide) the heatmap as the slice views' foreground; returns the number of views changed."""
+        from CovidCTLib.mrml.heatmap import set_heatmap_visible
+
+        return set_heatmap_visible(slicer.mrmlScene, heatNode, visible)
 
     @staticmethod
     def summaryFromTable(table) -> dict[str, Any] | None:
@@ -722,6 +763,12 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         lungs = segment_array(segmentation, "right_lung") + 2 * segment_array(segmentation, "left_lung")
         infection = segment_array(segmentation, "ggo") + 2 * segment_array(segmentation, "consolidation")
         report = json.loads(table.GetAttribute("CovidCT.ReportJSON"))
+        heatNode = slicer.mrmlScene.GetNodeByID(inputVolume.GetAttribute("CovidCT.Heatmap") or "")
+        heatmap = None
+        if heatNode is not None and heatNode.GetImageData() is not None:
+            from CovidCTLib.mrml.geometry import array_from_image_data
+
+            heatmap = array_from_image_data(heatNode.GetImageData()).astype("float32")
         return AnalysisResult(
             ct=self.volumeToCT(inputVolume),
             lungs=lungs.astype("uint8"),
@@ -729,6 +776,7 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             report=report,
             covid_probability=report.get("covid_probability"),
             method=str(report.get("method", "")),
+            heatmap=heatmap,
         )
 
     def _reportsAvailable(self, interactive: bool) -> bool:

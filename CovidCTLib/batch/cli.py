@@ -74,6 +74,9 @@ def _options(args: argparse.Namespace) -> Any:
         ggo_range=tuple(args.ggo_range) if args.ggo_range else None,
         consolidation_range=tuple(args.consolidation_range) if args.consolidation_range else None,
         threads=max(0, args.threads),
+        explain=not args.no_explain,
+        top_slices=args.top_slices,
+        heatmap=args.heatmap,
     )
 
 

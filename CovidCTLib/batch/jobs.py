@@ -39,6 +39,9 @@ class AnalysisOptions:
     ggo_range: tuple[float, float] | None = None
     consolidation_range: tuple[float, float] | None = None
     threads: int = 1
+    explain: bool = True  # the classifier's Grad-CAM explanation (issue 16.2)
+    top_slices: int = 5
+    heatmap: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """The options as a JSON-friendly dict (for cohort.json)."""

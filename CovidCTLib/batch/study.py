@@ -104,9 +104,11 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
         classify=options.classify,
         infection_thresholds=infection_thresholds(options),
         harmonise_kernel=options.harmonise_kernel,
+        explain=options.explain,
+        top_slices=options.top_slices,
     )
     options_out = OutputOptions(options.reports, options.dicom_seg, options.surfaces, options.points_csv,
-                                options.include_identifiers)
+                                options.include_identifiers, options.heatmap)
     record = study_record(study, result.report, options)
     write_outputs(result, folder, overwrite, options_out, reporter,
                   extra_files={STUDY_FILE: lambda path: path.write_text(record, encoding="utf-8")})

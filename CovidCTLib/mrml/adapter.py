@@ -14,6 +14,7 @@ import slicer
 
 from CovidCTLib.mrml.display import set_lung_window, show_in_views
 from CovidCTLib.mrml.geometry import image_from_volume_node
+from CovidCTLib.mrml.heatmap import add_heatmap_node, find_heat_color_node, heat_color_node, set_heatmap_visible
 from CovidCTLib.mrml.hierarchy import file_beside
 from CovidCTLib.mrml.segmentation import add_lobes_node, add_segmentation_node, show_closed_surfaces
 from CovidCTLib.mrml.tables import add_lesions_table, add_statistics_table
@@ -44,20 +45,24 @@ def results_to_mrml(
     smoothing: float = 0.5,
     show: bool = True,
     lobes: np.ndarray | None = None,
+    heatmap: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Create the CovidCT nodes for one analysed volume; returns ``{"segmentation", "statistics", "lesions"}``
-    (and ``"lobes"``, a second segmentation node, when ``lobes`` is given).
+    (and ``"lobes"``, a second segmentation node, when ``lobes`` is given; ``"heatmap"``, a scalar volume
+    shown as the slice views' foreground, when ``heatmap`` is given).
 
     Args:
         lungs / infection: ``(z, y, x)`` uint8 labelmaps on the volume's grid (labels from ``labels.py``).
         report: the report.json dictionary.
         name: base name of the created nodes (default: the volume's name).
         lobes: ``(z, y, x)`` uint8 lobe labelmap (1 RUL .. 5 LLL) on the volume's grid, or None.
+        heatmap: ``(z, y, x)`` float 0..1 Grad-CAM heat of the classifier on the volume's grid, or None.
         surfaces: create and show closed surfaces in 3-D; smoothing: their smoothing factor (0..1).
         show: set the lung window and, inside the Slicer application, show the volume and centre views.
     """
     base = name or f"{volume_node.GetName()} CovidCT"
     created: list[slicer.vtkMRMLNode] = []
+    helpers: list[slicer.vtkMRMLNode] = []  # shared nodes made for this result (the heat colour table)
     try:
         segmentation = add_segmentation_node(scene, volume_node, lungs, infection, base)
         created.append(segmentation)
@@ -74,20 +79,31 @@ def results_to_mrml(
             created.append(lobes_node)
             if transform_id:
                 lobes_node.SetAndObserveTransformNodeID(transform_id)
+        heat_node = None
+        if heatmap is not None:  # issue 16.2
+            if find_heat_color_node(scene) is None:
+                helpers.append(heat_color_node(scene))  # removed again on failure
+            heat_node = add_heatmap_node(scene, volume_node, heatmap, f"{base} heatmap")
+            created.append(heat_node)
+            if transform_id:
+                heat_node.SetAndObserveTransformNodeID(transform_id)
         for node in created:
             node.SetAttribute("CovidCT.InputVolume", volume_node.GetID())
         if surfaces:
             show_closed_surfaces(segmentation, smoothing)
         file_beside(scene, volume_node, created)
     except BaseException:
-        remove_nodes(scene, created)
+        remove_nodes(scene, created + helpers)
         raise
     if show:
         set_lung_window(volume_node)
         show_in_views(volume_node, segmentation)
+        set_heatmap_visible(scene, heat_node, heat_node is not None)
     nodes = {"segmentation": segmentation, "statistics": statistics, "lesions": lesions}
     if lobes_node is not None:
         nodes["lobes"] = lobes_node
+    if heat_node is not None:
+        nodes["heatmap"] = heat_node
     return nodes
 
 
@@ -97,6 +113,7 @@ def result_to_mrml(
     """:func:`results_to_mrml` for an :class:`~CovidCTLib.results.AnalysisResult` (geometry checked)."""
     check_result_geometry(volume_node, result.ct.image)
     kwargs.setdefault("lobes", getattr(result, "lobes", None))
+    kwargs.setdefault("heatmap", getattr(result, "heatmap", None))
     return results_to_mrml(scene, volume_node, result.lungs, result.infection, result.report, **kwargs)
 
 

@@ -16,6 +16,7 @@ class OutputOptions:
     surfaces: str | None = None
     points_csv: bool = False
     include_identifiers: bool = False
+    heatmap: bool = True  # covid_heatmap.nii.gz when the classifier's heatmap was made (issue 16.2)
 
 
 @dataclass(frozen=True)

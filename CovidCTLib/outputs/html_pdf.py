@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.atomic import check_writable, write_text_atomic, write_with
+from CovidCTLib.explain.text import EXPLANATION_CAPTION
 from CovidCTLib.report.content import NOT_FOR_DIAGNOSIS, ReportContent, ReportImages, Table, build_content, make_images
 
 _CSS = """
@@ -77,6 +78,10 @@ def render_html(content: ReportContent) -> str:
     if images.coronal_png:
         body += ["<h2>Coronal slices with the most infection</h2>",
                  _img(images.coronal_png, "coronal overlay montage")]
+    if images.explanation_png:  # issue 16.2 hook
+        body += ["<h2>What drives the COVID score (Grad-CAM heatmap)</h2>",
+                 _img(images.explanation_png, "top slices with the classifier heatmap"),
+                 f'<p class="note">{esc(EXPLANATION_CAPTION)}</p>']
     if images.trend_png or content.compare_tables:
         body.append("<h2>Comparison with earlier scans</h2>")
         body.append(_img(images.trend_png, "infection trend plot"))
@@ -161,6 +166,10 @@ def _pdf_story(content: ReportContent) -> list:
                         ("Coronal slices with the most infection", images.coronal_png)):
         if data:
             story.append(KeepTogether([Paragraph(title, styles["Heading3"]), picture(data, width, 120 * mm)]))
+    if images.explanation_png:  # issue 16.2 hook
+        story.append(KeepTogether([Paragraph("What drives the COVID score (Grad-CAM heatmap)", styles["Heading3"]),
+                                   picture(images.explanation_png, width, 70 * mm),
+                                   Paragraph(esc(EXPLANATION_CAPTION), small)]))
     if images.trend_png or content.compare_tables:
         heading = Paragraph("Comparison with earlier scans", styles["Heading3"])
         if images.trend_png:

@@ -26,6 +26,9 @@ OPTIONS: tuple[OutputOption, ...] = (
     OutputOption("dicom_seg", "--no-dicom-seg", "skip the DICOM SEG for DICOM input", store_false=True),
     OutputOption("include_identifiers", "--include-identifiers",
                  "put patient name / ID into the HTML/PDF report and the DICOM SEG (off by default)"),
+    OutputOption("heatmap", "--no-heatmap",
+                 "skip covid_heatmap.nii.gz (the classifier's Grad-CAM map; report.json keeps the explanation)",
+                 store_false=True),
 )
 
 
@@ -75,6 +78,13 @@ def _lobes(result: Any, folder: Path, options: OutputOptions) -> None:
     write_labelmap(result.lobes, result.ct.image, folder / "lobes.nii.gz", overwrite=True)
     write_layered_seg_nrrd([result.lobes], lobe_layer_segments(0), result.ct.image, folder / "lobes.seg.nrrd",
                            overwrite=True, extra_metadata=seg_metadata(result), layer_names=["lobes"])
+
+
+def _heatmap(result: Any, folder: Path, options: OutputOptions) -> None:
+    from CovidCTLib.explain.heatmap import heatmap_image
+    from CovidCTLib.io.writers import write_image
+
+    write_image(heatmap_image(result.heatmap, result.ct.image), folder / HEATMAP_FILE, overwrite=True)
 
 
 def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -127,12 +137,17 @@ def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
     write_pdf_report(result, folder / "report.pdf", include_identifiers=options.include_identifiers)
 
 
+#: the classifier's Grad-CAM heatmap (float32 0..1 on the CT grid; :mod:`CovidCTLib.explain`)
+HEATMAP_FILE = "covid_heatmap.nii.gz"
+
 #: every output, in writing order (key = the role in the returned path dictionary)
 WRITERS: tuple[FileWriter, ...] = (
     FileWriter("labelmaps", (("lungs", "lungs.nii.gz"), ("infection", "infection.nii.gz")), _labelmaps),
     FileWriter("segmentation", (("segmentation", "segmentation.seg.nrrd"),), _segmentation),
     FileWriter("lobes", (("lobes", "lobes.nii.gz"), ("lobes_segmentation", "lobes.seg.nrrd")), _lobes,
                lambda result, options: getattr(result, "lobes", None) is not None),
+    FileWriter("heatmap", (("heatmap", HEATMAP_FILE),), _heatmap,
+               lambda result, options: options.heatmap and getattr(result, "heatmap", None) is not None),
     FileWriter("dicom_seg", (("dicom_seg", "segmentation.dcm"),), _dicom_seg,
                lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
     FileWriter("surfaces", (("surface", "surfaces"),), _surfaces, lambda result, options: bool(options.surfaces)),

@@ -54,6 +54,7 @@ class ReportImages:
     axial_png: bytes | None = None
     coronal_png: bytes | None = None
     trend_png: bytes | None = None
+    explanation_png: bytes | None = None  # top slices with the classifier's heatmap (issue 16.2)
 
 
 @dataclass
@@ -277,6 +278,11 @@ def make_images(result, compare: dict[str, Any] | None = None, render_3d: bool =
     else:
         images.axial_png = render.overlay_montage_png(result.ct, result.lungs, result.infection, "axial", n=1,
                                                       columns=1)
+    if getattr(result, "heatmap", None) is not None and (result.report or {}).get("explanation"):
+        from CovidCTLib.explain.figure import explanation_png
+
+        images.explanation_png = explanation_png(result.ct, result.infection, result.heatmap,
+                                                 result.report["explanation"])
     trend = (compare or {}).get("trend_png")
     if isinstance(trend, bytes):
         images.trend_png = trend

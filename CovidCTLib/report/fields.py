@@ -34,6 +34,7 @@ FIELDS: tuple[Field, ...] = (
     Field("method", "Method", csv=True, table=False),
     Field("model_versions", "Model versions", csv=True, table=False),
     Field("covid_probability", "COVID probability (research use, not a diagnosis)", "probability"),
+    Field("explanation.heat_in_infection", "Classifier heat inside the segmented infection (Grad-CAM)", "fraction"),
     Field("lungs.right_ml", "Right lung volume", "mL"),
     Field("lungs.left_ml", "Left lung volume", "mL"),
     Field("lungs.total_ml", "Total lung volume", "mL"),

@@ -259,6 +259,12 @@ def read_outputs(outdir: str | os.PathLike) -> tuple[sitk.Image, np.ndarray, np.
     return lungs_image, lungs, infection, report
 
 
+def read_heatmap(outdir: str | os.PathLike) -> np.ndarray | None:
+    """The classifier heatmap an analysis wrote (``covid_heatmap.nii.gz``, float32 0..1), or None."""
+    path = Path(outdir) / "covid_heatmap.nii.gz"
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32) if path.is_file() else None
+
+
 def read_lobes(outdir: str | os.PathLike) -> np.ndarray | None:
     """The lobe labelmap an analysis wrote (``lobes.nii.gz``), or None when it wrote none (8-bit input)."""
     path = Path(outdir) / "lobes.nii.gz"

@@ -63,6 +63,8 @@ class ScanClassification:
     model_version: str
     top_k: int = 1
     disclaimer: str = DISCLAIMER
+    #: Grad-CAM map per slice (radiological view, crop's feature grid) when classified with ``explain=True``
+    cams: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,8 +181,13 @@ def classifier_available(model_dir: str | Path | None = None) -> bool:
 # ---------------------------------------------------------------- scoring
 
 @torch.no_grad()
-def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray]) -> np.ndarray:
-    """Probabilities for ``CROP_SIZE`` 0..1 crops (resized to the input size, flip TTA)."""
+def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray], cams: list[np.ndarray] | None = None,
+                 ) -> np.ndarray:
+    """Probabilities for ``CROP_SIZE`` 0..1 crops (resized to the input size, flip TTA).
+
+    With ``cams`` (a list), the same forward pass also gives each crop's Grad-CAM map, appended to it
+    (:mod:`CovidCTLib.models.runtime.gradcam`).
+    """
     from CovidCTLib.models.runtime.classifier import predict_crops
 
     if not crops:
@@ -191,7 +198,14 @@ def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray]) -> np.ndarra
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     if loaded.config.in_channels == 3:
         x = x.repeat(1, 3, 1, 1)
-    raw = predict_crops(loaded.model, x, loaded.device, tta=loaded.tta)
+    if cams is None:
+        raw = predict_crops(loaded.model, x, loaded.device, tta=loaded.tta)
+    else:
+        from CovidCTLib.models.runtime.gradcam import predict_with_cams
+
+        batch = predict_with_cams(loaded.model, x, loaded.device, tta=loaded.tta)
+        raw = batch.probabilities
+        cams.extend(batch.cams)
     return apply_calibration(raw, loaded.manifest.get("calibration"))
 
 
@@ -234,10 +248,12 @@ def radiological_view(arr: np.ndarray, lungs: np.ndarray, image: sitk.Image) -> 
 
 
 def classify_scan(ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None,
-                  model_dir: str | Path | None = None, batch_size: int = 32) -> ScanClassification:
+                  model_dir: str | Path | None = None, batch_size: int = 32, explain: bool = False,
+                  ) -> ScanClassification:
     """COVID probability of a CT volume from its lung-containing slices (mean; top-k mean reported).
 
-    ``lungs`` is the lung labelmap ``(z, y, x)`` of ``ct`` (any value > 0 is lung). Raises
+    ``lungs`` is the lung labelmap ``(z, y, x)`` of ``ct`` (any value > 0 is lung). ``explain``: also keep
+    each slice's Grad-CAM map from the same forward pass (``cams``; :mod:`CovidCTLib.explain`). Raises
     :class:`AnalysisError` when no slice contains lung, :class:`ModelError` when no model is installed.
     """
     loaded = load_classifier(model_dir, device)
@@ -253,18 +269,22 @@ def classify_scan(ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporte
         raise AnalysisError("no lung found in the scan, so it cannot be classified; check the input is a chest "
                             "CT and the lung segmentation.")
     probs: dict[int, float] = {}
+    cams: dict[int, np.ndarray] = {}
     for start in range(0, len(zs), batch_size):
         chunk = zs[start:start + batch_size]
         crops = [crop_to_lungs(quantize_8bit(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0]
                  for z in chunk]
-        for z, p in zip(chunk, _score_crops(loaded, crops), strict=True):
+        chunk_cams: list[np.ndarray] | None = [] if explain else None
+        for z, p in zip(chunk, _score_crops(loaded, crops, chunk_cams), strict=True):
             probs[z] = float(p)
+        if chunk_cams is not None:
+            cams.update(zip(chunk, chunk_cams, strict=True))
         if reporter is not None:
             reporter.update("classify", min(1.0, (start + len(chunk)) / len(zs)),
                             f"classified {start + len(chunk)} / {len(zs)} lung slices")
     mean, top, k = pool_probabilities(list(probs.values()))
     return ScanClassification(mean, top, probs, len(zs), loaded.manifest.get("name", MODEL_NAME),
-                              str(loaded.manifest.get("version", MODEL_VERSION)), top_k=k)
+                              str(loaded.manifest.get("version", MODEL_VERSION)), top_k=k, cams=cams)
 
 
 def classify_images(paths_or_arrays: list[str | Path | np.ndarray], device: str = "auto",
