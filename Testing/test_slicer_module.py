@@ -342,7 +342,11 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     assert node.segmentation is not None and node.statisticsTable is not None and node.lesionsTable is not None
     assert widget.ui.statusLabel.text.startswith("Done")
     assert "%" in widget.ui.involvementValueLabel.text
-    assert widget.ui.severityValueLabel.text != "-"
+    report = json.loads(node.statisticsTable.GetAttribute("CovidCT.ReportJSON"))
+    assert widget.ui.severityValueLabel.text == f"zones {report['severity_score']['total']} /30"
+    # issue 14: the lobar score (0-25) stands next to the zone score
+    assert report["severity_score_lobar"] is not None
+    assert widget.ui.lobarSeverityValueLabel.text == f"lobes {report['severity_score_lobar']['total']} /25"
     assert "n/a" in widget.ui.probabilityValueLabel.text or "not a diagnosis" in widget.ui.probabilityValueLabel.text
     assert widget.ui.saveReportButton.enabled
     widget.ui.saveReportButton.emit("clicked(bool)", False)
