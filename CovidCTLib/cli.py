@@ -25,6 +25,7 @@ from CovidCTLib.cli_options import add_analysis_arguments, add_device_argument
 from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
 from CovidCTLib.progress import CancelToken, Reporter
+from CovidCTLib.report.anatomy_tables import anatomy_summary
 from CovidCTLib.report.assessment_text import assessment_summary
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -69,6 +70,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         + ("n/a (no classifier installed)" if probability is None else f"{probability:.2f} (research use)"),
         *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
         *assessment_summary(report),  # issue 13 hook: category, reasons, noise floor
+        *anatomy_summary(report),  # issue 14 hook: landmark zones, peripheral share
         f"Note: {DISCLAIMER}",
     ]
     return lines

@@ -99,7 +99,8 @@ def peripheral_involvement(
     lobes: np.ndarray | None = None,
     pmap: PeripheralMap | None = None,
 ) -> dict[str, Any]:
-    """The report.json ``peripheral_involvement`` block: both lungs, per lung and (with ``lobes``) per lobe.
+    """The report.json ``peripheral_involvement`` block: ``both``, ``right``, ``left`` and (with ``lobes``)
+    ``lobes``, a list of the five lobes (key, lung and the same numbers).
 
     Each entry: lung_ml, peripheral_lung_ml / share (the outer third's volume), infection_ml,
     peripheral / central infection mL, peripheral_percent / central_percent (infected share of the
@@ -118,8 +119,8 @@ def peripheral_involvement(
     voxel_ml = ct.voxel_volume_ml
     block: dict[str, Any] = {"definition": DEFINITION, "grid_mm": pmap.grid_mm}
     block["both"] = _split(counts[1:].sum(axis=(0, 1)), voxel_ml)
-    block["lungs"] = [{"lung": LUNG_NAMES[s], **_split(counts[s].sum(axis=0), voxel_ml)}
-                      for s in (RIGHT_LUNG, LEFT_LUNG)]
+    for s in (RIGHT_LUNG, LEFT_LUNG):
+        block[LUNG_NAMES[s]] = _split(counts[s].sum(axis=0), voxel_ml)
     block["lobes"] = None if lobes is None else [
         {"key": LOBE_NAMES[k], "lung": LUNG_NAMES[s], **_split(counts[1:, k].sum(axis=0), voxel_ml)}
         for s in (RIGHT_LUNG, LEFT_LUNG)
