@@ -54,7 +54,8 @@ def make_landmark_phantom(
     bronchi = np.zeros(shape, dtype=bool)
     for cx in (-12.0, 12.0):
         bronchi |= np.broadcast_to((x - cx) ** 2 + (y + 10.0) ** 2 <= 4.5**2, shape) & (
-            (z >= bronchus_end_index) & (z <= carina_index))
+            (z >= bronchus_end_index) & (z <= carina_index)
+        )
     hu[trachea | junction | bronchi] = -1000.0
     hu += np.random.default_rng(seed).normal(0.0, 10.0, shape).astype(np.float32)
     image = sitk.GetImageFromArray(hu.astype(np.int16))
@@ -62,5 +63,6 @@ def make_landmark_phantom(
     if direction is not None:
         image.SetDirection(tuple(float(v) for v in np.asarray(direction, dtype=float).ravel()))
     image.SetOrigin((-(nx - 1) / 2.0 * sx, -(ny - 1) / 2.0 * sy, -40.0))
-    return LandmarkPhantom(CTVolume(image=image, source="landmark phantom", intensity="HU"), lungs,
-                           carina_index, bronchus_end_index)
+    return LandmarkPhantom(
+        CTVolume(image=image, source="landmark phantom", intensity="HU"), lungs, carina_index, bronchus_end_index
+    )

@@ -170,8 +170,12 @@ def track_airway(grid: _Grid, params: LandmarkParameters) -> _AirwayTrack:
             best, best_d = 0, np.inf
             for k in range(1, n + 1):
                 d = abs(cx[k] - midline)
-                if (lo <= areas[k] * px_mm2 <= hi and d < params.midline_fraction * body_width
-                        and in_lung[k] < 0.5 * areas[k] and d < best_d):
+                if (
+                    lo <= areas[k] * px_mm2 <= hi
+                    and d < params.midline_fraction * body_width
+                    and in_lung[k] < 0.5 * areas[k]
+                    and d < best_d
+                ):
                     best, best_d = k, d
             if best:
                 prev = lab == best
@@ -216,8 +220,7 @@ def _first_run(flags: list[bool], min_len: int, start: int = 0) -> int | None:
     return None
 
 
-def find_carina(grid: _Grid, params: LandmarkParameters, track: _AirwayTrack | None = None
-                ) -> tuple[float | None, str]:
+def find_carina(grid: _Grid, params: LandmarkParameters, track: _AirwayTrack | None = None) -> tuple[float | None, str]:
     """Canonical coarse slice index of the carina (None when not found) and a note."""
     track = track or track_airway(grid, params)
     if not track.slices:
@@ -230,8 +233,9 @@ def find_carina(grid: _Grid, params: LandmarkParameters, track: _AirwayTrack | N
     return float(track.slices[i] + 0.5), "carina: between the last slice of one tracheal lumen and the first of two"
 
 
-def find_bronchus_ends(grid: _Grid, params: LandmarkParameters, track: _AirwayTrack, carina: float
-                       ) -> dict[int, float | None]:
+def find_bronchus_ends(
+    grid: _Grid, params: LandmarkParameters, track: _AirwayTrack, carina: float
+) -> dict[int, float | None]:
     """Per lung: canonical slice index where that side's tracked bronchus ends, or None.
 
     Each main bronchus is followed below the carina (the branches on that side of the tracheal centre

@@ -121,9 +121,13 @@ def peripheral_involvement(
     block["both"] = _split(counts[1:].sum(axis=(0, 1)), voxel_ml)
     for s in (RIGHT_LUNG, LEFT_LUNG):
         block[LUNG_NAMES[s]] = _split(counts[s].sum(axis=0), voxel_ml)
-    block["lobes"] = None if lobes is None else [
-        {"key": LOBE_NAMES[k], "lung": LUNG_NAMES[s], **_split(counts[1:, k].sum(axis=0), voxel_ml)}
-        for s in (RIGHT_LUNG, LEFT_LUNG)
-        for k in LOBES_OF_LUNG[s]
-    ]
+    block["lobes"] = (
+        None
+        if lobes is None
+        else [
+            {"key": LOBE_NAMES[k], "lung": LUNG_NAMES[s], **_split(counts[1:, k].sum(axis=0), voxel_ml)}
+            for s in (RIGHT_LUNG, LEFT_LUNG)
+            for k in LOBES_OF_LUNG[s]
+        ]
+    )
     return block

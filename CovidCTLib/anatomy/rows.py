@@ -21,11 +21,19 @@ def anatomy_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     for index, lobe in enumerate((peripheral or {}).get("lobes") or []):
         key = f"peripheral_involvement.lobes[{index}]"
         rows += [
-            (f"{key}.peripheral_percent", f"{lobe['key']}: peripheral (outer third) involvement",
-             _value(lobe.get("peripheral_percent")), "%"),
+            (
+                f"{key}.peripheral_percent",
+                f"{lobe['key']}: peripheral (outer third) involvement",
+                _value(lobe.get("peripheral_percent")),
+                "%",
+            ),
             (f"{key}.central_percent", f"{lobe['key']}: central involvement", _value(lobe.get("central_percent")), "%"),
-            (f"{key}.peripheral_share", f"{lobe['key']}: peripheral share of infection",
-             _value(lobe.get("peripheral_share")), "fraction"),
+            (
+                f"{key}.peripheral_share",
+                f"{lobe['key']}: peripheral share of infection",
+                _value(lobe.get("peripheral_share")),
+                "fraction",
+            ),
         ]
     zones = report.get("anatomical_zones")
     if isinstance(zones, dict):

@@ -71,8 +71,16 @@ def anatomical_zones(
             lung_ml, inf_ml = float(counts[value, index].sum()), float(counts[value, index, 1])
             percent = 100.0 * inf_ml / lung_ml if lung_ml > 0 else 0.0
             score = 0 if percent < min_percent else SEVERITY_SCALE.score(percent)
-            zones.append({"lung": LUNG_NAMES[value], "zone": name, "lung_ml": round(lung_ml, 2),
-                          "infection_ml": round(inf_ml, 2), "percent": round(percent, 2), "score": int(score)})
+            zones.append(
+                {
+                    "lung": LUNG_NAMES[value],
+                    "zone": name,
+                    "lung_ml": round(lung_ml, 2),
+                    "infection_ml": round(inf_ml, 2),
+                    "percent": round(percent, 2),
+                    "score": int(score),
+                }
+            )
     block: dict[str, Any] = {
         "method": METHOD_LANDMARKS if bounds is not None else METHOD_THIRDS,
         "landmarks": landmarks.to_dict(),
@@ -86,8 +94,10 @@ def anatomical_zones(
         ),
     }
     if bounds is None:
-        missing = [name for name, v in (("carina", landmarks.carina_z_mm), ("IPV level", landmarks.ipv_z_mm))
-                   if v is None] or ["a consistent carina/IPV order"]
-        block["fallback"] = (f"Anatomical zones fell back to the bounding-box thirds of each lung: "
-                             f"{' and '.join(missing)} not found.")
+        missing = [
+            name for name, v in (("carina", landmarks.carina_z_mm), ("IPV level", landmarks.ipv_z_mm)) if v is None
+        ] or ["a consistent carina/IPV order"]
+        block["fallback"] = (
+            f"Anatomical zones fell back to the bounding-box thirds of each lung: {' and '.join(missing)} not found."
+        )
     return block

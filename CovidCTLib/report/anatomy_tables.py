@@ -20,17 +20,33 @@ def zone_table(report: dict[str, Any]) -> list[TableSpec]:
     block = report.get("anatomical_zones")
     if not isinstance(block, dict):
         return []
-    rows = [[str(z["lung"]).capitalize(), str(z["zone"]), _num(z.get("lung_ml"), ".1f"),
-             _num(z.get("infection_ml"), ".1f"), _num(z.get("percent"), ".1f"), str(z.get("score", "-"))]
-            for z in block.get("zones") or []]
+    rows = [
+        [
+            str(z["lung"]).capitalize(),
+            str(z["zone"]),
+            _num(z.get("lung_ml"), ".1f"),
+            _num(z.get("infection_ml"), ".1f"),
+            _num(z.get("percent"), ".1f"),
+            str(z.get("score", "-")),
+        ]
+        for z in block.get("zones") or []
+    ]
     landmarks = block.get("landmarks") or {}
-    note = (f"Made by: {block.get('method')}. Carina at z = {_num(landmarks.get('carina_z_mm'), '.1f')} mm, "
-            f"IPV level (proxy) at z = {_num(landmarks.get('ipv_z_mm'), '.1f')} mm (LPS). "
-            f"Score {block.get('score_total', '-')} of 30 (a second zone set; the severity score uses the thirds).")
+    note = (
+        f"Made by: {block.get('method')}. Carina at z = {_num(landmarks.get('carina_z_mm'), '.1f')} mm, "
+        f"IPV level (proxy) at z = {_num(landmarks.get('ipv_z_mm'), '.1f')} mm (LPS). "
+        f"Score {block.get('score_total', '-')} of 30 (a second zone set; the severity score uses the thirds)."
+    )
     if block.get("fallback"):
         note += f" {block['fallback']}"
-    return [("Anatomical zones (carina / inferior pulmonary veins)",
-             ["Lung", "Zone", "Lung (mL)", "Infection (mL)", "Affected (%)", "Score"], rows, note)]
+    return [
+        (
+            "Anatomical zones (carina / inferior pulmonary veins)",
+            ["Lung", "Zone", "Lung (mL)", "Infection (mL)", "Affected (%)", "Score"],
+            rows,
+            note,
+        )
+    ]
 
 
 def peripheral_table(report: dict[str, Any]) -> list[TableSpec]:
@@ -40,13 +56,33 @@ def peripheral_table(report: dict[str, Any]) -> list[TableSpec]:
         return []
     entries = [("Both lungs", block.get("both")), ("Right lung", block.get("right")), ("Left lung", block.get("left"))]
     entries += [(str(lobe.get("key")), lobe) for lobe in block.get("lobes") or []]
-    rows = [[name, _num(e.get("peripheral_infection_ml"), ".1f"), _num(e.get("central_infection_ml"), ".1f"),
-             _num(e.get("peripheral_percent"), ".1f"), _num(e.get("central_percent"), ".1f"),
-             _num(100.0 * float(e.get("peripheral_share") or 0.0), ".0f")]
-            for name, e in entries if isinstance(e, dict)]
-    return [("Peripheral vs central involvement",
-             ["", "Peripheral (mL)", "Central (mL)", "Peripheral affected (%)", "Central affected (%)",
-              "Peripheral share (%)"], rows, str(block.get("definition", "")))]
+    rows = [
+        [
+            name,
+            _num(e.get("peripheral_infection_ml"), ".1f"),
+            _num(e.get("central_infection_ml"), ".1f"),
+            _num(e.get("peripheral_percent"), ".1f"),
+            _num(e.get("central_percent"), ".1f"),
+            _num(100.0 * float(e.get("peripheral_share") or 0.0), ".0f"),
+        ]
+        for name, e in entries
+        if isinstance(e, dict)
+    ]
+    return [
+        (
+            "Peripheral vs central involvement",
+            [
+                "",
+                "Peripheral (mL)",
+                "Central (mL)",
+                "Peripheral affected (%)",
+                "Central affected (%)",
+                "Peripheral share (%)",
+            ],
+            rows,
+            str(block.get("definition", "")),
+        )
+    ]
 
 
 def anatomy_tables(report: dict[str, Any]) -> list[TableSpec]:
