@@ -11,7 +11,8 @@ significant lesions (at least ``significant_lesion_ml``) and the share of the la
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
 
 * ``negative``: no significant infection (burden below ``min_burden_percent``).
-* ``typical``: bilateral, peripheral-predominant (peripheral share >= ``typical_peripheral_share``),
+* ``typical``: bilateral, peripheral-predominant (peripheral share >= ``typical_peripheral_share``, 0.6: the
+  outer third holds about half of a lung's volume, so 0.6 means denser peripherally than a uniform spread),
   ground-glass-predominant (>= ``typical_ggo_share``) opacities, multifocal (>= 2 significant lesions) or
   confluent (a lesion larger than ``confluent_ml``).
 * ``atypical``: one unilateral focus with a dense core (a mass-like or lobar/segmental consolidation:
