@@ -463,3 +463,22 @@ def test_logic_takes_its_runner_as_a_parameter(module, tmp_path):
     with pytest.raises(RuntimeError, match="stand-in runner"):
         logic.finishBackground(job, volume)
     assert module.scene.GetNumberOfNodes() == before and not job.workdir.exists()
+
+
+def test_panel_says_when_the_lobes_were_not_segmented(widget, monkeypatch):
+    """8-bit input has no lobes: the lobar score row is NaN and the panel says n/a beside the zone score."""
+    summary = {
+        "covid_probability": None,
+        "infection.percent_of_lungs": 1.0,
+        "infection.right_percent": 1.5,
+        "infection.left_percent": 0.5,
+        "severity_score.total": 3.0,
+        "severity_score_lobar.total": float("nan"),
+    }
+    monkeypatch.setattr(widget.logic, "summaryFromTable", lambda table: summary)
+    widget._showSummary(object())
+    assert widget.ui.severityValueLabel.text == "zones 3 /30"
+    assert widget.ui.lobarSeverityValueLabel.text == "lobes n/a (not segmented)"
+    summary["severity_score_lobar.total"] = 4.0
+    widget._showSummary(object())
+    assert widget.ui.lobarSeverityValueLabel.text == "lobes 4 /25"
