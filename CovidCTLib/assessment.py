@@ -2,15 +2,17 @@
 
 Features come from the segmentation (after the HU gate and the noise floor) and the slice classifier:
 burden (% of lungs), right / left involvement (bilateral when each lung holds at least
-``side_min_ml`` and ``side_min_share`` of the infection), peripheral share (infection in the outer half
-of each lung's in-slice depth from the pleura, mediastinal pleura included), lower-zone share,
+``side_min_ml`` and ``side_min_share`` of the infection), peripheral share (the share of the infection in the
+outer third of each lung's in-slice depth from the pleura, mediastinal pleura included: the one definition
+of :mod:`CovidCTLib.anatomy.peripheral`, which also gives the per-lung and per-lobe split), lower-zone share,
 posterior share (behind each lung's antero-posterior mid-plane), ground-glass share, number of
 significant lesions (at least ``significant_lesion_ml``) and the share of the largest lesion.
 
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
 
 * ``negative``: no significant infection (burden below ``min_burden_percent``).
-* ``typical``: bilateral, peripheral-predominant (peripheral share >= ``typical_peripheral_share``),
+* ``typical``: bilateral, peripheral-predominant (peripheral share >= ``typical_peripheral_share``, 0.6: the
+  outer third holds about half of a lung's volume, so 0.6 means denser peripherally than a uniform spread),
   ground-glass-predominant (>= ``typical_ggo_share``) opacities, multifocal (>= 2 significant lesions) or
   confluent (a lesion larger than ``confluent_ml``).
 * ``atypical``: one unilateral focus with a dense core (a mass-like or lobar/segmental consolidation:
@@ -35,13 +37,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from CovidCTLib.anatomy.peripheral import PeripheralMap, peripheral_mask
 from CovidCTLib.imaging.grid import block_max, block_mean
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.volume import CTVolume
 
 CATEGORIES = ("negative", "atypical", "indeterminate", "typical")
 #: Version of the assessment rules and priors (stated in report.json ``covid_assessment.version``).
-ASSESSMENT_VERSION = "1.0.0"
+ASSESSMENT_VERSION = "1.1.0"  # 1.1: peripheral = outer third (anatomy.peripheral)
 
 
 @dataclass(frozen=True)
@@ -79,11 +82,15 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray) -> dict[str, float]:
-    """Peripheral and posterior share of the infection (0-1; 0 when there is no infection)."""
+def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray,
+                     peripheral: PeripheralMap | None = None) -> dict[str, float]:
+    """Peripheral (outer third, :mod:`CovidCTLib.anatomy.peripheral`) and posterior share of the infection
+    (0-1; 0 when there is no infection). ``peripheral``: the map when the caller already has it."""
     inf = (np.asarray(infection) > 0) & (np.asarray(lungs) > 0)
     if not inf.any():
         return {"peripheral_share": 0.0, "posterior_share": 0.0}
+    pmap = peripheral or peripheral_mask(ct, lungs)
+    peripheral_share = float(np.count_nonzero(inf & pmap.peripheral)) / float(np.count_nonzero(inf))
     box = ndimage.find_objects((np.asarray(lungs) > 0).astype(np.uint8))[0]
     lungs_b, inf_b = np.asarray(lungs)[box], inf[box]
     spacing = ct.spacing_zyx
@@ -91,8 +98,7 @@ def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray) -> 
     factors = (1, f, f)
     sides = [block_mean((lungs_b == s).astype(np.uint8), factors) >= 0.5 for s in (RIGHT_LUNG, LEFT_LUNG)]
     inf_c = block_max(inf_b, factors)
-    cs = (1e6, spacing[1] * f, spacing[2] * f)  # in-slice depth: a huge z spacing makes the transform 2-D
-    peripheral = posterior = total = 0.0
+    posterior = total = 0.0
     direction = np.asarray(ct.image.GetDirection(), dtype=float).reshape(3, 3)
     # LPS y (posterior positive) changes along array axes (z, y, x) by these amounts per coarse voxel
     dy = direction[1] * np.asarray(ct.image.GetSpacing()) * np.array([f, f, 1.0])
@@ -103,16 +109,11 @@ def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray) -> 
         zz, yy, xx = np.nonzero(side)
         ypos = zz * dy[2] + yy * dy[1] + xx * dy[0]
         mid = 0.5 * (ypos.min() + ypos.max())
-        zs = np.flatnonzero(sel.any(axis=(1, 2)))  # only slices with infection need a depth map
-        depth = ndimage.distance_transform_edt(side[zs], sampling=cs)
-        rel = depth / np.maximum(depth.reshape(len(zs), -1).max(axis=1), 1e-6)[:, None, None]
         zi, yi, xi = np.nonzero(sel)
-        zk = np.searchsorted(zs, zi)
         yinf = zi * dy[2] + yi * dy[1] + xi * dy[0]
-        peripheral += float(np.count_nonzero(rel[zk, yi, xi] <= 0.5))
         posterior += float(np.count_nonzero(yinf > mid))
         total += float(zi.size)
-    return {"peripheral_share": peripheral / max(total, 1.0), "posterior_share": posterior / max(total, 1.0)}
+    return {"peripheral_share": peripheral_share, "posterior_share": posterior / max(total, 1.0)}
 
 
 def assessment_features(
@@ -122,6 +123,7 @@ def assessment_features(
     numbers: dict[str, Any],
     classifier_probability: float | None,
     rules: AssessmentRules,
+    peripheral: PeripheralMap | None = None,
 ) -> dict[str, Any]:
     """All features of the assessment (``numbers``: the ``quantify`` result after the noise floor)."""
     inf = numbers["infection"]
@@ -145,7 +147,7 @@ def assessment_features(
         else 0.0,
         "classifier_probability": None if classifier_probability is None else float(classifier_probability),
     }
-    features.update(spatial_features(ct, lungs, infection))
+    features.update(spatial_features(ct, lungs, infection, peripheral))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in features.items()}
 
 
@@ -202,10 +204,11 @@ def assess(
     numbers: dict[str, Any],
     classifier_probability: float | None,
     rules: AssessmentRules | None = None,
+    peripheral: PeripheralMap | None = None,
 ) -> dict[str, Any]:
     """The ``covid_assessment`` block of report.json: category, probability, reasons, features, method."""
     rules = rules or AssessmentRules()
-    features = assessment_features(ct, lungs, infection, numbers, classifier_probability, rules)
+    features = assessment_features(ct, lungs, infection, numbers, classifier_probability, rules, peripheral)
     category, reasons = categorise(features, rules)
     probability = combine_probability(category, classifier_probability, rules)
     if classifier_probability is None:

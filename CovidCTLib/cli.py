@@ -26,6 +26,7 @@ from CovidCTLib.cli_progress import BarProgress, JsonProgress, emit_json
 from CovidCTLib.errors import CovidCTError, InputError, ModelError
 from CovidCTLib.explain.text import explanation_summary
 from CovidCTLib.progress import CancelToken, Reporter
+from CovidCTLib.report.anatomy_tables import anatomy_summary
 from CovidCTLib.report.assessment_text import assessment_summary
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -71,6 +72,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         *[f"WARNING: {text}" for text in report.get("fallbacks") or []],  # issue 12: a fallback is never silent
         *assessment_summary(report),  # issue 13 hook: category, reasons, noise floor
         *explanation_summary(report),  # issue 16.2 hook: top slices and heat in infection
+        *anatomy_summary(report),  # issue 14 hook: landmark zones, peripheral share
         f"Note: {DISCLAIMER}",
     ]
     return lines

@@ -1,7 +1,7 @@
 """The analysis pipeline: one CT in, lungs + infection + classification + numbers out.
 
 ``analyze`` runs :data:`STAGES` (load, harmonise, lungs, infection, infection_gating, classify, explain,
-quantify, assessment, lobes; progress from their weights)
+quantify, assessment, lobes, anatomy; progress from their weights)
 and returns an :class:`~CovidCTLib.results.AnalysisResult`; ``write_outputs`` writes its files.
 The segmenters come from :mod:`CovidCTLib.segmentation.registry`.
 The trained models are used when installed (``method="auto"``), the classical HU method otherwise.
@@ -65,6 +65,7 @@ class AnalysisState:
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
     lobes: np.ndarray | None = None
+    peripheral: Any | None = None  # the outer-third map (anatomy.peripheral), shared by assessment and anatomy
     gating: dict[str, Any] = field(default_factory=dict)  # what the HU gate removed (issue 13)
     harmonisation: dict[str, Any] = field(default_factory=dict)  # the kernel harmonisation (issue 13)
     assessment: dict[str, Any] = field(default_factory=dict)  # the scan-level COVID assessment
@@ -165,10 +166,13 @@ def _stage_quantify(state: AnalysisState) -> None:
 
 def _stage_assessment(state: AnalysisState) -> None:
     """Zone noise floor and the scan-level COVID assessment (its probability is the top-level one)."""
+    from CovidCTLib.anatomy.peripheral import peripheral_mask
     from CovidCTLib.postprocess.stages import score_scan
 
     probability = None if state.scan is None else float(state.scan.probability)
-    state.numbers, state.assessment = score_scan(state.ct, state.lungs, state.infection, state.numbers, probability)
+    state.peripheral = peripheral_mask(state.ct, state.lungs)
+    state.numbers, state.assessment = score_scan(state.ct, state.lungs, state.infection, state.numbers, probability,
+                                                 peripheral=state.peripheral)
     state.numbers["infection_gating"] = state.gating
     state.numbers["kernel_harmonisation"] = state.harmonisation
     state.numbers["covid_assessment"] = state.assessment
@@ -184,6 +188,17 @@ def _stage_lobes(state: AnalysisState) -> None:
     state.numbers.update(lobe_numbers)
 
 
+def _stage_anatomy(state: AnalysisState) -> None:
+    """Issue 14: peripheral vs central involvement per lung and lobe, and the landmark zones."""
+    from CovidCTLib.anatomy.hooks import analyze_anatomy
+    from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
+
+    state.numbers.update(analyze_anatomy(state.ct, state.lungs, state.infection, state.lobes, state.peripheral,
+                                         min_percent=DEFAULT_FLOOR.min_zone_percent))
+    if state.numbers["anatomical_zones"].get("fallback"):
+        state.notes.append(state.numbers["anatomical_zones"]["fallback"])
+
+
 #: the analysis, in order; progress fractions come from the weights (measured share of the run time)
 STAGES: tuple[Stage, ...] = (
     Stage("load", 10, "Reading the CT", _stage_load),
@@ -196,6 +211,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("quantify", 12, "Measuring volumes, zones and lesions", _stage_quantify),
     Stage("assessment", 2, "Scan-level COVID assessment", _stage_assessment),
     Stage("lobes", 4, "Segmenting the lobes", _stage_lobes),
+    Stage("anatomy", 2, "Anatomical zones and peripheral involvement", _stage_anatomy),
 )
 
 

@@ -135,3 +135,70 @@ def test_dicom_seg_of_the_real_ricord_series(tmp_path, shared_data):
         np.testing.assert_array_equal(pixels[..., 0] > 0, lungs[z] == 1)
         np.testing.assert_array_equal(pixels[..., 1] > 0, lungs[z] == 2)
         np.testing.assert_array_equal(pixels[..., 2] > 0, infection[z] == 1)
+
+
+def _with_lobes(result: AnalysisResult) -> AnalysisResult:
+    """The fixture's lungs cut into five lobes (right: three bands along z, left: two)."""
+    from CovidCTLib.labels import LLL, LUL, RLL, RML, RUL
+
+    lungs = result.lungs
+    lobes = np.zeros_like(lungs)
+    z = np.arange(lungs.shape[0])[:, None, None]
+    lobes[(lungs == 1) & (z >= 7)] = RUL
+    lobes[(lungs == 1) & (z >= 5) & (z < 7)] = RML
+    lobes[(lungs == 1) & (z < 5)] = RLL
+    lobes[(lungs == 2) & (z >= 6)] = LUL
+    lobes[(lungs == 2) & (z < 6)] = LLL
+    return AnalysisResult(ct=result.ct, lungs=lungs, infection=result.infection, method=result.method,
+                          model_versions=result.model_versions, lobes=lobes)
+
+
+def test_dicom_seg_carries_the_lobes_with_their_snomed_codes(tmp_path, dicom_result):
+    from CovidCTLib.labels import LOBE_SEGMENTS
+
+    result = _with_lobes(dicom_result)
+    path = write_dicom_seg(result, tmp_path / "segmentation.dcm")
+    ds = pydicom.dcmread(path)
+    specs = list(SEGMENTS) + list(LOBE_SEGMENTS)
+    assert [item.SegmentNumber for item in ds.SegmentSequence] == list(range(1, 10))
+    assert [item.SegmentLabel for item in ds.SegmentSequence] == [spec.name for spec in specs]
+    assert [item.SegmentLabel for item in ds.SegmentSequence][4:] == [
+        "Right upper lobe", "Right middle lobe", "Right lower lobe", "Left upper lobe", "Left lower lobe"]
+    for item, spec in zip(ds.SegmentSequence[4:], LOBE_SEGMENTS, strict=True):
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == ("123037004", "SCT")
+        assert (prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning) == (
+            spec.type.value, spec.type.scheme, spec.type.meaning)
+    assert [item.SegmentedPropertyTypeCodeSequence[0].CodeValue for item in ds.SegmentSequence[4:]] == [
+        "45653009", "72481006", "266005", "44714003", "90572001"]
+
+    # frame count: one frame per segment and slice where that segment is present (empty frames omitted)
+    masks = [(result.lungs if s.source == "lungs" else result.infection if s.source == "infection"
+              else result.lobes) == s.label for s in specs]
+    assert int(ds.NumberOfFrames) == sum(int(m.any(axis=(1, 2)).sum()) for m in masks)
+
+    # every lobe frame sits on its source slice (oblique series) and holds exactly that lobe's voxels
+    image = result.ct.image
+    origin = np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    np.testing.assert_allclose(
+        np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float),
+        np.concatenate([direction[:, 0], direction[:, 1]]), atol=1e-6)
+    seen = 0
+    for frame, group in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ipp = np.array(group.PlanePositionSequence[0].ImagePositionPatient, float)
+        k = (ipp - origin) @ direction[:, 2] / image.GetSpacing()[2]
+        assert abs(k - round(k)) < 1e-3
+        np.testing.assert_allclose(ipp, image.TransformIndexToPhysicalPoint((0, 0, int(round(k)))), atol=1e-4)
+        if number > 4:
+            np.testing.assert_array_equal(frame > 0, masks[number - 1][int(round(k))])
+            seen += 1
+    assert seen == sum(int(m.any(axis=(1, 2)).sum()) for m in masks[4:])
+
+
+def test_dicom_seg_without_lobes_has_the_four_segments(tmp_path, dicom_result):
+    ds = pydicom.dcmread(write_dicom_seg(dicom_result, tmp_path / "segmentation.dcm"), stop_before_pixels=True)
+    assert [item.SegmentLabel for item in ds.SegmentSequence] == [spec.name for spec in SEGMENTS]

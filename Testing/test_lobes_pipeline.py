@@ -84,3 +84,32 @@ def test_lobes_from_the_classical_lungs_match_the_phantom(analyzed):
         a, b = (lobes == label) & both, (truth == label) & both
         dice = 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
         assert dice >= 0.9, (label, dice)
+
+
+def test_report_has_the_anatomical_zones_and_the_peripheral_split(analyzed):
+    """Issue 14: the landmark zone set (here the stated fallback: the phantom's main bronchi end at the hilum,
+    14 mm below the carina, so no IPV level) and peripheral vs central per lung and lobe."""
+    import csv
+
+    _, outdir = analyzed
+    report = json.loads((outdir / "report.json").read_text())
+    zones = report["anatomical_zones"]
+    assert zones["landmarks"]["carina_z_mm"] is not None and zones["landmarks"]["ipv_z_mm"] is None
+    assert zones["method"] == "thirds" and "IPV level not found" in zones["fallback"]
+    assert zones["fallback"] in report["notes"]
+    thirds = {(z["lung"], z["zone"]): z["lung_ml"] for z in report["zones"]}
+    assert {(z["lung"], z["zone"]): z["lung_ml"] for z in zones["zones"]} == pytest.approx(thirds, abs=0.02)
+    peripheral = report["peripheral_involvement"]
+    lobe_ml = {entry["key"]: entry["lung_ml"] for entry in report["lobes"]}
+    assert {entry["key"]: entry["lung_ml"] for entry in peripheral["lobes"]} == pytest.approx(lobe_ml, abs=0.02)
+    assert peripheral["both"]["infection_ml"] == pytest.approx(report["infection"]["total_ml"], abs=0.05)
+    assert report["covid_assessment"]["features"]["peripheral_share"] == pytest.approx(
+        peripheral["both"]["peripheral_share"], abs=1e-4
+    )
+    assert "anatomy" in report["timing_s"]
+    with open(outdir / "report.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["anatomical_zones.method"] == "thirds"
+    assert float(row["peripheral_involvement.both.peripheral_share"]) == pytest.approx(
+        peripheral["both"]["peripheral_share"]
+    )

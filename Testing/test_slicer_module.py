@@ -344,7 +344,11 @@ def test_panel_apply_shows_results(widget, module, tmp_path):
     assert node.segmentation is not None and node.statisticsTable is not None and node.lesionsTable is not None
     assert widget.ui.statusLabel.text.startswith("Done")
     assert "%" in widget.ui.involvementValueLabel.text
-    assert widget.ui.severityValueLabel.text != "-"
+    report = json.loads(node.statisticsTable.GetAttribute("CovidCT.ReportJSON"))
+    assert widget.ui.severityValueLabel.text == f"zones {report['severity_score']['total']} /30"
+    # issue 14: the lobar score (0-25) stands next to the zone score
+    assert report["severity_score_lobar"] is not None
+    assert widget.ui.lobarSeverityValueLabel.text == f"lobes {report['severity_score_lobar']['total']} /25"
     assert "n/a" in widget.ui.probabilityValueLabel.text or "not a diagnosis" in widget.ui.probabilityValueLabel.text
     _check_heatmap_toggle(widget, node, views)
     assert widget.ui.saveReportButton.enabled
@@ -485,3 +489,22 @@ def test_logic_takes_its_runner_as_a_parameter(module, tmp_path):
     with pytest.raises(RuntimeError, match="stand-in runner"):
         logic.finishBackground(job, volume)
     assert module.scene.GetNumberOfNodes() == before and not job.workdir.exists()
+
+
+def test_panel_says_when_the_lobes_were_not_segmented(widget, monkeypatch):
+    """8-bit input has no lobes: the lobar score row is NaN and the panel says n/a beside the zone score."""
+    summary = {
+        "covid_probability": None,
+        "infection.percent_of_lungs": 1.0,
+        "infection.right_percent": 1.5,
+        "infection.left_percent": 0.5,
+        "severity_score.total": 3.0,
+        "severity_score_lobar.total": float("nan"),
+    }
+    monkeypatch.setattr(widget.logic, "summaryFromTable", lambda table: summary)
+    widget._showSummary(object())
+    assert widget.ui.severityValueLabel.text == "zones 3 /30"
+    assert widget.ui.lobarSeverityValueLabel.text == "lobes n/a (not segmented)"
+    summary["severity_score_lobar.total"] = 4.0
+    widget._showSummary(object())
+    assert widget.ui.lobarSeverityValueLabel.text == "lobes 4 /25"

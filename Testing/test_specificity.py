@@ -122,10 +122,11 @@ def test_noise_floor_zone_threshold(phantom):
 
 
 def _bilateral_peripheral_lower_ggo(clean_phantom) -> np.ndarray:
-    """Ground glass in the outer rind of the lower half of both lungs, a few blobs per lung."""
+    """Ground glass in the outer rind (4 voxels in-slice: inside the outer third of the lung's depth, the
+    peripheral definition of CovidCTLib.anatomy.peripheral) of the lower half of both lungs, a few blobs per lung."""
     lungs = clean_phantom.lungs
     infection = np.zeros(lungs.shape, np.uint8)
-    inner = ndimage.binary_erosion(lungs > 0, structure=np.ones((1, 3, 3), bool), iterations=5)
+    inner = ndimage.binary_erosion(lungs > 0, structure=np.ones((1, 3, 3), bool), iterations=4)
     rind = (lungs > 0) & ~inner
     half = lungs.shape[0] // 2
     for side in (1, 2):
@@ -133,7 +134,7 @@ def _bilateral_peripheral_lower_ggo(clean_phantom) -> np.ndarray:
         for i in np.linspace(0, len(zs) - 1, 6).astype(int):
             ball = np.zeros(lungs.shape, bool)
             ball[zs[i], ys[i], xs[i]] = True
-            ball = ndimage.binary_dilation(ball, iterations=5) & (lungs == side)
+            ball = ndimage.binary_dilation(ball, iterations=5) & (lungs == side) & rind
             infection[ball] = GGO
     return infection
 

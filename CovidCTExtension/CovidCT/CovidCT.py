@@ -353,6 +353,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.involvementValueLabel.text = "-"
             self.ui.severityValueLabel.text = "-"
             self.ui.heatValueLabel.text = "-"
+            self.ui.lobarSeverityValueLabel.text = "-"
             return
         self.ui.resultsCollapsibleButton.collapsed = False
         probability = summary.get("covid_probability")
@@ -370,7 +371,11 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{summary['infection.percent_of_lungs']:.1f} % (right {summary['infection.right_percent']:.1f} %, "
             f"left {summary['infection.left_percent']:.1f} %)"
         )
-        self.ui.severityValueLabel.text = f"{summary['severity_score.total']:.0f}"
+        self.ui.severityValueLabel.text = f"zones {summary['severity_score.total']:.0f} /30"
+        lobar = summary.get("severity_score_lobar.total")  # issue 14: NaN when the lobes were not segmented
+        self.ui.lobarSeverityValueLabel.text = (
+            "lobes n/a (not segmented)" if lobar is None or lobar != lobar else f"lobes {lobar:.0f} /25"
+        )
         self.ui.heatValueLabel.text = self.logic.heatText(summary)
 
     def _setStatus(self, text: str, fraction: float | None = None) -> None:

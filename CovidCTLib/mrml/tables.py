@@ -9,6 +9,7 @@ from typing import Any
 import slicer
 import vtk
 
+from CovidCTLib.anatomy.rows import anatomy_rows
 from CovidCTLib.assessment import CATEGORIES
 from CovidCTLib.report.fields import TABLE_FIELDS, lookup
 from CovidCTLib.version import DISCLAIMER
@@ -66,6 +67,7 @@ def statistics_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]
     lesions = report.get("lesions")
     if isinstance(lesions, list):
         rows.append(("lesions.count", "Number of lesions", float(len(lesions)), "count"))
+    rows += anatomy_rows(report)  # issue 14: per-lobe peripheral split, anatomical zones
     zones = report.get("zones")
     if isinstance(zones, list):
         for index, zone in enumerate(zones):

@@ -1,16 +1,17 @@
-"""DICOM Segmentation (SEG) export of the four segments, referencing the source CT series.
+"""DICOM Segmentation (SEG) export of the lungs, infection and lobes, referencing the source CT series.
 
-Written with highdicom as a BINARY segmentation with four segments (right lung, left lung, ground-glass,
-consolidation); segments may overlap (infection lies inside the lungs), which DICOM SEG allows because each
-segment has its own frames. The SEG:
+Written with highdicom as a BINARY segmentation: four segments (right lung, left lung, ground-glass,
+consolidation), then, when the analysis segmented the lobes, five more (right upper, middle and lower lobe,
+left upper and lower lobe; :data:`CovidCTLib.labels.LOBE_SEGMENTS`). Segments may overlap (infection and
+lobes lie inside the lungs), which DICOM SEG allows because each segment has its own frames. The SEG:
 
 * references every source CT slice and shares its Study Instance UID and Frame of Reference; by default
   it carries no patient or study identifier (:func:`CovidCTLib.privacy.strip_patient_and_study`: name, ID,
   birth date, sex, accession number, referring physician, study date ... are removed or left empty);
   with ``include_identifiers`` it copies the source's patient and study modules (for PACS storage);
-* codes each segment with :data:`CovidCTLib.labels.SEGMENTS` (category, type and, for the lungs, the
-  laterality modifier), its display colour and algorithm identification (name ``CovidCT``, version,
-  method and model versions);
+* codes each segment with :data:`CovidCTLib.labels.SEGMENTS` / ``LOBE_SEGMENTS`` (category, type and, for
+  the lungs, the laterality modifier; the lobes' SNOMED CT types carry their side), its display colour
+  and algorithm identification (name ``CovidCT``, version, method and model versions);
 * says in its series description and content description that it is research software, not a diagnosis.
 
 3D Slicer loads it through the DICOM module with the QuantitativeReporting extension (DCMQI).
@@ -30,7 +31,7 @@ from pydicom.sr.codedict import codes
 
 from CovidCTLib.atomic import check_writable, write_with
 from CovidCTLib.errors import CovidCTError, InputError
-from CovidCTLib.labels import SEGMENTS, CodedTerm
+from CovidCTLib.labels import LOBE_SEGMENTS, SEGMENTS, CodedTerm, SegmentSpec
 from CovidCTLib.privacy import strip_patient_and_study
 from CovidCTLib.version import __version__
 
@@ -96,6 +97,20 @@ def _slice_order(result, datasets: list[pydicom.Dataset]) -> list[int]:
     return order
 
 
+def seg_segments(result) -> list[tuple[SegmentSpec, np.ndarray]]:
+    """The segments of the SEG in order, each with its ``(z, y, x)`` mask: lungs and infection, then the
+    five lobes when ``result.lobes`` holds a lobe labelmap (segment numbers follow this order from 1)."""
+    sources = {"lungs": np.asarray(result.lungs), "infection": np.asarray(result.infection)}
+    specs = list(SEGMENTS)
+    if getattr(result, "lobes", None) is not None:
+        lobes = np.asarray(result.lobes)
+        if lobes.shape != sources["lungs"].shape:
+            raise InputError(f"lobe labelmap shape {lobes.shape} does not match the lungs {sources['lungs'].shape}")
+        sources["lobes"] = lobes
+        specs += LOBE_SEGMENTS
+    return [(spec, sources[spec.source] == spec.label) for spec in specs]
+
+
 def build_dicom_seg(result, include_identifiers: bool = False) -> hd.seg.Segmentation:
     """The highdicom Segmentation object for an AnalysisResult loaded from DICOM (no patient identifiers
     unless ``include_identifiers``)."""
@@ -113,15 +128,13 @@ def build_dicom_seg(result, include_identifiers: bool = False) -> hd.seg.Segment
         ) from exc
     order = _slice_order(result, datasets)
     sources = [_complete(datasets[i]) for i in order]
-    lungs = np.asarray(result.lungs)
-    infection = np.asarray(result.infection)
-    masks = [(lungs if s.source == "lungs" else infection) == s.label for s in SEGMENTS]
-    pixel_array = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+    segments = seg_segments(result)
+    pixel_array = np.stack([mask for _, mask in segments], axis=-1).astype(np.uint8)  # (frames, rows, cols, segs)
 
     algorithm = _algorithm(result)
     lung_region = hd.sr.CodedConcept("39607008", "SCT", "Lung")
     descriptions = []
-    for number, spec in enumerate(SEGMENTS, start=1):
+    for number, (spec, _) in enumerate(segments, start=1):
         description = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=spec.name,

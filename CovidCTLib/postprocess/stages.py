@@ -50,7 +50,9 @@ def score_scan(
     classifier_probability: float | None,
     floor: NoiseFloor = DEFAULT_FLOOR,
     rules: AssessmentRules | None = None,
+    peripheral: Any | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Apply the zone noise floor to ``numbers`` and assess the scan; returns ``(numbers, covid_assessment)``."""
+    """Apply the zone noise floor to ``numbers`` and assess the scan; returns ``(numbers, covid_assessment)``.
+    ``peripheral``: the :class:`CovidCTLib.anatomy.peripheral.PeripheralMap` when the caller has it."""
     numbers = apply_noise_floor(numbers, floor)
-    return numbers, assess(ct, lungs, infection, numbers, classifier_probability, rules)
+    return numbers, assess(ct, lungs, infection, numbers, classifier_probability, rules, peripheral)

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.labels import INFECTION_CLASSES, SEGMENTS
+from CovidCTLib.report.anatomy_tables import anatomy_tables
 from CovidCTLib.report.assessment_text import assessment_paragraph, assessment_rows
 from CovidCTLib.version import DISCLAIMER, __version__
 
@@ -301,7 +302,8 @@ def build_content(result, include_identifiers: bool = False, compare: dict[str, 
         title="CovidCT chest CT analysis",
         facts=_facts(result, report, include_identifiers),
         probability_text=assessment_paragraph(report) or _probability_text(report),  # issue 13 hook
-        tables=[_volume_table(report), _zone_table(report), *_lobe_table(report), _lesion_table(report, top_lesions)]
+        tables=[_volume_table(report), _zone_table(report), *_lobe_table(report),
+                *(Table(*spec) for spec in anatomy_tables(report)), _lesion_table(report, top_lesions)]  # issue 14
         + ([Table("COVID-19 assessment (features)", ["Feature", "Value"], assessment_rows(report))]
            if assessment_rows(report) else []),
         images=images,
