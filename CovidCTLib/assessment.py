@@ -11,8 +11,9 @@ significant lesions (at least ``significant_lesion_ml``) and the share of the la
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
 
 * ``negative``: no significant infection (burden below ``min_burden_percent``).
-* ``typical``: bilateral, peripheral-predominant (peripheral share >= ``typical_peripheral_share``, 0.6: the
-  outer third holds about half of a lung's volume, so 0.6 means denser peripherally than a uniform spread),
+* ``typical``: bilateral, not central-predominant (peripheral share >= ``typical_peripheral_share``, 0.5: the
+  outer third holds 0.46-0.49 of a lung's volume, so 0.5 means at least as peripheral as a uniform spread;
+  diffuse COVID-19 is still typical, perihilar-predominant disease is not),
   ground-glass-predominant (>= ``typical_ggo_share``) opacities, multifocal (>= 2 significant lesions) or
   confluent (a lesion larger than ``confluent_ml``).
 * ``atypical``: one unilateral focus with a dense core (a mass-like or lobar/segmental consolidation:
@@ -56,7 +57,7 @@ class AssessmentRules:
     side_min_share: float = 0.15
     significant_lesion_ml: float = 1.0
     confluent_ml: float = 20.0
-    typical_peripheral_share: float = 0.6
+    typical_peripheral_share: float = 0.5
     typical_ggo_share: float = 0.5
     solitary_share: float = 0.7
     atypical_min_consolidation: float = 0.25
