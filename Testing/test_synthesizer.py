@@ -40,9 +40,31 @@ def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _train(a: Path, b: Path, run: Path, steps: int, *extra: str) -> int:
-    return main(["train", "synthesizer", "--from", str(a), "--to-style", str(b), "--out", str(run), "--size", "32",
-                 "--max-steps", str(steps), "--batch-size", "2", "--seed", "3", "--device", "cpu", "--threads", "1",
-                 *extra])
+    return main(
+        [
+            "train",
+            "synthesizer",
+            "--from",
+            str(a),
+            "--to-style",
+            str(b),
+            "--out",
+            str(run),
+            "--size",
+            "32",
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +137,12 @@ def test_synthesize_keeps_names_and_sizes(trained: Path, tmp_path: Path) -> None
     img = ((np.clip(hu, -1250, 250) + 1250) / 1500 * 255).round().astype(np.uint8)
     Image.fromarray(img).save(src / "a.png")
     Image.fromarray(img[:, :50]).convert("RGB").save(src / "b.jpg")
-    assert main(["synthesize", "--from", str(src), "-o", str(tmp_path / "out"), "--model", str(trained),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["synthesize", "--from", str(src), "-o", str(tmp_path / "out"), "--model", str(trained), "--device", "cpu"]
+        )
+        == 0
+    )
     for name, size in (("a.png", (70, 90)), ("b.jpg", (50, 90))):
         out = Image.open(tmp_path / "out" / name)
         assert out.size == size and out.mode == "L"
@@ -125,8 +151,9 @@ def test_synthesize_keeps_names_and_sizes(trained: Path, tmp_path: Path) -> None
     assert not np.array_equal(out_a, img)  # the lungs were translated
 
 
-def test_synthesize_refuses_a_tampered_or_missing_model(trained: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_synthesize_refuses_a_tampered_or_missing_model(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     bad = tmp_path / "bad"
@@ -149,3 +176,33 @@ def test_synthesize_refuses_a_tampered_or_missing_model(trained: Path, tmp_path:
     assert main(["synthesize", "--from", str(src), "-o", str(tmp_path / "o"), "--model", str(tmp_path)]) == 2
     assert "no synthesizer model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_synthetic_image_folders_are_classifier_aux_slices(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    from CovidCTLib.models.data.classifier_aux import build_aux_cache
+
+    noncovid, covid = domains
+    aux = build_aux_cache(f"covid-images:{covid},noncovid-images:{noncovid}", tmp_path, 48)
+    assert aux["crops"].shape == (12, 48, 48)
+    assert aux["labels"].tolist() == [1] * 6 + [0] * 6
+
+
+def test_drop_real_covid_trains_on_non_covid_only(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    import argparse
+    import shutil
+
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.training.classifier_train import _prepare
+
+    data = tmp_path / "data"
+    for name, src in (("NonCOVID", domains[0]), ("COVID", domains[1])):
+        (data / name).mkdir(parents=True)
+        for i, p in enumerate(sorted(src.glob("*.png"))):
+            shutil.copy(p, data / name / f"{name.lower()}{i}-p1.png")  # one source group per image
+    args = argparse.Namespace(data=str(data), out=str(tmp_path / "out"), drop_real_covid=True, aux_data=None)
+    with pytest.raises(InputError, match="needs --aux-data"):
+        _prepare(args)
+    args.aux_data = f"covid-images:{domains[1]}"
+    items, _, train_idx, val_idx, _ = _prepare(args)
+    assert train_idx and {items[i].label for i in train_idx} == {0}
+    assert {items[i].label for i in val_idx} == {0, 1}  # validation keeps the real COVID images

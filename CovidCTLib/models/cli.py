@@ -54,9 +54,13 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     if action in ("train", "finetune"):
         p.add_argument("--aux-data", default=None, metavar="KIND:PATH,...",
                        help="classifier only: extra training slices from segmentation data (png256:<folder>, "
-                            "lidc-synth:<volume or folder>), mixed into every batch; never used for validation")
+                            "lidc-synth:<volume or folder>) or image folders (covid-images:<folder>, "
+                            "noncovid-images:<folder>), mixed into every batch; never used for validation")
         p.add_argument("--aux-fraction", type=float, default=None,
                        help="classifier only: share of each batch taken from --aux-data (default 0.35)")
+        p.add_argument("--drop-real-covid", action="store_true",
+                       help="classifier only: train without the real COVID images (COVID examples only from "
+                            "--aux-data, e.g. covid-images:<synthetic folder>); validation stays real")
     if action in ("train", "finetune"):
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")

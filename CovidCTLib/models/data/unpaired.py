@@ -142,12 +142,14 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return resize(image, size)
 
 
-def load_domain(sources: list[str | Path], store_size: int, cache_dir: str | Path | None = None,
-                max_slices_per_volume: int = 40) -> Domain:
+def load_domain(
+    sources: list[str | Path], store_size: int, cache_dir: str | Path | None = None, max_slices_per_volume: int = 40
+) -> Domain:
     """All lung crops of ``sources`` resized to ``store_size`` (uint8), cached in ``cache_dir`` when given."""
     paths = [Path(s) for s in sources]
-    key = hashlib.sha1(f"{[str(p.resolve()) for p in paths]}|{store_size}|{max_slices_per_volume}|{CACHE_VERSION}"
-                       .encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        f"{[str(p.resolve()) for p in paths]}|{store_size}|{max_slices_per_volume}|{CACHE_VERSION}".encode()
+    ).hexdigest()[:12]
     cache = Path(cache_dir) / f"domain_{store_size}_{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         data = np.load(cache)
@@ -163,8 +165,10 @@ def load_domain(sources: list[str | Path], store_size: int, cache_dir: str | Pat
             names.append(name)
             source.append(k)
     if not crops:
-        raise InputError(f"no images or lung-containing CT slices found in {', '.join(map(str, paths))}; "
-                         "give folders of PNG/JPEG images or of CT volumes (NIfTI, DICOM series).")
+        raise InputError(
+            f"no images or lung-containing CT slices found in {', '.join(map(str, paths))}; "
+            "give folders of PNG/JPEG images or of CT volumes (NIfTI, DICOM series)."
+        )
     domain = Domain(np.stack(crops), names, np.array(source, dtype=np.int64))
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -112,8 +112,12 @@ NETWORKS: dict[str, Network] = {
     ),
     "cyclegan-resnet": Network(  # issue 16: generator of the COVID synthesizer
         _cyclegan_resnet,
-        {"in_channels": Arg("int", 1, 3), "base": Arg("int", 4, 128), "n_down": Arg("int", 1, 4),
-         "n_blocks": Arg("int", 1, 12)},
+        {
+            "in_channels": Arg("int", 1, 3),
+            "base": Arg("int", 4, 128),
+            "n_down": Arg("int", 1, 4),
+            "n_blocks": Arg("int", 1, 12),
+        },
     ),
 }
 

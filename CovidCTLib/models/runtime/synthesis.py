@@ -61,8 +61,10 @@ def model_folder(path: str | Path) -> Path:
     for candidate in (p / "model" / MODEL_NAME, p):
         if (candidate / "manifest.json").is_file():
             return candidate
-    raise ModelError(f"no synthesizer model in {p} (neither {p / 'model' / MODEL_NAME / 'manifest.json'} nor "
-                     f"{p / 'manifest.json'} exists); train one with 'covidct train synthesizer --out RUN'.")
+    raise ModelError(
+        f"no synthesizer model in {p} (neither {p / 'model' / MODEL_NAME / 'manifest.json'} nor "
+        f"{p / 'manifest.json'} exists); train one with 'covidct train synthesizer --out RUN'."
+    )
 
 
 def load_synthesizer(path: str | Path, device: str = "cpu") -> Synthesizer:
@@ -72,8 +74,10 @@ def load_synthesizer(path: str | Path, device: str = "cpu") -> Synthesizer:
     folder = model_folder(path)
     loaded = load_model(folder.name, device=device, root=folder.parent)
     if loaded.manifest.get("task") != "synthesis" or loaded.manifest.get("normalization") != NORMALIZATION:
-        raise ModelError(f"{folder} is not a CovidCT synthesizer (task {loaded.manifest.get('task')!r}); give the "
-                         "folder written by 'covidct train synthesizer'.")
+        raise ModelError(
+            f"{folder} is not a CovidCT synthesizer (task {loaded.manifest.get('task')!r}); give the "
+            "folder written by 'covidct train synthesizer'."
+        )
     return Synthesizer(loaded.module, loaded.input_size, loaded.manifest, device)
 
 
@@ -103,8 +107,9 @@ def translate(synth: Synthesizer, image01: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def synthesize_folder(src: str | Path, out: str | Path, model: str | Path, device: str = "cpu",
-                      overwrite: bool = False) -> dict[str, Any]:
+def synthesize_folder(
+    src: str | Path, out: str | Path, model: str | Path, device: str = "cpu", overwrite: bool = False
+) -> dict[str, Any]:
     """Translate every image of ``src`` into ``out`` (same names and sizes); returns a summary."""
     from PIL import Image
 
@@ -121,12 +126,19 @@ def synthesize_folder(src: str | Path, out: str | Path, model: str | Path, devic
     out.mkdir(parents=True, exist_ok=True)
     clashes = [p.name for p in files if (out / p.name).exists()]
     if clashes and not overwrite:
-        raise InputError(f"{out} already holds {len(clashes)} of the output names (e.g. {clashes[0]}); choose "
-                         "another -o folder or pass --overwrite.")
+        raise InputError(
+            f"{out} already holds {len(clashes)} of the output names (e.g. {clashes[0]}); choose "
+            "another -o folder or pass --overwrite."
+        )
     for p in files:
         img = np.clip(read_image(p) / 255.0, 0.0, 1.0)
         result = (translate(synth, img) * 255.0).round().astype(np.uint8)
         with atomic_path(out / p.name, overwrite=True) as tmp:
             Image.fromarray(result).save(tmp, format=Image.registered_extensions()[p.suffix.lower()])
-    return {"images": len(files), "out": str(out), "model": synth.manifest.get("name"),
-            "model_version": synth.version, "model_sha256": synth.manifest.get("sha256")}
+    return {
+        "images": len(files),
+        "out": str(out),
+        "model": synth.manifest.get("name"),
+        "model_version": synth.version,
+        "model_sha256": synth.manifest.get("sha256"),
+    }

@@ -96,8 +96,9 @@ def build_discriminator(cfg: SynthConfig) -> torch.nn.Module:
     """A MONAI PatchGAN discriminator (70x70-style, instance norm) for 1-channel images."""
     from monai.networks.nets import PatchDiscriminator
 
-    return PatchDiscriminator(spatial_dims=2, channels=cfg.d_channels, in_channels=1, num_layers_d=cfg.d_layers,
-                              norm="INSTANCE")
+    return PatchDiscriminator(
+        spatial_dims=2, channels=cfg.d_channels, in_channels=1, num_layers_d=cfg.d_layers, norm="INSTANCE"
+    )
 
 
 def build_generator(cfg: SynthConfig) -> ResnetGenerator:
@@ -106,8 +107,10 @@ def build_generator(cfg: SynthConfig) -> ResnetGenerator:
 
 def generator_architecture(cfg: SynthConfig) -> dict[str, Any]:
     """The manifest ``architecture`` block of the exported generator."""
-    return {"network": "cyclegan-resnet",
-            "kwargs": {"in_channels": 1, "base": cfg.base, "n_down": cfg.n_down, "n_blocks": cfg.n_blocks}}
+    return {
+        "network": "cyclegan-resnet",
+        "kwargs": {"in_channels": 1, "base": cfg.base, "n_down": cfg.n_down, "n_blocks": cfg.n_blocks},
+    }
 
 
 def _d_out(d: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +134,7 @@ def sample_batch(domain: Domain, n: int, size: int, rng: np.random.Generator) ->
     out = np.empty((n, 1, size, size), dtype=np.float32)
     for k, i in enumerate(idx):
         y, x = (int(v) for v in rng.integers(0, store - size + 1, size=2))
-        crop = domain.crops[i, y:y + size, x:x + size]
+        crop = domain.crops[i, y : y + size, x : x + size]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out[k, 0] = crop.astype(np.float32) / 127.5 - 1.0
@@ -142,7 +145,7 @@ def center_batch(domain: Domain, indices: list[int], size: int) -> torch.Tensor:
     """The centre ``size`` px of the chosen crops in ``[-1, 1]`` (the fixed sample-grid images)."""
     store = domain.crops.shape[-1]
     o = (store - size) // 2
-    arr = domain.crops[indices, o:o + size, o:o + size].astype(np.float32) / 127.5 - 1.0
+    arr = domain.crops[indices, o : o + size, o : o + size].astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr[:, None].copy())
 
 
@@ -160,10 +163,8 @@ class CycleGAN:
         self.g_ab, self.g_ba = build_generator(cfg).to(device), build_generator(cfg).to(device)
         self.d_a, self.d_b = build_discriminator(cfg).to(device), build_discriminator(cfg).to(device)
         betas = (0.5, 0.999)
-        self.opt_g = torch.optim.Adam(list(self.g_ab.parameters()) + list(self.g_ba.parameters()), cfg.lr,
-                                      betas=betas)
-        self.opt_d = torch.optim.Adam(list(self.d_a.parameters()) + list(self.d_b.parameters()), cfg.lr,
-                                      betas=betas)
+        self.opt_g = torch.optim.Adam(list(self.g_ab.parameters()) + list(self.g_ba.parameters()), cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(list(self.d_a.parameters()) + list(self.d_b.parameters()), cfg.lr, betas=betas)
         self.pool_a, self.pool_b = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
 
     def set_lr(self, factor: float) -> None:
@@ -191,18 +192,30 @@ class CycleGAN:
         loss_d = torch.zeros((), device=self.device)
         for d, real, pool, fake in ((self.d_b, real_b, self.pool_b, fake_b), (self.d_a, real_a, self.pool_a, fake_a)):
             p_real, p_fake = _d_out(d, real), _d_out(d, pool.query(fake, rng).to(self.device))
-            loss_d = loss_d + 0.5 * (F.mse_loss(p_real, torch.ones_like(p_real))
-                                     + F.mse_loss(p_fake, torch.zeros_like(p_fake)))
+            loss_d = loss_d + 0.5 * (
+                F.mse_loss(p_real, torch.ones_like(p_real)) + F.mse_loss(p_fake, torch.zeros_like(p_fake))
+            )
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        return {"g_adv": float(adv.detach()), "cycle": float(cyc.detach()), "identity": float(idt.detach()),
-                "d": float(loss_d.detach())}
+        return {
+            "g_adv": float(adv.detach()),
+            "cycle": float(cyc.detach()),
+            "identity": float(idt.detach()),
+            "d": float(loss_d.detach()),
+        }
 
     def state(self) -> dict[str, Any]:
-        return {"g_ab": self.g_ab.state_dict(), "g_ba": self.g_ba.state_dict(), "d_a": self.d_a.state_dict(),
-                "d_b": self.d_b.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                "pool_a": [t.cpu() for t in self.pool_a.images], "pool_b": [t.cpu() for t in self.pool_b.images]}
+        return {
+            "g_ab": self.g_ab.state_dict(),
+            "g_ba": self.g_ba.state_dict(),
+            "d_a": self.d_a.state_dict(),
+            "d_b": self.d_b.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "pool_a": [t.cpu() for t in self.pool_a.images],
+            "pool_b": [t.cpu() for t in self.pool_b.images],
+        }
 
     def load_state(self, ck: dict[str, Any]) -> None:
         for name in ("g_ab", "g_ba", "d_a", "d_b", "opt_g", "opt_d"):
@@ -215,8 +228,10 @@ def write_grid(path: Path, rows: list[torch.Tensor], caption: str) -> None:
     """A PNG of image rows (each ``(n, 1, s, s)`` in ``[-1, 1]``) with a caption strip."""
     from PIL import Image, ImageDraw
 
-    tiles = [np.concatenate([((t[0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8) for t in row], axis=1)
-             for row in rows]
+    tiles = [
+        np.concatenate([((t[0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8) for t in row], axis=1)
+        for row in rows
+    ]
     grid = np.concatenate(tiles, axis=0)
     canvas = Image.new("L", (max(grid.shape[1], 420), grid.shape[0] + 14), 0)
     canvas.paste(Image.fromarray(grid), (0, 0))
@@ -237,32 +252,56 @@ def _sample_grid(gan: CycleGAN, a: torch.Tensor, b: torch.Tensor, path: Path, st
         rec_b = gan.g_ab(fa.to(gan.device)).cpu()
     for n in nets:
         n.train()
-    write_grid(path, [a, fb, rec_a, b, fa, rec_b],
-               f"step {step}: rows A, A->B, cycle; B, B->A, cycle. CovidCT {__version__}: research, not a diagnosis")
+    write_grid(
+        path,
+        [a, fb, rec_a, b, fa, rec_b],
+        f"step {step}: rows A, A->B, cycle; B, B->A, cycle. CovidCT {__version__}: research, not a diagnosis",
+    )
 
 
 def _export(gan: CycleGAN, cfg: SynthConfig, out: Path, steps: int, n_a: int, n_b: int, command: str) -> Path:
     from CovidCTLib.models.runtime.registry import save_model
 
     folder = out / "model" / MODEL_NAME
-    save_model(gan.g_ab.cpu(), folder, {
-        "name": MODEL_NAME, "version": MODEL_VERSION, "task": "synthesis",
-        "architecture": generator_architecture(cfg), "input": {"channels": 1, "size": cfg.size},
-        "normalization": NORMALIZATION,
-        "training": {"command": command, "seed": cfg.seed, "steps": steps, "n_images_from": n_a,
-                     "n_images_to_style": n_b, "from": cfg.sources_a, "to_style": cfg.sources_b,
-                     "software_version": __version__,
-                     "licence": "inherits the most restrictive licence of its training images (research use, "
-                                "non-commercial for COVID-19-CT-Seg Radiopaedia and MedSeg)"},
-        "intended_use": "research only: make COVID-like training images from non-COVID chest CT lung crops",
-        "limitations": "generated images are not real patients; never use them as evidence of disease",
-    }, weights_name="covid-synthesizer.pt")
+    save_model(
+        gan.g_ab.cpu(),
+        folder,
+        {
+            "name": MODEL_NAME,
+            "version": MODEL_VERSION,
+            "task": "synthesis",
+            "architecture": generator_architecture(cfg),
+            "input": {"channels": 1, "size": cfg.size},
+            "normalization": NORMALIZATION,
+            "training": {
+                "command": command,
+                "seed": cfg.seed,
+                "steps": steps,
+                "n_images_from": n_a,
+                "n_images_to_style": n_b,
+                "from": cfg.sources_a,
+                "to_style": cfg.sources_b,
+                "software_version": __version__,
+                "licence": "inherits the most restrictive licence of its training images (research use, "
+                "non-commercial for COVID-19-CT-Seg Radiopaedia and MedSeg)",
+            },
+            "intended_use": "research only: make COVID-like training images from non-COVID chest CT lung crops",
+            "limitations": "generated images are not real patients; never use them as evidence of disease",
+        },
+        weights_name="covid-synthesizer.pt",
+    )
     gan.g_ab.to(gan.device)
     return folder
 
 
-def train_synthesizer(cfg: SynthConfig, out: str | Path, resume: bool = False, command: str = "",
-                      reporter: Reporter | None = None, log: Any = print) -> dict[str, Any]:
+def train_synthesizer(
+    cfg: SynthConfig,
+    out: str | Path,
+    resume: bool = False,
+    command: str = "",
+    reporter: Reporter | None = None,
+    log: Any = print,
+) -> dict[str, Any]:
     """Train (or continue with ``resume``) the CycleGAN up to ``cfg.max_steps``; export the A->B generator."""
     if cfg.size % (2**cfg.n_down) or cfg.size < 16:
         raise InputError(f"--size {cfg.size} must be at least 16 and a multiple of {2**cfg.n_down}.")
@@ -276,8 +315,10 @@ def train_synthesizer(cfg: SynthConfig, out: str | Path, resume: bool = False, c
     cache = out / "cache"
     dom_a = load_domain(cfg.sources_a, store_size(cfg.size), cache, cfg.max_slices_per_volume)
     dom_b = load_domain(cfg.sources_b, store_size(cfg.size), cache, cfg.max_slices_per_volume)
-    log(f"synthesizer: {len(dom_a)} non-COVID (A) and {len(dom_b)} COVID (B) lung crops, {cfg.size} px, "
-        f"{cfg.max_steps} steps of {cfg.batch_size} on {device}")
+    log(
+        f"synthesizer: {len(dom_a)} non-COVID (A) and {len(dom_b)} COVID (B) lung crops, {cfg.size} px, "
+        f"{cfg.max_steps} steps of {cfg.batch_size} on {device}"
+    )
     gan = CycleGAN(cfg, device)
     rng = np.random.default_rng(cfg.seed)
     step = 0
@@ -298,22 +339,34 @@ def train_synthesizer(cfg: SynthConfig, out: str | Path, resume: bool = False, c
     t0, sums, n_sum, start = time.time(), {}, 0, step
 
     def save() -> None:
-        save_checkpoint({**gan.state(), "step": step, "rng": rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, last)
+        save_checkpoint(
+            {
+                **gan.state(),
+                "step": step,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "config": asdict(cfg),
+            },
+            last,
+        )
 
     while step < cfg.max_steps:
         gan.set_lr(lr_factor(step, cfg.max_steps))
-        losses = gan.step(sample_batch(dom_a, cfg.batch_size, cfg.size, rng),
-                          sample_batch(dom_b, cfg.batch_size, cfg.size, rng), rng)
+        losses = gan.step(
+            sample_batch(dom_a, cfg.batch_size, cfg.size, rng), sample_batch(dom_b, cfg.batch_size, cfg.size, rng), rng
+        )
         step += 1
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v
         n_sum += 1
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 2),
-                   "lr": round(cfg.lr * lr_factor(step - 1, cfg.max_steps), 7),
-                   **{k: round(v / n_sum, 4) for k, v in sums.items()},
-                   "seconds": round(time.time() - t0, 1)}
+            row = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 2),
+                "lr": round(cfg.lr * lr_factor(step - 1, cfg.max_steps), 7),
+                **{k: round(v / n_sum, 4) for k, v in sums.items()},
+                "seconds": round(time.time() - t0, 1),
+            }
             with (out / "log.jsonl").open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
             log(json.dumps(row))
@@ -328,7 +381,13 @@ def train_synthesizer(cfg: SynthConfig, out: str | Path, resume: bool = False, c
         save()
         _sample_grid(gan, grid_a, grid_b, out / "samples" / f"step_{step:06d}.png", step)
     folder = _export(gan, cfg, out, step, len(dom_a), len(dom_b), command)
-    summary = {"steps": step, "n_from": len(dom_a), "n_to_style": len(dom_b), "model_dir": str(folder),
-               "seconds": round(time.time() - t0, 1), "disclaimer": DISCLAIMER}
+    summary = {
+        "steps": step,
+        "n_from": len(dom_a),
+        "n_to_style": len(dom_b),
+        "model_dir": str(folder),
+        "seconds": round(time.time() - t0, 1),
+        "disclaimer": DISCLAIMER,
+    }
     log(json.dumps(summary))
     return summary
