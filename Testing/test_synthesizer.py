@@ -206,3 +206,26 @@ def test_drop_real_covid_trains_on_non_covid_only(domains: tuple[Path, Path], tm
     items, _, train_idx, val_idx, _ = _prepare(args)
     assert train_idx and {items[i].label for i in train_idx} == {0}
     assert {items[i].label for i in val_idx} == {0, 1}  # validation keeps the real COVID images
+
+
+def test_train_synthesizer_needs_both_domains(
+    domains: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "synthesizer", "--to-style", str(domains[1]), "--out", str(tmp_path / "r")]) == 2
+    assert "needs --from" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "synthesizer",
+                "--from",
+                str(domains[0]),
+                "--to-style",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
