@@ -146,6 +146,8 @@ def test_synthesize_keeps_names_and_sizes(trained: Path, tmp_path: Path) -> None
     for name, size in (("a.png", (70, 90)), ("b.jpg", (50, 90))):
         out = Image.open(tmp_path / "out" / name)
         assert out.size == size and out.mode == "L"
+    assert "not a real patient" in Image.open(tmp_path / "out" / "a.png").info["Comment"]
+    assert b"research software" in Image.open(tmp_path / "out" / "b.jpg").info["comment"]
     out_a = np.asarray(Image.open(tmp_path / "out" / "a.png"))
     assert out_a[0, 0] == img[0, 0] and out_a[-1, -1] == img[-1, -1]  # outside the lung box: untouched
     assert not np.array_equal(out_a, img)  # the lungs were translated

@@ -4,8 +4,10 @@ Each image is read as 8-bit grey, its lungs are found automatically (the classif
 crop is resized to the generator's size and translated; the **change** the generator makes (output minus
 input, at its size) is resized back to the crop and added to the original image, so the result keeps the
 input's size, resolution and everything outside the lung box. It is written under the same file name.
-The generator is loaded only from a sealed model folder (manifest + SHA-256, :mod:`registry`): a missing or
-modified model is refused with :class:`~CovidCTLib.errors.ModelError`.
+Each written image carries a comment (PNG text / JPEG comment) saying it is synthetic, with the software and
+model versions and the research-only statement. The generator is loaded only from a sealed model folder
+(manifest + SHA-256, :mod:`registry`): a missing or modified model is refused with
+:class:`~CovidCTLib.errors.ModelError`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.errors import InputError, ModelError
+from CovidCTLib.version import DISCLAIMER, __version__
 
 MODEL_NAME = "covid-synthesizer"
 NORMALIZATION = "lung-crop-display-v1"
@@ -112,6 +115,7 @@ def synthesize_folder(
 ) -> dict[str, Any]:
     """Translate every image of ``src`` into ``out`` (same names and sizes); returns a summary."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
     from CovidCTLib.atomic import atomic_path
     from CovidCTLib.models.data.classifier_data import read_image
@@ -130,11 +134,23 @@ def synthesize_folder(
             f"{out} already holds {len(clashes)} of the output names (e.g. {clashes[0]}); choose "
             "another -o folder or pass --overwrite."
         )
+    note = (
+        f"Synthetic image made by CovidCT {__version__} with {synth.manifest.get('name')} {synth.version}; "
+        f"not a real patient. {DISCLAIMER}"
+    )
     for p in files:
         img = np.clip(read_image(p) / 255.0, 0.0, 1.0)
         result = (translate(synth, img) * 255.0).round().astype(np.uint8)
+        fmt = Image.registered_extensions()[p.suffix.lower()]
+        extra: dict[str, Any] = {}
+        if fmt == "PNG":
+            info = PngInfo()
+            info.add_text("Comment", note)
+            extra["pnginfo"] = info
+        elif fmt == "JPEG":
+            extra["comment"] = note.encode("utf-8")
         with atomic_path(out / p.name, overwrite=True) as tmp:
-            Image.fromarray(result).save(tmp, format=Image.registered_extensions()[p.suffix.lower()])
+            Image.fromarray(result).save(tmp, format=fmt, **extra)
     return {
         "images": len(files),
         "out": str(out),
