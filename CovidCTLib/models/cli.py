@@ -23,8 +23,14 @@ SEG_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     volumes = ("volumes",) if action == "evaluate" else ()  # issue 13: covidct evaluate volumes
-    p.add_argument("task", choices=("lung", "infection", "classifier", *volumes))
-    p.add_argument("--data", required=True, nargs="+" if volumes else None,
+    synth = ("synthesizer",) if action == "train" else ()  # issue 16: covidct train synthesizer
+    p.add_argument("task", choices=("lung", "infection", "classifier", *volumes, *synth))
+    if synth:
+        p.add_argument("--from", dest="from_dirs", nargs="+", default=None, metavar="DIR",
+                       help="synthesizer: non-COVID sources (folders of images, CT volumes or DICOM series)")
+        p.add_argument("--to-style", dest="to_style", nargs="+", default=None, metavar="DIR",
+                       help="synthesizer: COVID sources (folders of images, png256 / MedSeg folders, volumes)")
+    p.add_argument("--data", required=not synth, nargs="+" if volumes else None,
                    help="training data: comma-separated folders, optionally kind-prefixed "
                         "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py"
                         + ("; volumes: one or more folders / files of real CT volumes" if volumes else ""))
@@ -48,9 +54,13 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     if action in ("train", "finetune"):
         p.add_argument("--aux-data", default=None, metavar="KIND:PATH,...",
                        help="classifier only: extra training slices from segmentation data (png256:<folder>, "
-                            "lidc-synth:<volume or folder>), mixed into every batch; never used for validation")
+                            "lidc-synth:<volume or folder>) or image folders (covid-images:<folder>, "
+                            "noncovid-images:<folder>), mixed into every batch; never used for validation")
         p.add_argument("--aux-fraction", type=float, default=None,
                        help="classifier only: share of each batch taken from --aux-data (default 0.35)")
+        p.add_argument("--drop-real-covid", action="store_true",
+                       help="classifier only: train without the real COVID images (COVID examples only from "
+                            "--aux-data, e.g. covid-images:<synthetic folder>); validation stays real")
     if action in ("train", "finetune"):
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
@@ -139,6 +149,12 @@ def run_train(args: argparse.Namespace, cancel: Any = None) -> int:
     if args.task == "classifier":
         _classifier("main_train")(args)
         return 0
+    if args.task == "synthesizer":
+        from CovidCTLib.models.synth_cli import run_train_synthesizer
+
+        return run_train_synthesizer(args, _reporter(cancel))
+    if not args.data:
+        raise InputError(f"covidct train {args.task} needs --data (the training data folders).")
     from CovidCTLib.models.training.train_seg import train
 
     summary = train(args.task, args.data, args.out, reporter=_reporter(cancel), **_seg_kwargs(args))
@@ -232,6 +248,9 @@ def register(subparsers: Any) -> None:
         _add_options(p, action)
         p.set_defaults(handler=handler, seg_action=action)
     _add_calibrate(subparsers)
+    from CovidCTLib.models.synth_cli import add_synthesize
+
+    add_synthesize(subparsers)  # issue 16: covidct synthesize
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,9 @@ same way inference prepares a scan (:func:`CovidCTLib.models.runtime.classifier_
   slice with synthetic ground-glass / consolidation lesions inserted (label 1 when the lesions cover at
   least ``MIN_LESION_SHARE`` of that slice's lung), so the only difference the network can use is the lesion.
 
+- ``covid-images:`` / ``noncovid-images:`` a folder of 8-bit images (e.g. the output of ``covidct synthesize``)
+  labelled COVID (1) / non-COVID (0), lung-cropped automatically like the COVID-CT images (issue 16).
+
 Auxiliary slices are only ever used for training: validation stays on the COVID-CT groups.
 """
 
@@ -27,7 +30,9 @@ from CovidCTLib.models.runtime.classifier import crop_to_lungs, to_unit
 #: Lesion share of a slice's lung above which a synthetic-lesion slice counts as COVID-like.
 MIN_LESION_SHARE = 0.03
 #: Aux kinds understood by :func:`build_aux_cache`.
-AUX_KINDS = ("png256", "lidc-synth")
+AUX_KINDS = ("png256", "lidc-synth", "covid-images", "noncovid-images")
+#: label of the image-folder kinds
+IMAGE_KINDS = {"covid-images": 1, "noncovid-images": 0}
 
 
 def _png256(root: Path, size: int, every: int = 2) -> tuple[list[np.ndarray], list[int], list[str]]:
@@ -51,6 +56,16 @@ def _png256(root: Path, size: int, every: int = 2) -> tuple[list[np.ndarray], li
         labels.append(1)
         groups.append(f"png256/{row.get('inferred_group', '')}")
     return crops, labels, groups
+
+
+def _image_folder(root: Path, label: int, size: int) -> tuple[list[np.ndarray], list[int], list[str]]:
+    from CovidCTLib.models.data.classifier_data import IMAGE_SUFFIXES, preprocess_8bit, read_image
+
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
+    if not files:
+        raise InputError(f"{root} holds no PNG/JPEG images for the covid-images: / noncovid-images: aux kinds.")
+    crops = [preprocess_8bit(read_image(p), size)[0] for p in files]
+    return crops, [label] * len(files), [f"images/{root.name}"] * len(files)
 
 
 def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int = 2) -> tuple[
@@ -90,7 +105,15 @@ def build_aux_cache(spec: str, cache_dir: str | Path, size: int, seed: int = 0) 
 
     from CovidCTLib.models.data.datasets import parse_data_spec
 
-    sources = parse_data_spec(spec)
+    sources: list[tuple[str, Path]] = []
+    for item in [part.strip() for part in spec.split(",") if part.strip()]:
+        prefix, _, rest = item.partition(":")
+        if prefix in IMAGE_KINDS:  # image folders (issue 16): not a segmentation --data kind
+            if not Path(rest).is_dir():
+                raise InputError(f"--aux-data {item}: {rest} is not a folder of images.")
+            sources.append((prefix, Path(rest)))
+        else:
+            sources += parse_data_spec(item)
     for kind, _ in sources:
         if kind not in AUX_KINDS:
             raise InputError(f"--aux-data kind {kind!r} is not supported for the classifier; use "
@@ -105,7 +128,12 @@ def build_aux_cache(spec: str, cache_dir: str | Path, size: int, seed: int = 0) 
     labels: list[int] = []
     groups: list[str] = []
     for kind, p in sources:
-        c, lab, g = _png256(p, size) if kind == "png256" else _lidc_synth(p, size, seed, Path(cache_dir))
+        if kind in IMAGE_KINDS:
+            c, lab, g = _image_folder(p, IMAGE_KINDS[kind], size)
+        elif kind == "png256":
+            c, lab, g = _png256(p, size)
+        else:
+            c, lab, g = _lidc_synth(p, size, seed, Path(cache_dir))
         crops += c
         labels += lab
         groups += g

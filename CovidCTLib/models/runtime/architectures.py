@@ -70,6 +70,12 @@ def _efficientnet(**kwargs: Any) -> Any:
     return build_efficientnet(**kwargs)
 
 
+def _cyclegan_resnet(**kwargs: Any) -> Any:
+    from CovidCTLib.models.runtime.synth_networks import cyclegan_resnet
+
+    return cyclegan_resnet(**kwargs)
+
+
 @dataclass(frozen=True)
 class Network:
     """A constructor and the arguments it may receive from a manifest."""
@@ -102,6 +108,15 @@ NETWORKS: dict[str, Network] = {
         {
             "model_name": Arg("str", choices=tuple(f"efficientnet-b{i}" for i in range(8))),
             "in_channels": Arg("int", 1, 3),
+        },
+    ),
+    "cyclegan-resnet": Network(  # issue 16: generator of the COVID synthesizer
+        _cyclegan_resnet,
+        {
+            "in_channels": Arg("int", 1, 3),
+            "base": Arg("int", 4, 128),
+            "n_down": Arg("int", 1, 4),
+            "n_blocks": Arg("int", 1, 12),
         },
     ),
 }

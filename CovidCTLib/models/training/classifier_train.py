@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "aug": "medium",
     "aux_data": None,
     "aux_fraction": 0.35,
+    "drop_real_covid": False,
 }
 
 
@@ -166,6 +167,10 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray
     cache = build_cache(items, cache_dir, CROP_SIZE)
     train_idx, val_idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
                                        int(_opt(args, "fold")))
+    if _opt(args, "drop_real_covid"):  # issue 16 (a): COVID examples only from --aux-data (e.g. synthetic)
+        if not _opt(args, "aux_data"):
+            raise InputError("--drop-real-covid needs --aux-data with COVID examples (e.g. covid-images:<folder>).")
+        train_idx = [i for i in train_idx if items[i].label == 0]
     return items, cache, train_idx, val_idx, out
 
 
@@ -199,7 +204,8 @@ def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tenso
     ema = EMA(model, float(_opt(args, "ema_decay")))
     labels = cache["labels"]
     y_train = labels[train_idx]
-    pos_weight = torch.tensor([(y_train == 0).sum() / max((y_train == 1).sum(), 1)], dtype=torch.float32)
+    n_pos = int((y_train == 1).sum())  # none with --drop-real-covid: the aux slices balance the classes
+    pos_weight = torch.tensor([(y_train == 0).sum() / n_pos if n_pos else 1.0], dtype=torch.float32)
     val_x = eval_batch(cache["crops"][val_idx], config.input_size)
     if _opt(args, "aug") not in AUGMENT_PRESETS:
         raise InputError(f"--aug must be one of {', '.join(AUGMENT_PRESETS)}")
@@ -265,7 +271,8 @@ def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tenso
     optional = {"aug", "aux_data", "aux_fraction"}  # written only when not the default
     cmd = "covidct train classifier " + " ".join(
         f"--{k.replace('_', '-')} {_opt(args, k)}" for k in keys
-        if k not in optional or _opt(args, k) != DEFAULTS[k])
+        if k not in optional or _opt(args, k) != DEFAULTS[k]) + (" --drop-real-covid" if _opt(
+            args, "drop_real_covid") else "")
     summary = {
         "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
         "validation": final, "validation_no_tta_best": best["val"],
@@ -411,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=["all", "val"])
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--drop-real-covid", action="store_true")
     return p
 
 
