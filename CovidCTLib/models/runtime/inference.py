@@ -257,10 +257,11 @@ def segment_infection_model(
     size = model.input_size
     inputs = [_infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
-    probs = _predict_probs(model, inputs, shapes, reporter, "infection")
     thr = infection_threshold(device)
-    for z, box, p in zip(zs, boxes, probs, strict=True):
-        out[z][box] = np.where(lung_o[z][box], _infection_labels(p, thr), 0).astype(np.uint8)
+    # labels as each slice leaves the network: the class probabilities of the scan are never held at once
+    labels = _predict_probs(model, inputs, shapes, reporter, "infection", lambda p: _infection_labels(p, thr))
+    for z, box, lab in zip(zs, boxes, labels, strict=True):
+        out[z][box] = np.where(lung_o[z][box], lab, 0).astype(np.uint8)
     if ct.image.GetDimension() == 3:
         out = inferer.to_ct_grid(out)
     return out.reshape(lungs.shape)
