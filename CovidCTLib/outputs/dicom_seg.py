@@ -116,7 +116,7 @@ def build_dicom_seg(result, include_identifiers: bool = False) -> hd.seg.Segment
     lungs = np.asarray(result.lungs)
     infection = np.asarray(result.infection)
     masks = [(lungs if s.source == "lungs" else infection) == s.label for s in SEGMENTS]
-    pixel_array = np.stack(masks, axis=-1).astype(np.uint8)  # (frames, rows, columns, segments)
+    pixel_array = np.stack(masks, axis=-1)  # (frames, rows, columns, segments), bool: no second uint8 copy
 
     algorithm = _algorithm(result)
     lung_region = hd.sr.CodedConcept("39607008", "SCT", "Lung")
