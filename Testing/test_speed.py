@@ -1,15 +1,12 @@
 """Issue 15 speed work: the faster paths give the same results as the plain ones.
 
 The lung clean-up in one labelling pass, the networks' execution plan (channels-last, thresholding each slice as
-it leaves the network), the writers in parallel lanes, and the cheaper .seg.nrrd / PDF encodings.
+it leaves the network), and the cheaper .seg.nrrd / PDF encodings.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +17,6 @@ from scipy import ndimage as ndi
 from CovidCTLib.io.seg_nrrd import read_seg_nrrd, write_seg_nrrd
 from CovidCTLib.models.runtime import execution, inference
 from CovidCTLib.models.runtime.registry import LoadedModel
-from CovidCTLib.outputs import lanes, registry
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.pipeline import analyze
 from CovidCTLib.segmentation import postprocess
@@ -98,89 +94,10 @@ def test_channels_last_and_per_slice_reduction_give_the_same_probabilities() -> 
         np.testing.assert_array_equal(m, p[1] >= 0.5)
 
 
-class _Writer:
-    def __init__(self, name: str, lane: str, log: list, fail: bool = False) -> None:
-        self.name, self.lane, self.log, self.fail = name, lane, log, fail
-
-    def write(self, folder: Path) -> list[Path]:
-        self.log.append((self.name, threading.get_ident()))
-        if self.fail:
-            raise RuntimeError(f"{self.name} failed")
-        path = folder / f"{self.name}.txt"
-        path.write_text(self.name)
-        return [path]
-
-
-class _Progress:
-    def __init__(self) -> None:
-        self.threads: set[int] = set()
-
-    def update(self, step: str, fraction: float, message: str = "") -> None:
-        self.threads.add(threading.get_ident())
-
-
-def test_lanes_keep_order_and_run_pictures_on_the_calling_thread(tmp_path) -> None:
-    log: list = []
-    writers = [_Writer("a", "data", log), _Writer("p1", "pictures", log), _Writer("b", "data", log),
-               _Writer("p2", "pictures", log)]
-    progress = _Progress()
-    written = lanes.run_lanes(writers, lambda w: w.write(tmp_path), progress, home="pictures")
-    assert written == [[tmp_path / f"{w.name}.txt"] for w in writers]
-    me = threading.get_ident()
-    threads = dict(log)
-    assert threads["p1"] == threads["p2"] == me and threads["a"] == threads["b"] != me
-    assert [name for name, _ in log if name in ("a", "b")] == ["a", "b"]
-    assert [name for name, _ in log if name.startswith("p")] == ["p1", "p2"]
-    assert progress.threads == {me}  # progress and cancellation only on the calling thread
-    sequential: list = []
-    writers_seq = [_Writer(w.name, w.lane, sequential) for w in writers]
-    assert lanes.run_lanes(writers_seq, lambda w: w.write(tmp_path), progress, parallel=False) == written
-    assert [name for name, _ in sequential] == ["a", "p1", "b", "p2"]
-
-
-def test_lanes_raise_the_first_error_after_every_lane_stopped(tmp_path) -> None:
-    log: list = []
-    writers = [_Writer("a", "data", log, fail=True), _Writer("b", "data", log), _Writer("p1", "pictures", log),
-               _Writer("p2", "pictures", log, fail=True)]
-    with pytest.raises(RuntimeError, match="a failed"):
-        lanes.run_lanes(writers, lambda w: w.write(tmp_path), _Progress(), home="pictures")
-    names = [name for name, _ in log]
-    assert "b" not in names  # the failing lane stopped
-    assert "p1" in names  # the other lane ran to its own end or error
-
-
 @pytest.fixture(scope="module")
 def small_result():
     phantom = make_phantom(shape=(24, 48, 48), spacing=(4.0, 3.0, 3.0), seed=2)
     return analyze(phantom.ct, method="classical", device="cpu", classify=False)
-
-
-def _read_back(folder: Path) -> dict:
-    out = {}
-    for name in ("lungs.nii.gz", "infection.nii.gz", "lobes.nii.gz"):
-        image = sitk.ReadImage(str(folder / name))
-        out[name] = (sitk.GetArrayFromImage(image), image.GetOrigin(), image.GetSpacing(), image.GetDirection())
-    lungs, infection, reference, _ = read_seg_nrrd(folder / "segmentation.seg.nrrd")
-    out["seg"] = (lungs, infection, reference.GetOrigin(), reference.GetDirection())
-    report = json.loads((folder / "report.json").read_text())
-    out["report"] = {k: v for k, v in report.items() if k != "timing_s"}
-    out["files"] = sorted(p.name for p in folder.iterdir())
-    return out
-
-
-def test_parallel_writing_writes_the_same_output_set(tmp_path, small_result, monkeypatch) -> None:
-    parallel = registry.write_outputs(small_result, tmp_path / "parallel")
-    monkeypatch.setattr(registry, "PARALLEL_WRITE", False)
-    sequential = registry.write_outputs(small_result, tmp_path / "sequential")
-    assert {k: p.name for k, p in parallel.items()} == {k: p.name for k, p in sequential.items()}
-    a, b = _read_back(tmp_path / "parallel"), _read_back(tmp_path / "sequential")
-    assert a["files"] == b["files"] and "report.pdf" in a["files"]
-    for key in a:
-        if key in ("files", "report"):
-            assert a[key] == b[key]
-        else:
-            for x, y in zip(a[key], b[key], strict=True):
-                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_seg_nrrd_level_1_reads_back_and_still_refuses_values_over_255(tmp_path) -> None:

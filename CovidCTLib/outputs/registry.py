@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from CovidCTLib.outputs.base import OutputOption, OutputOptions, Writer
-from CovidCTLib.outputs.lanes import run_lanes
 from CovidCTLib.outputs.output_set import check_output_dir, output_set
 from CovidCTLib.progress import Reporter
 
@@ -42,7 +41,6 @@ class FileWriter:
     files: tuple[tuple[str, str], ...]
     run: Callable[[Any, Path, OutputOptions], list[Path] | None]
     when: Callable[[Any, OutputOptions], bool] = lambda result, options: True
-    lane: str = "data"  # writers of different lanes run side by side (:mod:`CovidCTLib.outputs.lanes`)
 
     def applies(self, result: Any, options: OutputOptions) -> bool:
         return bool(self.when(result, options))
@@ -129,11 +127,6 @@ def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
     write_pdf_report(result, folder / "report.pdf", include_identifiers=options.include_identifiers)
 
 
-#: the lane of the writers that use VTK / matplotlib: the calling thread (the voxel writers run beside it)
-PICTURES = "pictures"
-#: write the lanes in parallel threads (False: one writer after the other, same files)
-PARALLEL_WRITE = True
-
 #: every output, in writing order (key = the role in the returned path dictionary)
 WRITERS: tuple[FileWriter, ...] = (
     FileWriter("labelmaps", (("lungs", "lungs.nii.gz"), ("infection", "infection.nii.gz")), _labelmaps),
@@ -142,15 +135,13 @@ WRITERS: tuple[FileWriter, ...] = (
                lambda result, options: getattr(result, "lobes", None) is not None),
     FileWriter("dicom_seg", (("dicom_seg", "segmentation.dcm"),), _dicom_seg,
                lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
-    FileWriter("surfaces", (("surface", "surfaces"),), _surfaces, lambda result, options: bool(options.surfaces),
-               PICTURES),
+    FileWriter("surfaces", (("surface", "surfaces"),), _surfaces, lambda result, options: bool(options.surfaces)),
     FileWriter("points_csv", (("points_csv", "points.csv"),), _points, lambda result, options: options.points_csv),
     FileWriter("report_json", (("report_json", "report.json"),), _report_json),
     FileWriter("report_csv", (("report_csv", "report.csv"),), _report_csv),
     FileWriter("report_html", (("report_html", "report.html"),), _report_html,
-               lambda result, options: options.reports, PICTURES),
-    FileWriter("report_pdf", (("report_pdf", "report.pdf"),), _report_pdf, lambda result, options: options.reports,
-               PICTURES),
+               lambda result, options: options.reports),
+    FileWriter("report_pdf", (("report_pdf", "report.pdf"),), _report_pdf, lambda result, options: options.reports),
 )
 
 
@@ -219,12 +210,10 @@ def write_outputs(
     with output_set(outdir, overwrite, snapshot) as staging:
         for name, write in (extra_files or {}).items():
             write(staging / name)
-        writers = [writer for writer, _ in plan]
-        written = run_lanes(writers, lambda writer: writer.write(result, staging, options), reporter,
-                            PARALLEL_WRITE, home=PICTURES)
-        for writer, files in zip(writers, written, strict=True):
+        for index, (writer, _) in enumerate(plan):
+            reporter.update("write", index / max(len(plan), 1), f"Writing {writer.name.replace('_', ' ')}")
             keys = {name: key for key, name in writer.files}
-            for index_in_folder, path in enumerate(files):
+            for index_in_folder, path in enumerate(writer.write(result, staging, options)):
                 rel = Path(path).relative_to(staging)
                 key = keys.get(str(rel)) or f"{keys[rel.parts[0]]}_{index_in_folder}"  # a file of a folder
                 paths[key] = outdir / rel
