@@ -113,7 +113,7 @@ def test_seg_nrrd_level_1_reads_back_and_still_refuses_values_over_255(tmp_path)
     np.testing.assert_array_equal(back_infection, infection)
     assert reference.GetDirection() == image.GetDirection()
     raw = path.read_bytes()
-    body = raw[raw.index(b"\n\n") + 2:]
+    body = raw[raw.index(b"\n\n") + 2 :]
     assert gzip.decompress(body) == np.stack([lungs, infection], -1).tobytes()
     with pytest.raises(ValueError, match="fit in uint8"):
         write_seg_nrrd(lungs.astype(np.int16) * 200, infection, image, tmp_path / "b.seg.nrrd")
