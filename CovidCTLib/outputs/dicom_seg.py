@@ -129,7 +129,7 @@ def build_dicom_seg(result, include_identifiers: bool = False) -> hd.seg.Segment
     order = _slice_order(result, datasets)
     sources = [_complete(datasets[i]) for i in order]
     segments = seg_segments(result)
-    pixel_array = np.stack([mask for _, mask in segments], axis=-1).astype(np.uint8)  # (frames, rows, cols, segs)
+    pixel_array = np.stack([mask for _, mask in segments], axis=-1)  # (frames, rows, cols, segs), bool: no uint8 copy
 
     algorithm = _algorithm(result)
     lung_region = hd.sr.CodedConcept("39607008", "SCT", "Lung")

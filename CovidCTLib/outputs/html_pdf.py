@@ -197,11 +197,18 @@ def render_pdf(content: ReportContent) -> bytes:
         canvas.drawString(15 * mm, 6.5 * mm, content.disclaimer[:150])
         canvas.restoreState()
 
+    from reportlab import rl_config
+
     buffer = io.BytesIO()
     doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=14 * mm,
                             bottomMargin=18 * mm, title=content.title, author="CovidCT",
                             subject=NOT_FOR_DIAGNOSIS, creator=content.footer)
-    doc.build(_pdf_story(content), onFirstPage=footer, onLaterPages=footer)
+    use_a85 = rl_config.useA85
+    rl_config.useA85 = 0  # binary (Flate) streams: reportlab's pure-Python ASCII85 encoder took seconds per picture
+    try:
+        doc.build(_pdf_story(content), onFirstPage=footer, onLaterPages=footer)
+    finally:
+        rl_config.useA85 = use_a85
     return buffer.getvalue()
 
 

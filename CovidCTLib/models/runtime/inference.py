@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.errors import InputError, ModelError
-from CovidCTLib.models.runtime import registry
+from CovidCTLib.models.runtime import execution, registry
 from CovidCTLib.models.runtime.device import device_name
 from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, resize_mask
 from CovidCTLib.models.runtime.slice_inferer import SliceInferer
@@ -126,15 +127,16 @@ def test_time_flips(model: registry.LoadedModel) -> list[str]:
 
 
 def _forward(model: registry.LoadedModel, batch: Any, flips: list[str]) -> Any:
-    """Softmax probabilities of ``batch``, averaged over the identity and the mirrored inputs ``flips``."""
+    """Softmax probabilities of ``batch``, averaged over the identity and the mirrored inputs ``flips``.
+
+    Call inside :func:`CovidCTLib.models.runtime.execution.running` (grad-free, autocast on CUDA).
+    """
     import torch
 
-    use_amp = model.device.startswith("cuda")
     total = None
     for axes in [(), *(FLIP_AXES[f] for f in flips)]:
         x = torch.flip(batch, axes) if axes else batch
-        with torch.no_grad(), torch.autocast("cuda", enabled=use_amp):
-            probs = torch.softmax(model.module(x).float(), dim=1)
+        probs = torch.softmax(model.module(x).float(), dim=1)
         probs = torch.flip(probs, axes) if axes else probs
         total = probs if total is None else total + probs
     return total / (1 + len(flips))
@@ -146,27 +148,34 @@ def _predict_probs(
     out_shapes: list[tuple[int, int]],
     reporter: Reporter | None = None,
     step: str = "model",
+    reduce: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Run ``inputs`` (each ``(C, S, S)`` float32) in batches; return class probabilities ``(K, h, w)``.
 
     With ``postprocess.test_time_flips`` in the model's manifest the probabilities are flip-averaged.
+    ``reduce``: applied to each slice's ``(K, h, w)`` probabilities as soon as they are computed (e.g. keep
+    one class, or threshold), so the full-resolution probabilities of the whole scan are never held at once.
+    How the batches run (memory layout, autocast, pinned memory) is :mod:`.execution`'s plan.
     """
-    import torch
     import torch.nn.functional as F  # noqa: N812
 
-    dev = model.device
+    plan = execution.plan_for(model.device, execution.network_of(model))
+    execution.prepare_module(model.module, plan)
     flips = test_time_flips(model)
     results: list[np.ndarray] = []
     n = len(inputs)
     for start in range(0, n, BATCH):
-        chunk = np.stack(inputs[start:start + BATCH]).astype(np.float32)
-        probs = _forward(model, torch.from_numpy(chunk).to(dev), flips)
-        for j in range(probs.shape[0]):
-            h, w = out_shapes[start + j]
-            p = probs[j:j + 1]
-            if (h, w) != tuple(p.shape[-2:]):
-                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
-            results.append(p[0].cpu().numpy())
+        shapes = out_shapes[start:start + BATCH]
+        with execution.running(plan):
+            probs = _forward(model, execution.to_batch(np.stack(inputs[start:start + BATCH]), plan), flips)
+            if len(set(shapes)) == 1 and tuple(shapes[0]) != tuple(probs.shape[-2:]):  # one resize for the batch
+                probs = F.interpolate(probs, size=tuple(shapes[0]), mode="bilinear", align_corners=False)
+            for j, (h, w) in enumerate(shapes):
+                p = probs[j:j + 1]
+                if (h, w) != tuple(p.shape[-2:]):
+                    p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+                out = p[0].cpu().numpy()
+                results.append(reduce(out) if reduce is not None else out)
         if reporter is not None:
             reporter.update(step, min(start + BATCH, n) / max(n, 1), f"{min(start + BATCH, n)}/{n} slices")
     return results
@@ -195,16 +204,20 @@ def _infection_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(infected, np.where(probs[2] > probs[1], 2, 1), 0).astype(np.uint8)
 
 
-def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
-                     inferer: SliceInferer | None = None) -> np.ndarray:
-    """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
+def _lung_slices(ct: CTVolume, device: str, reporter: Reporter | None, inferer: SliceInferer,
+                 reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``reduce`` of each slice's lung-network probabilities, stacked ``(z, y, x)`` on the LPS-oriented grid."""
     model = get_model(model_name("lung"), device)
-    inferer = inferer or SliceInferer(ct)
     arr = inferer.array
     size = model.input_size
     inputs = [_fit(inferer.normalized(z), size)[None] for z in range(arr.shape[0])]
-    probs = _predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs")
-    return np.stack([p[1] for p in probs]).astype(np.float32)
+    return np.stack(_predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs", reduce))
+
+
+def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
+                     inferer: SliceInferer | None = None) -> np.ndarray:
+    """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
+    return _lung_slices(ct, device, reporter, inferer or SliceInferer(ct), lambda p: p[1].astype(np.float32))
 
 
 def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
@@ -212,15 +225,15 @@ def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter |
     """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split).
 
     ``inferer``: the CT's :class:`SliceInferer` when the infection network will run next (its normalised
-    slices are reused).
+    slices are reused). Each slice is thresholded as it comes out of the network (no probability volume).
     """
     inferer = inferer or SliceInferer(ct)
-    prob = lung_probability(ct, device, reporter, inferer)
     thr = lung_threshold(device)
+    lung = _lung_slices(ct, device, reporter, inferer, lambda p: p[1] >= thr)
     if ct.image.GetDimension() != 3:
-        return _split_sides((prob >= thr).reshape(ct.shape), ct)
+        return _split_sides(lung.reshape(ct.shape), ct)
     hu = inferer.array if ct.intensity == "HU" else None
-    mask = clean_lung_mask(prob >= thr, hu) if ct.is_3d else prob >= thr
+    mask = clean_lung_mask(lung, hu) if ct.is_3d else lung
     return _split_sides(inferer.to_ct_grid(mask) > 0, ct)
 
 
@@ -244,10 +257,11 @@ def segment_infection_model(
     size = model.input_size
     inputs = [_infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
-    probs = _predict_probs(model, inputs, shapes, reporter, "infection")
     thr = infection_threshold(device)
-    for z, box, p in zip(zs, boxes, probs, strict=True):
-        out[z][box] = np.where(lung_o[z][box], _infection_labels(p, thr), 0).astype(np.uint8)
+    # labels as each slice leaves the network: the class probabilities of the scan are never held at once
+    labels = _predict_probs(model, inputs, shapes, reporter, "infection", lambda p: _infection_labels(p, thr))
+    for z, box, lab in zip(zs, boxes, labels, strict=True):
+        out[z][box] = np.where(lung_o[z][box], lab, 0).astype(np.uint8)
     if ct.image.GetDimension() == 3:
         out = inferer.to_ct_grid(out)
     return out.reshape(lungs.shape)

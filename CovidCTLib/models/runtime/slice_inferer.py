@@ -26,7 +26,8 @@ class SliceInferer:
         else:
             self.original = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(ct.image.GetDirection())
             self.oriented = orient_lps(ct.image)
-            self.array = sitk.GetArrayFromImage(self.oriented)
+            # a read-only view of the oriented image (no second copy of the scan); it lives as long as this object
+            self.array = sitk.GetArrayViewFromImage(self.oriented)
         self._normalized: dict[int, np.ndarray] = {}
 
     def normalized(self, z: int) -> np.ndarray:
