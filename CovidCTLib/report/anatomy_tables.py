@@ -96,10 +96,12 @@ def anatomy_summary(report: dict[str, Any]) -> list[str]:
     zones = report.get("anatomical_zones")
     if isinstance(zones, dict):
         landmarks = zones.get("landmarks") or {}
-        lines.append(
-            f"Anatomical zones ({zones.get('method')}): score {zones.get('score_total')} / 30; carina z = "
-            f"{_num(landmarks.get('carina_z_mm'), '.1f')} mm, IPV level z = {_num(landmarks.get('ipv_z_mm'), '.1f')} mm"
-        )
+        where = [
+            f"{name} z = {value:.1f} mm" if value is not None else f"{name} not found"
+            for name, value in (("carina", landmarks.get("carina_z_mm")), ("IPV level", landmarks.get("ipv_z_mm")))
+        ]
+        head = f"Anatomical zones ({zones.get('method')}): score {zones.get('score_total')} / 30; "
+        lines.append(head + ", ".join(where))
         if zones.get("fallback"):
             lines.append(f"  {zones['fallback']}")
     peripheral = report.get("peripheral_involvement")
