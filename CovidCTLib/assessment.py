@@ -83,8 +83,9 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def spatial_features(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray,
-                     peripheral: PeripheralMap | None = None) -> dict[str, float]:
+def spatial_features(
+    ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, peripheral: PeripheralMap | None = None
+) -> dict[str, float]:
     """Peripheral (outer third, :mod:`CovidCTLib.anatomy.peripheral`) and posterior share of the infection
     (0-1; 0 when there is no infection). ``peripheral``: the map when the caller already has it."""
     inf = (np.asarray(infection) > 0) & (np.asarray(lungs) > 0)

@@ -14,9 +14,7 @@ from CovidCTLib.errors import OutputExistsError
 def check_writable(path: Path, overwrite: bool) -> None:
     """Refuse to replace an existing output unless ``overwrite`` is set."""
     if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"{path} already exists; pass --overwrite to replace it or choose another -o folder."
-        )
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it or choose another -o folder.")
 
 
 def _current_umask() -> int:

@@ -153,7 +153,11 @@ def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     try:
         result = analyze(phantom.ct, method=args.method, device=args.device, reporter=reporter)
         paths = write_outputs(
-            result, outdir, args.overwrite, reporter=reporter, snapshot=snapshot,
+            result,
+            outdir,
+            args.overwrite,
+            reporter=reporter,
+            snapshot=snapshot,
             extra_files={ct_path.name: lambda path: write_image(phantom.ct.image, path, overwrite=True)},
         )
     finally:
@@ -270,9 +274,11 @@ def run_classify(args: argparse.Namespace, cancel: CancelToken) -> int:
     writer.writerow(["path", "classifier_probability", "model"])
     writer.writerows([(path, f"{p:.4f}", model) for path, p, model in rows])
     write_text_atomic(output, buffer.getvalue(), overwrite=args.overwrite)
-    print(f"{len(rows)} slice-classifier probabilities written to {output} (research use, not a diagnosis). "
-          "This is the classifier alone: for a CT volume, `covidct analyze` gives the scan-level COVID assessment "
-          "(category, reasons and its calibrated probability), which also weighs the segmented infection.")
+    print(
+        f"{len(rows)} slice-classifier probabilities written to {output} (research use, not a diagnosis). "
+        "This is the classifier alone: for a CT volume, `covidct analyze` gives the scan-level COVID assessment "
+        "(category, reasons and its calibrated probability), which also weighs the segmented infection."
+    )
     return 0
 
 
@@ -289,8 +295,10 @@ def run_models(args: argparse.Namespace, cancel: CancelToken) -> int:  # noqa: A
         print("No trained model installed; `covidct analyze` uses the classical method.")
     for entry in models:
         if entry.get("ok"):
-            print(f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  "
-                  "(checksum verified: manifest and weights)")
+            print(
+                f"{entry['name']}  version {entry.get('version')}  task {entry.get('task')}  "
+                "(checksum verified: manifest and weights)"
+            )
         else:
             print(f"{entry['name']}  NOT USABLE: {entry.get('error')}")
     return 0

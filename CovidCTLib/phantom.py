@@ -284,9 +284,10 @@ def make_phantom(
     min_r = 0.55 * float(min(spacing[1], spacing[2]))
     for side in (-1.0, 1.0):
         start = hila[side] + np.array([-0.03, 0.04, side * 0.02])
-        branches = [(start, np.array(d, dtype=float), 0.024, 0.3) for d in (
-            (0.8, 0.1, side * 0.6), (0.0, 0.2, side * 1.0), (-0.8, 0.3, side * 0.5), (-0.5, -0.5, side * 0.5)
-        )]
+        branches = [
+            (start, np.array(d, dtype=float), 0.024, 0.3)
+            for d in ((0.8, 0.1, side * 0.6), (0.0, 0.2, side * 1.0), (-0.8, 0.3, side * 0.5), (-0.5, -0.5, side * 0.5))
+        ]
         for _generation in range(3):
             children = []
             for p0, direction, radius, length in branches:
@@ -355,16 +356,18 @@ def make_phantom(
             lesion_mask = (weight >= 0.5) & lung_box & (truth > 0)
             n_ggo = int(np.count_nonzero(lesion_mask & (truth == GGO)))
             n_con = int(np.count_nonzero(lesion_mask & (truth == CONSOLIDATION)))
-            lesion_list.append({
-                "type": kind,
-                "lung": "right" if side < 0 else "left",
-                "centre_norm": [float(c) for c in centre],
-                "centre_voxel": [float(c) for c in grid.to_voxel(centre)],
-                "radius_mm": float(radius_mm),
-                "pleural": bool(spec.get("pleural", False)),
-                "_n_ggo": n_ggo,
-                "_n_con": n_con,
-            })
+            lesion_list.append(
+                {
+                    "type": kind,
+                    "lung": "right" if side < 0 else "left",
+                    "centre_norm": [float(c) for c in centre],
+                    "centre_voxel": [float(c) for c in grid.to_voxel(centre)],
+                    "radius_mm": float(radius_mm),
+                    "pleural": bool(spec.get("pleural", False)),
+                    "_n_ggo": n_ggo,
+                    "_n_con": n_con,
+                }
+            )
 
     # --- blur (scanner resolution) and noise ----------------------------------------------------
     hu = ndimage.gaussian_filter(hu, sigma=(0.4, 0.6, 0.6))

@@ -138,13 +138,16 @@ def _stage_classify(state: AnalysisState) -> None:
         fallback = classifier_fallback(state.classify)
         if fallback:
             state.fallbacks.append(fallback)
-        state.notes.append("No COVID classifier ran (none installed or disabled): covid_probability is the "
-                           "assessment's category prior.")
+        state.notes.append(
+            "No COVID classifier ran (none installed or disabled): covid_probability is the "
+            "assessment's category prior."
+        )
         return
     from CovidCTLib.models.runtime.classifier_inference import classify_scan
 
-    state.scan = classify_scan(state.ct, state.lungs, device=state.device, reporter=state.reporter,
-                               explain=state.explain)
+    state.scan = classify_scan(
+        state.ct, state.lungs, device=state.device, reporter=state.reporter, explain=state.explain
+    )
 
 
 def _stage_explain(state: AnalysisState) -> None:
@@ -153,8 +156,9 @@ def _stage_explain(state: AnalysisState) -> None:
         return
     from CovidCTLib.explain.hooks import explain_classification
 
-    state.heatmap, state.explanation = explain_classification(state.ct, state.lungs, state.infection, state.scan,
-                                                              state.top_k)
+    state.heatmap, state.explanation = explain_classification(
+        state.ct, state.lungs, state.infection, state.scan, state.top_k
+    )
 
 
 def _stage_quantify(state: AnalysisState) -> None:
@@ -171,8 +175,9 @@ def _stage_assessment(state: AnalysisState) -> None:
 
     probability = None if state.scan is None else float(state.scan.probability)
     state.peripheral = peripheral_mask(state.ct, state.lungs)
-    state.numbers, state.assessment = score_scan(state.ct, state.lungs, state.infection, state.numbers, probability,
-                                                 peripheral=state.peripheral)
+    state.numbers, state.assessment = score_scan(
+        state.ct, state.lungs, state.infection, state.numbers, probability, peripheral=state.peripheral
+    )
     state.numbers["infection_gating"] = state.gating
     state.numbers["kernel_harmonisation"] = state.harmonisation
     state.numbers["covid_assessment"] = state.assessment
@@ -183,8 +188,9 @@ def _stage_lobes(state: AnalysisState) -> None:
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
 
     # the zones' noise floor applies to the lobes too: a lobe scores 1 only from 1 %
-    state.lobes, lobe_numbers = analyze_lobes(state.ct, state.lungs, state.infection, state.reporter,
-                                              min_percent=DEFAULT_FLOOR.min_zone_percent)
+    state.lobes, lobe_numbers = analyze_lobes(
+        state.ct, state.lungs, state.infection, state.reporter, min_percent=DEFAULT_FLOOR.min_zone_percent
+    )
     state.numbers.update(lobe_numbers)
 
 
@@ -193,8 +199,16 @@ def _stage_anatomy(state: AnalysisState) -> None:
     from CovidCTLib.anatomy.hooks import analyze_anatomy
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
 
-    state.numbers.update(analyze_anatomy(state.ct, state.lungs, state.infection, state.lobes, state.peripheral,
-                                         min_percent=DEFAULT_FLOOR.min_zone_percent))
+    state.numbers.update(
+        analyze_anatomy(
+            state.ct,
+            state.lungs,
+            state.infection,
+            state.lobes,
+            state.peripheral,
+            min_percent=DEFAULT_FLOOR.min_zone_percent,
+        )
+    )
     if state.numbers["anatomical_zones"].get("fallback"):
         state.notes.append(state.numbers["anatomical_zones"]["fallback"])
 
@@ -272,8 +286,17 @@ def analyze(
     started = time.perf_counter()
     if top_slices < 1:
         raise CovidCTError(f"--top-slices must be at least 1, not {top_slices}.")
-    state = AnalysisState(source, method, device, classify, infection_thresholds, reporter,
-                          harmonise_kernel=harmonise_kernel, explain=explain, top_k=int(top_slices))
+    state = AnalysisState(
+        source,
+        method,
+        device,
+        classify,
+        infection_thresholds,
+        reporter,
+        harmonise_kernel=harmonise_kernel,
+        explain=explain,
+        top_k=int(top_slices),
+    )
     timings = run_stages(state)
     timings["total"] = time.perf_counter() - started
     ct, scan = state.original_ct or state.ct, state.scan

@@ -39,8 +39,9 @@ def severity_from_percent(percent: float) -> int:
     return SEVERITY_SCALE.score(percent)
 
 
-def _superior_coordinate(image: sitk.Image, flat_index: np.ndarray, shape: tuple[int, ...],
-                         offset: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+def _superior_coordinate(
+    image: sitk.Image, flat_index: np.ndarray, shape: tuple[int, ...], offset: tuple[int, int, int] = (0, 0, 0)
+) -> np.ndarray:
     """Physical superior (LPS z) coordinate in mm of flat ``(z, y, x)`` indices into a box at ``offset``."""
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     spacing = np.asarray(image.GetSpacing(), dtype=float)
@@ -128,12 +129,15 @@ def quantify_scan(
             c = counts[s_idx, z_idx]
             class_ml = {k.key: float(c[k.label]) for k in INFECTION_CLASSES}
             percent = _pct(sum(class_ml.values()), float(c.sum()))
-            zones.append(ZoneStats(SIDES[side], zone_name, float(c.sum()), class_ml, percent,
-                                   severity_from_percent(percent)))
+            zones.append(
+                ZoneStats(SIDES[side], zone_name, float(c.sum()), class_ml, percent, severity_from_percent(percent))
+            )
     return Quantification(
         lung_ml={SIDES[side]: float(counts[s_idx].sum()) for s_idx, side in sides},
-        class_ml={SIDES[side]: {k.key: float(counts[s_idx, :, k.label].sum()) for k in INFECTION_CLASSES}
-                  for s_idx, side in sides},
+        class_ml={
+            SIDES[side]: {k.key: float(counts[s_idx, :, k.label].sum()) for k in INFECTION_CLASSES}
+            for s_idx, side in sides
+        },
         zones=zones,
         severity=SeverityScore({f"{z.lung}_{z.zone}": z.severity for z in zones}),
         lesions=_lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml, box) if full_lungs.any() else [],
@@ -196,19 +200,23 @@ def _lesions(
         frac_con = float(n_con[k] / count[k])
         centre = (float(cz[k]), float(cy[k]), float(cx[k]))
         bb = boxes[k - 1]
-        lesions.append(Lesion(
-            id=0,
-            type=lesion_type(frac_con),
-            volume_ml=float(count[k] * voxel_ml),
-            consolidation_fraction=frac_con,
-            mean_hu=float(hu_sum[k] / count[k]),
-            centroid_voxel=list(centre),
-            centroid_mm=list(ct.image.TransformContinuousIndexToPhysicalPoint(centre[::-1])),
-            bbox_voxel=[[b.start + o.start for b, o in zip(bb, box, strict=True)],
-                        [b.stop - 1 + o.start for b, o in zip(bb, box, strict=True)]],
-            lung=SIDES.get(int(np.argmax(side_votes[k, 1:]) + 1), "right"),
-            zone=ZONES[int(np.argmax(zone_votes[k]))],
-        ))
+        lesions.append(
+            Lesion(
+                id=0,
+                type=lesion_type(frac_con),
+                volume_ml=float(count[k] * voxel_ml),
+                consolidation_fraction=frac_con,
+                mean_hu=float(hu_sum[k] / count[k]),
+                centroid_voxel=list(centre),
+                centroid_mm=list(ct.image.TransformContinuousIndexToPhysicalPoint(centre[::-1])),
+                bbox_voxel=[
+                    [b.start + o.start for b, o in zip(bb, box, strict=True)],
+                    [b.stop - 1 + o.start for b, o in zip(bb, box, strict=True)],
+                ],
+                lung=SIDES.get(int(np.argmax(side_votes[k, 1:]) + 1), "right"),
+                zone=ZONES[int(np.argmax(zone_votes[k]))],
+            )
+        )
     lesions.sort(key=lambda lesion: -lesion.volume_ml)
     for i, lesion in enumerate(lesions, start=1):
         lesion.id = i

@@ -29,9 +29,15 @@ class ZoneStats:
         return float(sum(self.class_ml.values()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lung": self.lung, "zone": self.zone, "lung_ml": self.lung_ml, "infection_ml": self.infection_ml,
-                **{f"{c.key}_ml": self.class_ml.get(c.key, 0.0) for c in INFECTION_CLASSES},
-                "percent": self.percent, "severity": self.severity}
+        return {
+            "lung": self.lung,
+            "zone": self.zone,
+            "lung_ml": self.lung_ml,
+            "infection_ml": self.infection_ml,
+            **{f"{c.key}_ml": self.class_ml.get(c.key, 0.0) for c in INFECTION_CLASSES},
+            "percent": self.percent,
+            "severity": self.severity,
+        }
 
 
 @dataclass
@@ -113,8 +119,11 @@ class Quantification:
         for c in INFECTION_CLASSES:
             infection[f"{c.key}_percent_of_lungs"] = pct(infection[f"{c.key}_ml"], total_lung)
         return {
-            "lungs": {"right_ml": float(self.lung_ml["right"]), "left_ml": float(self.lung_ml["left"]),
-                      "total_ml": total_lung},
+            "lungs": {
+                "right_ml": float(self.lung_ml["right"]),
+                "left_ml": float(self.lung_ml["left"]),
+                "total_ml": total_lung,
+            },
             "infection": infection,
             "zones": [z.to_dict() for z in self.zones],
             "severity_score": self.severity.to_dict(),

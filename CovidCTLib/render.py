@@ -70,7 +70,10 @@ def offscreen_backend() -> str:
     for extra in attempts:
         try:
             done = subprocess.run(
-                [sys.executable, "-c", _PROBE], env={**os.environ, **extra}, capture_output=True, text=True,
+                [sys.executable, "-c", _PROBE],
+                env={**os.environ, **extra},
+                capture_output=True,
+                text=True,
                 timeout=120,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -82,7 +85,8 @@ def offscreen_backend() -> str:
             return words[1] if len(words) > 1 else "vtkRenderWindow"
         problems.append(_last_message(done.stderr) or f"exit code {done.returncode}")
     raise RenderUnavailableError(
-        "3-D rendering is not available here (no offscreen OpenGL context: " + "; ".join(dict.fromkeys(problems))
+        "3-D rendering is not available here (no offscreen OpenGL context: "
+        + "; ".join(dict.fromkeys(problems))
         + "). "
         "Install Mesa EGL (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) or OSMesa "
         "(libosmesa6), or run under a virtual X server (apt-get install xvfb; xvfb-run -a covidct ...). "
@@ -285,8 +289,14 @@ def overlay_montage_png(
             ct_slice, lung_slice, inf_slice = volume[::-1, index], lung[::-1, index], inf[::-1, index]
             aspect = spacing[2] / spacing[0]
             marks = ("R", "L", "S", "I")
-        ax.imshow(np.asarray(ct_slice, dtype=np.float32), cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect,
-                  interpolation="bilinear")
+        ax.imshow(
+            np.asarray(ct_slice, dtype=np.float32),
+            cmap="gray",
+            vmin=vmin,
+            vmax=vmax,
+            aspect=aspect,
+            interpolation="bilinear",
+        )
         ax.imshow(inf_slice, cmap=fill, vmin=0, vmax=2, aspect=aspect, interpolation="nearest")
         for value, key in ((1, "right_lung"), (2, "left_lung")):
             if (lung_slice == value).any():

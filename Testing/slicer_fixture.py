@@ -339,5 +339,3 @@ def install_widget_standins(monkeypatch: pytest.MonkeyPatch, dialog_folder: Path
 
     monkeypatch.setattr(slicer.util, "loadUI", load_ui)
     monkeypatch.setattr(slicer.util, "childWidgetVariables", child_widget_variables)
-
-

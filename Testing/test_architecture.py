@@ -61,7 +61,7 @@ def test_no_import_cycles() -> None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif not state.get(nxt):
                 visit(nxt)
         stack.pop()
@@ -94,8 +94,11 @@ def test_slicer_is_imported_only_by_the_mrml_adapter() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.relative_to(REPO_ROOT)}: {n}" for n in names
-                          if n.split(".")[0] in ("slicer", "qt", "ctk", "vtkMRMLCore", "mrml")]
+            offenders += [
+                f"{path.relative_to(REPO_ROOT)}: {n}"
+                for n in names
+                if n.split(".")[0] in ("slicer", "qt", "ctk", "vtkMRMLCore", "mrml")
+            ]
     assert not offenders, offenders
 
 

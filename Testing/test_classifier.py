@@ -60,8 +60,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(data: Path, out: Path, **kw) -> argparse.Namespace:
-    base = dict(data=str(data), out=str(out), epochs=2, seed=1, device="cpu", resume=False, batch_size=8,
-                max_steps=None, arch="efficientnet-b0", input_size=32, val_fraction=0.5, patience=5)
+    base = dict(
+        data=str(data),
+        out=str(out),
+        epochs=2,
+        seed=1,
+        device="cpu",
+        resume=False,
+        batch_size=8,
+        max_steps=None,
+        arch="efficientnet-b0",
+        input_size=32,
+        val_fraction=0.5,
+        patience=5,
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -103,8 +115,15 @@ def test_grouped_split_never_shares_a_group() -> None:
 
 def test_list_dataset_merges_consecutive_numeric_names(tmp_path: Path) -> None:
     img = _chest()
-    for name in ("COVID/a-p1-1.png", "COVID/a-p2-2.png", "NonCOVID/1210.png", "NonCOVID/1211.png",
-                 "NonCOVID/1300.png", "NonCOVID/5_0.png", "NonCOVID/5_1.png"):
+    for name in (
+        "COVID/a-p1-1.png",
+        "COVID/a-p2-2.png",
+        "NonCOVID/1210.png",
+        "NonCOVID/1211.png",
+        "NonCOVID/1300.png",
+        "NonCOVID/5_0.png",
+        "NonCOVID/5_1.png",
+    ):
         _write_png(tmp_path / name, img)
     groups = {Path(it.path).name: it.group for it in list_dataset(tmp_path)}
     assert groups["a-p1-1.png"] == groups["a-p2-2.png"]
@@ -148,8 +167,15 @@ def test_pooling_mean_and_top_k() -> None:
 def test_smoke_training_writes_checkpoint_and_resumes(trained: Path, tiny_dataset: Path) -> None:
     from CovidCTLib.models.training.classifier_train import main_train
 
-    for name in ("last.pt", "best.pt", "metrics.json", "history.csv", "val_predictions.csv",
-                 "model/manifest.json", "model/covid-classifier.pt"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "metrics.json",
+        "history.csv",
+        "val_predictions.csv",
+        "model/manifest.json",
+        "model/covid-classifier.pt",
+    ):
         assert (trained / name).is_file(), name
     manifest = json.loads((trained / "model" / "manifest.json").read_text())
     assert manifest["architecture"]["kwargs"]["model_name"] == "efficientnet-b0"
@@ -176,8 +202,11 @@ def test_exported_model_classifies_and_detects_tampering(trained: Path, tmp_path
 def test_evaluate_writes_roc_metrics_and_csv(trained: Path, tiny_dataset: Path, tmp_path: Path) -> None:
     from CovidCTLib.models.training.classifier_train import main_evaluate
 
-    res = main_evaluate(argparse.Namespace(data=str(tiny_dataset), out=str(tmp_path), model=str(trained / "model"),
-                                           device="cpu", split="all"))
+    res = main_evaluate(
+        argparse.Namespace(
+            data=str(tiny_dataset), out=str(tmp_path), model=str(trained / "model"), device="cpu", split="all"
+        )
+    )
     assert set(res["metrics"]) >= {"auc", "f1", "accuracy", "sensitivity", "specificity"}
     assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(tmp_path / "predictions.csv") as f:
@@ -254,9 +283,17 @@ def _png256_like(root: Path) -> Path:
         pair = (img[::-1], lung[::-1]) if flipped else (img, lung)
         _write_png(root / "ct" / f"{i:04d}.png", pair[0])
         _write_png(root / "lungs" / f"{i:04d}.png", pair[1])
-        rows.append({"index": f"{i:04d}", "ct": f"ct/{i:04d}.png", "lung_mask": f"lungs/{i:04d}.png",
-                     "infection_mask": "", "source": "radiopaedia" if flipped else "coronacases",
-                     "inferred_group": "g0", "vertically_flipped_vs_coronacases": "yes" if flipped else "no"})
+        rows.append(
+            {
+                "index": f"{i:04d}",
+                "ct": f"ct/{i:04d}.png",
+                "lung_mask": f"lungs/{i:04d}.png",
+                "infection_mask": "",
+                "source": "radiopaedia" if flipped else "coronacases",
+                "inferred_group": "g0",
+                "vertically_flipped_vs_coronacases": "yes" if flipped else "no",
+            }
+        )
     with open(root / "index.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -285,8 +322,11 @@ def test_aux_slices_train_but_never_validate(tiny_dataset: Path, tmp_path: Path)
     assert aux["crops"].dtype == np.uint8 and aux["clahe"].shape == aux["crops"].shape
 
     out = tmp_path / "run"
-    summary = main_train(_args(tiny_dataset, out, epochs=1, max_steps=2, aux_data=spec, aux_fraction=0.5,
-                               cache_dir=str(tmp_path / "cache")))
+    summary = main_train(
+        _args(
+            tiny_dataset, out, epochs=1, max_steps=2, aux_data=spec, aux_fraction=0.5, cache_dir=str(tmp_path / "cache")
+        )
+    )
     plain = grouped_split(list_dataset(tiny_dataset), 0.5, 1)[1]
     assert summary["n_val"] == len(plain)  # validation holds only COVID-CT images
     manifest = json.loads((out / "model" / "manifest.json").read_text())
@@ -313,8 +353,9 @@ def _score_by(monkeypatch: pytest.MonkeyPatch, score: Callable[[torch.Tensor], t
     calibration, manifest and file handling stay the real ones."""
     from CovidCTLib.models.runtime import classifier
 
-    def predict(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64,
-                tta: bool = True) -> np.ndarray:
+    def predict(
+        model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64, tta: bool = True
+    ) -> np.ndarray:
         return score(crops_01).double().numpy().ravel()
 
     monkeypatch.setattr(classifier, "predict_crops", predict)
@@ -325,9 +366,9 @@ def _by_brightness(crops: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(8.0 * (crops.mean(dim=(1, 2, 3)) - crops.mean()))
 
 
-def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Path, tiny_dataset: Path,
-                                                                      tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibration_refused_for_a_classifier_that_does_not_separate(
+    trained: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from CovidCTLib.errors import InputError
@@ -341,9 +382,9 @@ def test_calibration_refused_for_a_classifier_that_does_not_separate(trained: Pa
     assert "calibration" not in json.loads((folder / "manifest.json").read_text())
 
 
-def test_calibrate_classifier_cli_stores_scaling_used_by_inference(trained: Path, tiny_dataset: Path,
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calibrate_classifier_cli_stores_scaling_used_by_inference(
+    trained: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     from CovidCTLib.models.cli import main
@@ -355,8 +396,23 @@ def test_calibrate_classifier_cli_stores_scaling_used_by_inference(trained: Path
     folder = tmp_path / "covid-classifier"
     shutil.copytree(trained / "model", folder)
     raw = classify_images([str(p) for p in sorted(tiny_dataset.rglob("*.png"))], model_dir=folder, device="cpu")
-    assert main(["calibrate", "classifier", "--data", str(tiny_dataset), "--model", str(folder),
-                 "--val-fraction", "0.5", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "classifier",
+                "--data",
+                str(tiny_dataset),
+                "--model",
+                str(folder),
+                "--val-fraction",
+                "0.5",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((folder / "manifest.json").read_text())
     cal = manifest["calibration"]
     assert cal["method"] == "platt" and "validation split" in cal["fitted_on"]

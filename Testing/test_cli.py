@@ -18,9 +18,21 @@ from CovidCTLib.io.writers import write_image
 from CovidCTLib.phantom import make_phantom
 
 REQUIRED_KEYS = [
-    "covid_probability", "lungs.right_ml", "lungs.left_ml", "lungs.total_ml", "infection.total_ml",
-    "infection.ggo_ml", "infection.consolidation_ml", "infection.percent_of_lungs", "infection.right_percent",
-    "infection.left_percent", "zones", "severity_score.total", "lesions", "versions", "timing_s",
+    "covid_probability",
+    "lungs.right_ml",
+    "lungs.left_ml",
+    "lungs.total_ml",
+    "infection.total_ml",
+    "infection.ggo_ml",
+    "infection.consolidation_ml",
+    "infection.percent_of_lungs",
+    "infection.right_percent",
+    "infection.left_percent",
+    "zones",
+    "severity_score.total",
+    "lesions",
+    "versions",
+    "timing_s",
 ]
 
 
@@ -59,8 +71,10 @@ def test_analyze_writes_every_output_with_input_geometry(analyzed, oblique_phant
         np.testing.assert_allclose(label.GetDirection(), reference.GetDirection(), atol=1e-5)
     lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / "lungs.nii.gz")))
     assert set(np.unique(lungs)) == {0, 1, 2}
-    dice = 2 * np.count_nonzero((lungs > 0) & (phantom.lungs > 0)) / (
-        np.count_nonzero(lungs) + np.count_nonzero(phantom.lungs)
+    dice = (
+        2
+        * np.count_nonzero((lungs > 0) & (phantom.lungs > 0))
+        / (np.count_nonzero(lungs) + np.count_nonzero(phantom.lungs))
     )
     assert dice > 0.9
     assert (outdir / "segmentation.seg.nrrd").stat().st_size > 0
@@ -123,9 +137,23 @@ def _png(path: Path) -> Path:
 def test_json_progress_in_a_subprocess(oblique_phantom_file, tmp_path: Path) -> None:
     outdir = tmp_path / "json_out"
     completed = subprocess.run(
-        [sys.executable, "-m", "CovidCTLib.cli", "analyze", str(oblique_phantom_file[0]), "-o", str(outdir),
-         "--method", "classical", "--no-report", "--json-progress"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "CovidCTLib.cli",
+            "analyze",
+            str(oblique_phantom_file[0]),
+            "-o",
+            str(outdir),
+            "--method",
+            "classical",
+            "--no-report",
+            "--json-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stderr
     events = [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
@@ -139,9 +167,20 @@ def test_json_progress_in_a_subprocess(oblique_phantom_file, tmp_path: Path) -> 
 
 def test_json_progress_reports_errors_as_json(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "CovidCTLib.cli", "analyze", str(tmp_path / "nothing"), "-o", str(tmp_path / "o"),
-         "--json-progress"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "CovidCTLib.cli",
+            "analyze",
+            str(tmp_path / "nothing"),
+            "-o",
+            str(tmp_path / "o"),
+            "--json-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert completed.returncode == 2
     last = json.loads(completed.stdout.strip().splitlines()[-1])

@@ -29,8 +29,13 @@ def dicom_result(tmp_path_factory):
     infection[4:7, 10:15, 8:12] = 1
     infection[5:6, 12:14, 9:11] = 2
     infection[3:5, 16:20, 25:30] = 1
-    return AnalysisResult(ct=ct, lungs=lungs, infection=infection, method="model",
-                          model_versions={"lungs": "unet-1.0", "infection": "unet-2.1"})
+    return AnalysisResult(
+        ct=ct,
+        lungs=lungs,
+        infection=infection,
+        method="model",
+        model_versions={"lungs": "unet-1.0", "infection": "unet-2.1"},
+    )
 
 
 def test_dicom_seg_round_trip_voxels_geometry_and_terms(tmp_path, dicom_result):
@@ -70,13 +75,17 @@ def test_dicom_seg_round_trip_voxels_geometry_and_terms(tmp_path, dicom_result):
     shared = seg.SharedFunctionalGroupsSequence[0]
     np.testing.assert_allclose(
         np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float),
-        np.array(sources[0].ImageOrientationPatient, float), atol=1e-6)
-    np.testing.assert_allclose(np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float),
-                               np.array(sources[0].PixelSpacing, float))
+        np.array(sources[0].ImageOrientationPatient, float),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float), np.array(sources[0].PixelSpacing, float)
+    )
     for frame in seg.PerFrameFunctionalGroupsSequence:
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        np.testing.assert_allclose(np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float),
-                                   positions[uid], atol=1e-4)
+        np.testing.assert_allclose(
+            np.array(frame.PlanePositionSequence[0].ImagePositionPatient, float), positions[uid], atol=1e-4
+        )
 
     # coded terms, colours and algorithm identification
     for item, spec in zip(seg.SegmentSequence, SEGMENTS, strict=True):
@@ -149,8 +158,14 @@ def _with_lobes(result: AnalysisResult) -> AnalysisResult:
     lobes[(lungs == 1) & (z < 5)] = RLL
     lobes[(lungs == 2) & (z >= 6)] = LUL
     lobes[(lungs == 2) & (z < 6)] = LLL
-    return AnalysisResult(ct=result.ct, lungs=lungs, infection=result.infection, method=result.method,
-                          model_versions=result.model_versions, lobes=lobes)
+    return AnalysisResult(
+        ct=result.ct,
+        lungs=lungs,
+        infection=result.infection,
+        method=result.method,
+        model_versions=result.model_versions,
+        lobes=lobes,
+    )
 
 
 def test_dicom_seg_carries_the_lobes_with_their_snomed_codes(tmp_path, dicom_result):
@@ -163,19 +178,35 @@ def test_dicom_seg_carries_the_lobes_with_their_snomed_codes(tmp_path, dicom_res
     assert [item.SegmentNumber for item in ds.SegmentSequence] == list(range(1, 10))
     assert [item.SegmentLabel for item in ds.SegmentSequence] == [spec.name for spec in specs]
     assert [item.SegmentLabel for item in ds.SegmentSequence][4:] == [
-        "Right upper lobe", "Right middle lobe", "Right lower lobe", "Left upper lobe", "Left lower lobe"]
+        "Right upper lobe",
+        "Right middle lobe",
+        "Right lower lobe",
+        "Left upper lobe",
+        "Left lower lobe",
+    ]
     for item, spec in zip(ds.SegmentSequence[4:], LOBE_SEGMENTS, strict=True):
         category = item.SegmentedPropertyCategoryCodeSequence[0]
         prop = item.SegmentedPropertyTypeCodeSequence[0]
         assert (category.CodeValue, category.CodingSchemeDesignator) == ("123037004", "SCT")
         assert (prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning) == (
-            spec.type.value, spec.type.scheme, spec.type.meaning)
+            spec.type.value,
+            spec.type.scheme,
+            spec.type.meaning,
+        )
     assert [item.SegmentedPropertyTypeCodeSequence[0].CodeValue for item in ds.SegmentSequence[4:]] == [
-        "45653009", "72481006", "266005", "44714003", "90572001"]
+        "45653009",
+        "72481006",
+        "266005",
+        "44714003",
+        "90572001",
+    ]
 
     # frame count: one frame per segment and slice where that segment is present (empty frames omitted)
-    masks = [(result.lungs if s.source == "lungs" else result.infection if s.source == "infection"
-              else result.lobes) == s.label for s in specs]
+    masks = [
+        (result.lungs if s.source == "lungs" else result.infection if s.source == "infection" else result.lobes)
+        == s.label
+        for s in specs
+    ]
     assert int(ds.NumberOfFrames) == sum(int(m.any(axis=(1, 2)).sum()) for m in masks)
 
     # every lobe frame sits on its source slice (oblique series) and holds exactly that lobe's voxels
@@ -185,7 +216,9 @@ def test_dicom_seg_carries_the_lobes_with_their_snomed_codes(tmp_path, dicom_res
     frames = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
     np.testing.assert_allclose(
         np.array(ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient, float),
-        np.concatenate([direction[:, 0], direction[:, 1]]), atol=1e-6)
+        np.concatenate([direction[:, 0], direction[:, 1]]),
+        atol=1e-6,
+    )
     seen = 0
     for frame, group in zip(frames, ds.PerFrameFunctionalGroupsSequence, strict=True):
         number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)

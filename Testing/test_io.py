@@ -89,8 +89,14 @@ def test_single_dicom_file_loads_its_series(tmp_path: Path) -> None:
 def test_localizer_inside_series_is_left_out(tmp_path: Path) -> None:
     uid = "1.2.826.0.1.3680043.8.498.90"
     write_series(tmp_path / "s", hu_phantom(), series_uid=uid)
-    write_series(tmp_path / "s", hu_phantom((1, 64, 64)), series_uid=uid, prefix="scout",
-                 image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"), origin=(0.0, 0.0, 0.0))
+    write_series(
+        tmp_path / "s",
+        hu_phantom((1, 64, 64)),
+        series_uid=uid,
+        prefix="scout",
+        image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"),
+        origin=(0.0, 0.0, 0.0),
+    )
     ct = load_ct(tmp_path / "s")
     assert ct.image.GetSize() == (40, 32, 12)
     assert any("1 scout/localizer" in n for n in ct.notes)
@@ -337,14 +343,19 @@ def test_corrupt_files(tmp_path: Path) -> None:
 def test_mixed_series_refused(tmp_path: Path) -> None:
     uid = "1.2.826.0.1.3680043.8.498.77"
     write_series(tmp_path / "sizes", hu_phantom((8, 32, 40)), series_uid=uid, prefix="a")
-    write_series(tmp_path / "sizes", hu_phantom((8, 30, 40)), series_uid=uid, prefix="b",
-                 origin=(-12.5, 30.25, 100.0))
+    write_series(tmp_path / "sizes", hu_phantom((8, 30, 40)), series_uid=uid, prefix="b", origin=(-12.5, 30.25, 100.0))
     with pytest.raises(GeometryError, match="mixes images with image sizes.*Export each"):
         load_ct(tmp_path / "sizes")
     uid2 = "1.2.826.0.1.3680043.8.498.78"
     write_series(tmp_path / "orient", hu_phantom((8, 32, 40)), series_uid=uid2, prefix="a")
-    write_series(tmp_path / "orient", hu_phantom((8, 32, 40)), series_uid=uid2, prefix="b",
-                 direction=rotation(0, 0, 30), origin=(0.0, 0.0, 100.0))
+    write_series(
+        tmp_path / "orient",
+        hu_phantom((8, 32, 40)),
+        series_uid=uid2,
+        prefix="b",
+        direction=rotation(0, 0, 30),
+        origin=(0.0, 0.0, 100.0),
+    )
     with pytest.raises(GeometryError, match="ImageOrientationPatient"):
         load_ct(tmp_path / "orient")
     uid3 = "1.2.826.0.1.3680043.8.498.79"

@@ -169,8 +169,8 @@ def _timepoint(ct_image: sitk.Image, lungs, infection, label, **ct_fields) -> Ti
 
 
 def test_refuses_partial_scan(phantom):
-    half = phantom.ct.image[:, :, SHAPE[0] // 2:]
-    partial = _timepoint(half, phantom.lungs[SHAPE[0] // 2:], phantom.infection[SHAPE[0] // 2:], "partial")
+    half = phantom.ct.image[:, :, SHAPE[0] // 2 :]
+    partial = _timepoint(half, phantom.lungs[SHAPE[0] // 2 :], phantom.infection[SHAPE[0] // 2 :], "partial")
     base = TimePoint(phantom.ct, phantom.lungs, phantom.infection, "baseline")
     with pytest.raises(RegistrationError, match="partial"):
         compare([base, partial])
@@ -247,8 +247,11 @@ def test_comparison_reads_back_from_its_files(phantom, followup, compared):
     for computed, read in zip(result.timepoints, stored.timepoints, strict=True):
         assert np.array_equal(read.lungs, computed.lungs) and np.array_equal(read.infection, computed.infection)
     point = np.array(phantom.ct.image.TransformIndexToPhysicalPoint((40, 50, 10)), float)
-    np.testing.assert_allclose(stored.registrations[1].transform.TransformPoint(point),
-                               result.registrations[1].transform.TransformPoint(point), atol=1e-4)
+    np.testing.assert_allclose(
+        stored.registrations[1].transform.TransformPoint(point),
+        result.registrations[1].transform.TransformPoint(point),
+        atol=1e-4,
+    )
     assert stored.report["timepoints"] == result.report["timepoints"]
     other = make_phantom(shape=(20, 40, 40), spacing=(5.0, 3.0, 3.0)).ct
     with pytest.raises(InputError, match="grid"):

@@ -38,8 +38,11 @@ def _paint_lesions(ct: sitk.Image, lungs: np.ndarray, radius_mm: float = 15.0):
     for label in (1, 2):
         depth = ndimage.distance_transform_edt(lungs == label, sampling=spacing)
         centre = np.unravel_index(int(np.argmax(depth)), depth.shape)
-        dist = np.sqrt(((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2
-                       + ((xx - centre[2]) * spacing[2]) ** 2)
+        dist = np.sqrt(
+            ((zz - centre[0]) * spacing[0]) ** 2
+            + ((yy - centre[1]) * spacing[1]) ** 2
+            + ((xx - centre[2]) * spacing[2]) ** 2
+        )
         ball = (dist <= radius_mm) & (lungs == label)
         hu[ball] = -550.0 + rng.normal(0.0, 25.0, int(ball.sum()))
         infection[ball] = 1
@@ -65,12 +68,15 @@ def test_lidc_known_transform(lidc, tmp_path):
     ct, lungs = lidc
     image, infection, lesions = _paint_lesions(ct, lungs)
     base_ct = CTVolume(image, "HU", "LIDC-IDRI-0001 + painted lesions")
-    transform = known_transform(image, rotation_deg=(2.0, -1.0, 5.0), shift_mm=(8.0, -5.0, 4.0),
-                                deformation_mm=2.0, seed=2)
+    transform = known_transform(
+        image, rotation_deg=(2.0, -1.0, 5.0), shift_mm=(8.0, -5.0, 4.0), deformation_mm=2.0, seed=2
+    )
     fu = make_followup(base_ct, lungs, infection, lesions, transform=transform, shrink_mm=0.0)
     assert fu.truth_ml["new"] > 5 and fu.truth_ml["resolved"] > 5 and fu.truth_ml["persistent"] > 5
-    result = compare([TimePoint(base_ct, lungs, infection, "baseline"),
-                      TimePoint(fu.ct, fu.lungs, fu.infection, "followup")], tmp_path / "out")
+    result = compare(
+        [TimePoint(base_ct, lungs, infection, "baseline"), TimePoint(fu.ct, fu.lungs, fu.infection, "followup")],
+        tmp_path / "out",
+    )
     reg = result.registrations[1]
     mean, p95 = displacement_error_mm(reg.transform, fu.transform, image, lungs > 0, step=31)
     assert mean < 1.5, f"mean displacement error {mean:.2f} mm"

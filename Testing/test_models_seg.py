@@ -75,8 +75,10 @@ def test_partial_label_loss_binary_ignores_class_multiclass_does_not() -> None:
     b = partial_label_infection_loss(as_cons, target, binary)
     assert float(a) == pytest.approx(float(b), rel=1e-5)
     multi = torch.tensor([True])
-    assert float(partial_label_infection_loss(as_cons, target, multi)) > float(
-        partial_label_infection_loss(as_ggo, target, multi)) + 0.5
+    assert (
+        float(partial_label_infection_loss(as_cons, target, multi))
+        > float(partial_label_infection_loss(as_ggo, target, multi)) + 0.5
+    )
 
 
 # ------------------------------------------------------------------------------------ data, augmentation
@@ -175,8 +177,26 @@ def test_smoke_train_checkpoint_and_resume(tmp_path: Path) -> None:
     ss = load_nifti_pairs(data, "lung", size=64)
     assert len(ss) > 0 and ss.img.shape[1:] == (64, 64) and ss.lung.any()
     out = tmp_path / "run"
-    args = ["train", "lung", "--data", f"nifti:{data}", "--out", str(out), "--epochs", "2", "--steps-per-epoch",
-            "1", "--batch-size", "2", "--size", "64", "--val-fraction", "0.5", "--threads", "1"]
+    args = [
+        "train",
+        "lung",
+        "--data",
+        f"nifti:{data}",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "2",
+        "--size",
+        "64",
+        "--val-fraction",
+        "0.5",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
     lines = (out / "log.jsonl").read_text().splitlines()
@@ -239,8 +259,29 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
 
     data = _phantom_folder(tmp_path / "data", n=2)
     out = tmp_path / "ft"
-    assert main(["finetune", "lung", "--data", f"nifti:{data}", "--out", str(out), "--epochs", "1",
-                 "--max-steps", "1", "--batch-size", "2", "--val-fraction", "0.5", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "lung",
+                "--data",
+                f"nifti:{data}",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--val-fraction",
+                "0.5",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "initialised from model lung-attunet" in (out / "train.log").read_text()
     manifest = registry.read_manifest("lung-attunet", out / "model")
     assert manifest["training"]["init_from"] == "lung-attunet"
@@ -319,8 +360,16 @@ def test_source_weights_option_parsed_and_applied() -> None:
             parse_source_weights(bad)
     n = 10  # 8 png256 slices, 2 lidc-synth slices
     zeros = np.zeros((n, 4, 4), np.uint8)
-    data = SliceSet(zeros.astype(np.float32), zeros.astype(np.float32), zeros, np.ones(n, bool), zeros,
-                    np.zeros(n, np.int64), ["g"] * n, ["png256"] * 8 + ["lidc-synth"] * 2)
+    data = SliceSet(
+        zeros.astype(np.float32),
+        zeros.astype(np.float32),
+        zeros,
+        np.ones(n, bool),
+        zeros,
+        np.zeros(n, np.int64),
+        ["g"] * n,
+        ["png256"] * 8 + ["lidc-synth"] * 2,
+    )
     default = _sampling_probs(data, "lung")
     assert default[:8].sum() == pytest.approx(0.5) and default[8:].sum() == pytest.approx(0.5)
     tuned = _sampling_probs(data, "lung", {"png256": 0.8, "lidc-synth": 0.2})
@@ -363,8 +412,16 @@ def _png256_from_phantom(root: Path) -> Path:
             Image.fromarray(img).save(root / "ct" / f"{i}.png")
             Image.fromarray((ph.lungs[z] > 0).astype(np.uint8) * 255).save(root / "lungs" / f"{i}.png")
             Image.fromarray((ph.infection[z] > 0).astype(np.uint8) * 255).save(root / "covid" / f"{i}.png")
-            rows.append({"index": i, "ct": f"ct/{i}.png", "lung_mask": f"lungs/{i}.png",
-                         "infection_mask": f"covid/{i}.png", "source": "coronacases", "inferred_group": f"g{g}"})
+            rows.append(
+                {
+                    "index": i,
+                    "ct": f"ct/{i}.png",
+                    "lung_mask": f"lungs/{i}.png",
+                    "infection_mask": f"covid/{i}.png",
+                    "source": "coronacases",
+                    "inferred_group": f"g{g}",
+                }
+            )
     with open(root / "index.csv", "w", newline="") as f:
         w = _csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -424,9 +481,33 @@ def test_infection_finetune_from_folder_with_predicted_lung_input(tmp_path: Path
     start = tmp_path / "start" / "infection-unet"
     shutil.copytree(registry.models_dir() / "infection-unet", start)
     out = tmp_path / "ft"
-    assert main(["finetune", "infection", "--model", str(start), "--data", f"png256:{data}", "--out", str(out),
-                 "--epochs", "1", "--max-steps", "1", "--batch-size", "2", "--size", "64",
-                 "--lung-input", "predicted", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "infection",
+                "--model",
+                str(start),
+                "--data",
+                f"png256:{data}",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--size",
+                "64",
+                "--lung-input",
+                "predicted",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert f"initialised from model {start}" in (out / "train.log").read_text()
     training = registry.read_manifest("infection-unet", out / "model")["training"]
     assert training["lung_input"].startswith("predicted by lung-attunet")
@@ -448,11 +529,15 @@ def test_test_time_flips_average_mirrored_predictions() -> None:
     p0 = np.stack(inference._predict_probs(plain, list(x), shapes))
     p1 = np.stack(inference._predict_probs(flipped, list(x), shapes))
     with torch.no_grad():
-        expected = sum(
-            torch.flip(torch.softmax(net(torch.flip(torch.from_numpy(x), a)), 1), a).numpy() if a
-            else torch.softmax(net(torch.from_numpy(x)), 1).numpy()
-            for a in [(), (3,), (2,), (2, 3)]
-        ) / 4
+        expected = (
+            sum(
+                torch.flip(torch.softmax(net(torch.flip(torch.from_numpy(x), a)), 1), a).numpy()
+                if a
+                else torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+                for a in [(), (3,), (2,), (2, 3)]
+            )
+            / 4
+        )
     np.testing.assert_allclose(p1, expected, atol=1e-5)
     assert np.abs(p1 - p0).max() > 1e-3  # the flips change the result
     np.testing.assert_allclose(p1.sum(1), 1.0, atol=1e-5)

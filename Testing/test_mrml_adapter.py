@@ -269,8 +269,10 @@ def test_offscreen_render_of_surfaces(tmp_path):
     path = tmp_path / "scene.png"
     script = RENDER_SCRIPT.format(testing=str(Path(__file__).parent), path=str(path))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    if run.returncode != 0 and not path.exists() and any(
-        word in run.stderr for word in ("GLX", "EGL", "OpenGL", "X server", "DISPLAY")
+    if (
+        run.returncode != 0
+        and not path.exists()
+        and any(word in run.stderr for word in ("GLX", "EGL", "OpenGL", "X server", "DISPLAY"))
     ):
         pytest.skip(f"no OpenGL context for offscreen rendering: {run.stderr.strip().splitlines()[-1]}")
     assert run.returncode == 0, run.stderr
@@ -299,8 +301,9 @@ def test_lobes_node_overlays_an_oblique_volume_exactly(mrml):
     phantom = make_phantom(shape=SHAPE, spacing=SPACING, seed=3, oblique=True, fissures=True)
     volume = add_volume_from_image(mrml.scene, phantom.ct.image, "Oblique CT")
     report = sample_report(phantom.lungs, phantom.infection, phantom.ct.voxel_volume_ml)
-    nodes = results_to_mrml(mrml.scene, volume, phantom.lungs, phantom.infection, report, surfaces=False,
-                            lobes=phantom.lobes)
+    nodes = results_to_mrml(
+        mrml.scene, volume, phantom.lungs, phantom.infection, report, surfaces=False, lobes=phantom.lobes
+    )
     lobes = nodes["lobes"]
     assert lobes.GetName() == "Oblique CT CovidCT lobes"
     assert lobes.GetSegmentation().GetNumberOfSegments() == 5

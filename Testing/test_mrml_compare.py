@@ -33,8 +33,12 @@ def comparison():
     phantom = make_phantom(shape=(40, 96, 96), spacing=(4.0, 3.0, 3.0), seed=2)
     transform = known_transform(phantom.ct.image, deformation_mm=0.0)
     fu = make_followup(phantom.ct, phantom.lungs, phantom.infection, phantom.lesions, transform=transform)
-    result = compare([TimePoint(phantom.ct, phantom.lungs, phantom.infection, "baseline"),
-                      TimePoint(fu.ct, fu.lungs, fu.infection, "followup")])
+    result = compare(
+        [
+            TimePoint(phantom.ct, phantom.lungs, phantom.infection, "baseline"),
+            TimePoint(fu.ct, fu.lungs, fu.infection, "followup"),
+        ]
+    )
     return phantom, fu, result
 
 
@@ -70,10 +74,17 @@ def _check_scene(scene, base, follow, result):
         offsets = [slices[f"{c}{orientation}"].GetSliceOffset() for c in mc.COLUMNS]
         assert np.allclose(offsets, offsets[0])
 
-    segs = {n.GetName(): n for n in (scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
-                                      for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")))}
-    by_role = {role: next(n for name, n in segs.items() if key in name)
-               for role, key in (("Baseline", "(baseline)"), ("Followup", "(follow-up)"), ("Change", "change"))}
+    segs = {
+        n.GetName(): n
+        for n in (
+            scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode")
+            for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))
+        )
+    }
+    by_role = {
+        role: next(n for name, n in segs.items() if key in name)
+        for role, key in (("Baseline", "(baseline)"), ("Followup", "(follow-up)"), ("Change", "change"))
+    }
     for role, node in by_role.items():
         ids = [node.GetDisplayNode().GetNthViewNodeID(i) for i in range(node.GetDisplayNode().GetNumberOfViewNodeIDs())]
         expected = {slices[f"{role}Axial"].GetID(), slices[f"{role}Coronal"].GetID()}

@@ -35,6 +35,7 @@ def _contents(folder: Path) -> dict[str, bytes]:
 def _failing_writer(name: str, error: BaseException):
     def run(result, folder, options):
         raise error
+
     return registry.FileWriter(name, ((name, f"{name}.bin"),), run)
 
 
@@ -75,6 +76,7 @@ def test_files_that_appear_during_writing_are_not_replaced(tmp_path, result, mon
     def sneak(result, folder, options):
         out.mkdir(exist_ok=True)
         (out / "report.json").write_text("someone else's file")
+
     monkeypatch.setattr(registry, "WRITERS", (*registry.WRITERS[:1], registry.FileWriter("sneak", (), sneak)))
     with pytest.raises(OutputExistsError, match="changed while the analysis ran"):
         registry.write_outputs(result, out, snapshot=snapshot)

@@ -31,8 +31,19 @@ def two_lungs(shape=(30, 20, 40)) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("percent", "score"),
-    [(0.0, 0), (0.001, 1), (4.99, 1), (5.0, 2), (25.0, 2), (25.01, 3), (50.0, 3), (50.01, 4), (75.0, 4),
-     (75.01, 5), (100.0, 5)],
+    [
+        (0.0, 0),
+        (0.001, 1),
+        (4.99, 1),
+        (5.0, 2),
+        (25.0, 2),
+        (25.01, 3),
+        (50.0, 3),
+        (50.01, 4),
+        (75.0, 4),
+        (75.01, 5),
+        (100.0, 5),
+    ],
 )
 def test_severity_bins_at_boundaries(percent, score):
     assert severity_from_percent(percent) == score

@@ -18,10 +18,15 @@ from CovidCTLib.models.runtime.normalization import NORMALIZATION_ID, normalize_
 
 def _tiny_manifest() -> dict:
     return {
-        "name": "tiny", "version": "0.0.1", "task": "lung",
-        "architecture": {"builder": "CovidCTLib.models.networks:attention_unet",
-                         "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]}},
-        "input": {"channels": 1, "size": 32}, "normalization": NORMALIZATION_ID,
+        "name": "tiny",
+        "version": "0.0.1",
+        "task": "lung",
+        "architecture": {
+            "builder": "CovidCTLib.models.networks:attention_unet",
+            "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+        },
+        "input": {"channels": 1, "size": 32},
+        "normalization": NORMALIZATION_ID,
     }
 
 
@@ -136,9 +141,20 @@ def test_install_adds_metrics_and_writes_card(tmp_path: Path) -> None:
         skip_or_fail("lung model not shipped")
     shutil.copytree(models_dir() / "lung-attunet", src)
     metrics = tmp_path / "metrics.json"
-    metrics.write_text(json.dumps({"split": "val", "summary": {"png256": {
-        "n_images": 3, "pooled": {"dice": 0.91, "iou": 0.83, "precision": 0.9, "recall": 0.92, "specificity": 0.99},
-        "mean_per_image": {"dice": 0.9}}}}))
+    metrics.write_text(
+        json.dumps(
+            {
+                "split": "val",
+                "summary": {
+                    "png256": {
+                        "n_images": 3,
+                        "pooled": {"dice": 0.91, "iou": 0.83, "precision": 0.9, "recall": 0.92, "specificity": 0.99},
+                        "mean_per_image": {"dice": 0.9},
+                    }
+                },
+            }
+        )
+    )
     root = tmp_path / "models"
     dest = install(src, [("my_site", metrics, "three slices of my site")], {"version": "9.9.9"}, root=root)
     manifest, _ = verify("lung-attunet", root)

@@ -37,18 +37,23 @@ def synthetic_report(ct, lungs: np.ndarray, infection: np.ndarray, probability: 
     voxel = ct.voxel_volume_ml
     hu = ct.array
     report: dict[str, Any] = {
-        "disclaimer": DISCLAIMER, "method": "model", "covid_probability": probability,
+        "disclaimer": DISCLAIMER,
+        "method": "model",
+        "covid_probability": probability,
         "classification": None if probability is None else {"threshold": 0.5},
-        "created_utc": "2026-11-23T12:00:00+00:00", "input": ct.identity(include_identifiers=True),
+        "created_utc": "2026-11-23T12:00:00+00:00",
+        "input": ct.identity(include_identifiers=True),
         "versions": {"covidct": __version__, "method": "model", "models": {"infection": "unet-2.1"}},
-        "timing_s": {"total": 12.34}, "notes": ["Synthetic phantom used for the test."],
+        "timing_s": {"total": 12.34},
+        "notes": ["Synthetic phantom used for the test."],
     }
     side_ml = {name: float((lungs == value).sum() * voxel) for value, name in ((1, "right"), (2, "left"))}
     report["lungs"] = {"right_ml": side_ml["right"], "left_ml": side_ml["left"], "total_ml": sum(side_ml.values())}
     inside = lungs > 0
     inf_total = float((infection > 0).sum() * voxel)
     report["infection"] = {
-        "total_ml": inf_total, "ggo_ml": float((infection == 1).sum() * voxel),
+        "total_ml": inf_total,
+        "ggo_ml": float((infection == 1).sum() * voxel),
         "consolidation_ml": float((infection == 2).sum() * voxel),
         "percent_of_lungs": 100 * inf_total / max(float(inside.sum() * voxel), 1e-9),
         "right_percent": 100 * float(((infection > 0) & (lungs == 1)).sum() * voxel) / side_ml["right"],
@@ -61,18 +66,28 @@ def synthetic_report(ct, lungs: np.ndarray, infection: np.ndarray, probability: 
         edges = np.linspace(z[0], z[-1] + 1, 4).astype(int)
         for number, zone in enumerate(("upper", "middle", "lower")):
             part = np.zeros(lungs.shape, bool)
-            part[edges[number]:edges[number + 1]] = True
+            part[edges[number] : edges[number + 1]] = True
             mask = part & (lungs == value)
             zone_of[mask] = number + 1
             lung_ml = float(mask.sum() * voxel)
-            ml = {k: float(((infection == v) & mask).sum() * voxel)
-                  for k, v in (("ggo_ml", 1), ("consolidation_ml", 2))}
+            ml = {
+                k: float(((infection == v) & mask).sum() * voxel) for k, v in (("ggo_ml", 1), ("consolidation_ml", 2))
+            }
             infection_ml = ml["ggo_ml"] + ml["consolidation_ml"]
             percent = 100 * infection_ml / max(lung_ml, 1e-9)
             severity = int(np.digitize(percent, [0.001, 5, 25, 50, 75]))
             total_score += severity
-            zones.append({"lung": name, "zone": zone, "lung_ml": lung_ml, "infection_ml": infection_ml, **ml,
-                          "percent": percent, "severity": severity})
+            zones.append(
+                {
+                    "lung": name,
+                    "zone": zone,
+                    "lung_ml": lung_ml,
+                    "infection_ml": infection_ml,
+                    **ml,
+                    "percent": percent,
+                    "severity": severity,
+                }
+            )
     report["zones"] = zones
     report["severity_score"] = {"total": total_score, "max": 30}
     labels, n = ndimage.label(infection > 0)
@@ -81,13 +96,17 @@ def synthetic_report(ct, lungs: np.ndarray, infection: np.ndarray, probability: 
         component = labels == index
         zz, yy, xx = np.nonzero(component)
         centre = ct.image.TransformContinuousIndexToPhysicalPoint([xx.mean(), yy.mean(), zz.mean()])
-        lesions.append({
-            "id": index, "type": "consolidation" if (infection[component] == 2).mean() > 0.5 else "ggo",
-            "volume_ml": float(component.sum() * voxel), "mean_hu": float(hu[component].mean()),
-            "centroid_mm": [float(c) for c in centre],
-            "lung": {1: "right", 2: "left", 0: "-"}[int(np.bincount(lungs[component]).argmax())],
-            "zone": int(np.bincount(zone_of[component]).argmax()),
-        })
+        lesions.append(
+            {
+                "id": index,
+                "type": "consolidation" if (infection[component] == 2).mean() > 0.5 else "ggo",
+                "volume_ml": float(component.sum() * voxel),
+                "mean_hu": float(hu[component].mean()),
+                "centroid_mm": [float(c) for c in centre],
+                "lung": {1: "right", 2: "left", 0: "-"}[int(np.bincount(lungs[component]).argmax())],
+                "zone": int(np.bincount(zone_of[component]).argmax()),
+            }
+        )
     report["lesions"] = lesions
     return report
 
@@ -97,14 +116,26 @@ def result():
     phantom = make_phantom(shape=(40, 80, 80), spacing=(3.0, 2.0, 2.0), seed=3)
     phantom.ct.patient = {"name": "Doe^Jane", "id": "PAT-98765", "birth_date": "19600101"}
     report = synthetic_report(phantom.ct, phantom.lungs, phantom.infection, probability=0.8734)
-    return AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection, report=report,
-                          covid_probability=0.8734, method="model", model_versions={"infection": "unet-2.1"})
+    return AnalysisResult(
+        ct=phantom.ct,
+        lungs=phantom.lungs,
+        infection=phantom.infection,
+        report=report,
+        covid_probability=0.8734,
+        method="model",
+        model_versions={"infection": "unet-2.1"},
+    )
 
 
 def _expected_strings(report: dict[str, Any]) -> list[str]:
-    values = [report["lungs"]["right_ml"], report["lungs"]["left_ml"], report["lungs"]["total_ml"],
-              report["infection"]["total_ml"], report["infection"]["ggo_ml"],
-              report["infection"]["consolidation_ml"]]
+    values = [
+        report["lungs"]["right_ml"],
+        report["lungs"]["left_ml"],
+        report["lungs"]["total_ml"],
+        report["infection"]["total_ml"],
+        report["infection"]["ggo_ml"],
+        report["infection"]["consolidation_ml"],
+    ]
     percents = [report["infection"][k] for k in ("percent_of_lungs", "right_percent", "left_percent")]
     strings = [f"{v:.1f}" for v in values + percents]
     for zone in report["zones"]:
@@ -185,8 +216,12 @@ def test_identifiers_only_on_request_and_no_classifier(tmp_path, result):
     write_pdf_report(result, tmp_path / "with.pdf", include_identifiers=True)
     assert "PAT-98765" in " ".join(_pdf_pages(tmp_path / "with.pdf"))
 
-    no_classifier = AnalysisResult(ct=result.ct, lungs=result.lungs, infection=result.infection,
-                                   report={**result.report, "covid_probability": None, "classification": None})
+    no_classifier = AnalysisResult(
+        ct=result.ct,
+        lungs=result.lungs,
+        infection=result.infection,
+        report={**result.report, "covid_probability": None, "classification": None},
+    )
     write_html_report(no_classifier, tmp_path / "none.html")
     text = _html_text((tmp_path / "none.html").read_text(encoding="utf-8"))
     assert "No classifier ran" in text and "0.873" not in text
@@ -194,8 +229,10 @@ def test_identifiers_only_on_request_and_no_classifier(tmp_path, result):
 
 def test_compare_section(tmp_path, result):
     trend = render._png_bytes(np.full((20, 30, 3), 200, np.uint8))
-    rows = [{"label": "baseline", "date": "2020-03-01", "infection_total": 120.5, "percent_total": 4.25},
-            {"label": "follow-up 1", "date": "2020-03-15", "infection_total": 80.25, "percent_total": 2.75}]
+    rows = [
+        {"label": "baseline", "date": "2020-03-01", "infection_total": 120.5, "percent_total": 4.25},
+        {"label": "follow-up 1", "date": "2020-03-15", "infection_total": 80.25, "percent_total": 2.75},
+    ]
     compare = {"trend_png": trend, "rows": rows, "title": "Change over time"}
     write_html_report(result, tmp_path / "c.html", compare=compare)
     document = (tmp_path / "c.html").read_text(encoding="utf-8")

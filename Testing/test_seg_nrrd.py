@@ -90,6 +90,7 @@ def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
     slicer = require_module("slicer", reason="slicer-core wheel not installed")
     vtk = require_module("vtk")
     from vtk.util.numpy_support import vtk_to_numpy
+
     ref = reference_image()
     lungs, infection = masks()
     path = write_seg_nrrd(lungs, infection, ref, tmp_path / "case.seg.nrrd", show_3d=False)
@@ -134,8 +135,8 @@ def test_seg_nrrd_loads_in_slicer(tmp_path: Path) -> None:
     full_lungs = np.zeros(SHAPE, np.uint8)
     full_inf = np.zeros(SHAPE, np.uint8)
     z, y, x = back_lungs.shape
-    full_lungs[offset[2]:offset[2] + z, offset[1]:offset[1] + y, offset[0]:offset[0] + x] = back_lungs
-    full_inf[offset[2]:offset[2] + z, offset[1]:offset[1] + y, offset[0]:offset[0] + x] = back_inf
+    full_lungs[offset[2] : offset[2] + z, offset[1] : offset[1] + y, offset[0] : offset[0] + x] = back_lungs
+    full_inf[offset[2] : offset[2] + z, offset[1] : offset[1] + y, offset[0] : offset[0] + x] = back_inf
     np.testing.assert_array_equal(full_lungs, lungs)
     np.testing.assert_array_equal(full_inf, infection)
     np.testing.assert_allclose(back_ref.GetOrigin(), ref.TransformIndexToPhysicalPoint(offset), atol=TOL)
@@ -149,8 +150,9 @@ def test_write_result_seg_nrrd_carries_versions(tmp_path: Path) -> None:
 
     ref = reference_image()
     lungs, infection = masks()
-    result = AnalysisResult(CTVolume(ref, "HU", "synthetic"), lungs, infection, method="model",
-                            model_versions={"lungs": "unet-1.2"})
+    result = AnalysisResult(
+        CTVolume(ref, "HU", "synthetic"), lungs, infection, method="model", model_versions={"lungs": "unet-1.2"}
+    )
     path = write_result_seg_nrrd(result, tmp_path / "r.seg.nrrd")
     back_lungs, back_inf, _, meta = read_seg_nrrd(path)
     np.testing.assert_array_equal(back_lungs, lungs)
@@ -172,8 +174,11 @@ def test_one_layer_label_seg_loads_in_slicer_on_oblique_grid(tmp_path: Path) -> 
     labels = np.zeros(SHAPE, np.uint8)
     labels[3:7, 4:12, 6:20] = 1
     labels[9:11, 15:25, 22:30] = 3
-    segments = [(1, "New infection", (1.0, 0.0, 0.0)), (2, "Resolved infection", (0.0, 1.0, 0.0)),
-                (3, "Persistent infection", (1.0, 1.0, 0.0))]
+    segments = [
+        (1, "New infection", (1.0, 0.0, 0.0)),
+        (2, "Resolved infection", (0.0, 1.0, 0.0)),
+        (3, "Persistent infection", (1.0, 1.0, 0.0)),
+    ]
     path = write_label_seg_nrrd(labels, ref, segments, tmp_path / "change.seg.nrrd")
     image = sitk.ReadImage(str(path))
     assert image.GetSize() == ref.GetSize()

@@ -99,8 +99,9 @@ def test_analysis_progress_comes_from_the_stage_weights(small_phantom) -> None:
     from CovidCTLib.pipeline import STAGES, analyze
 
     events = []
-    result = analyze(small_phantom.ct, method="classical", device="cpu", classify=False,
-                     reporter=Reporter(events.append))
+    result = analyze(
+        small_phantom.ct, method="classical", device="cpu", classify=False, reporter=Reporter(events.append)
+    )
     stage_starts = [e for e in events if e.step in {s.name for s in STAGES}]
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0

@@ -60,9 +60,7 @@ def _volume_ml(poly: vtk.vtkPolyData) -> float:
 def _ellipsoid(shape_zyx, radii_vox) -> np.ndarray:
     z, y, x = np.indices(shape_zyx, dtype=float)
     c = [(s - 1) / 2 for s in shape_zyx]
-    return ((z - c[0]) / radii_vox[0]) ** 2 + ((y - c[1]) / radii_vox[1]) ** 2 + (
-        (x - c[2]) / radii_vox[2]
-    ) ** 2 <= 1.0
+    return ((z - c[0]) / radii_vox[0]) ** 2 + ((y - c[1]) / radii_vox[1]) ** 2 + ((x - c[2]) / radii_vox[2]) ** 2 <= 1.0
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +194,12 @@ def test_export_formats_round_trip(tmp_path, phantom, fmt):
             append.Update()
             mesh = append.GetOutput()
         else:
-            reader = {"stl": vtk.vtkSTLReader, "obj": vtk.vtkOBJReader, "ply": vtk.vtkPLYReader,
-                      "vtp": vtk.vtkXMLPolyDataReader}[fmt]()
+            reader = {
+                "stl": vtk.vtkSTLReader,
+                "obj": vtk.vtkOBJReader,
+                "ply": vtk.vtkPLYReader,
+                "vtp": vtk.vtkXMLPolyDataReader,
+            }[fmt]()
             reader.SetFileName(str(path))
             reader.Update()
             mesh = reader.GetOutput()
@@ -228,7 +230,9 @@ def test_export_multiblock_and_result_input(tmp_path, phantom):
     labels = vtk_to_numpy(reader.GetOutput().GetCellData().GetArray("SegmentLabel"))
     assert set(np.unique(labels)) == {1, 2}  # empty infection segments are skipped
     assert export_surfaces(result, tmp_path / "one", "stl") == [
-        tmp_path / "one" / "right_lung.stl", tmp_path / "one" / "left_lung.stl"]
+        tmp_path / "one" / "right_lung.stl",
+        tmp_path / "one" / "left_lung.stl",
+    ]
     with pytest.raises(CovidCTError):
         export_surfaces(result, tmp_path, "dxf")
 
@@ -267,8 +271,10 @@ def test_points_csv_for_paraview(tmp_path, phantom):
     assert header == "x,y,z,value,lung,ground_truth"
     table = np.loadtxt(path, delimiter=",", skiprows=1)
     assert len(table) == int((phantom.lungs > 0).sum()) + 1
-    np.testing.assert_array_equal(np.bincount(table[:, 3].astype(int), minlength=3)[1:],
-                                  np.bincount(phantom.infection[phantom.lungs > 0], minlength=3)[1:])
+    np.testing.assert_array_equal(
+        np.bincount(table[:, 3].astype(int), minlength=3)[1:],
+        np.bincount(phantom.infection[phantom.lungs > 0], minlength=3)[1:],
+    )
     corner = table[(table[:, 5] == 2)]
     np.testing.assert_allclose(corner[0, :3], phantom.ct.image.TransformIndexToPhysicalPoint([0, 0, 0]), atol=1e-3)
     # what ParaView does: CSV reader, then Table To Points

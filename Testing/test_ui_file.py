@@ -98,7 +98,11 @@ def test_node_selectors_receive_the_scene(ui):
 
 def test_panel_sections(ui):
     names = widgets(ui)
-    for section in ("inputsCollapsibleButton", "optionsCollapsibleButton", "resultsCollapsibleButton",
-                    "compareCollapsibleButton"):
+    for section in (
+        "inputsCollapsibleButton",
+        "optionsCollapsibleButton",
+        "resultsCollapsibleButton",
+        "compareCollapsibleButton",
+    ):
         assert names[section].get("class") == "ctkCollapsibleButton"
     assert names["progressBar"].get("class") == "QProgressBar"

@@ -28,8 +28,9 @@ def quick_segmentation(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rough lungs (1 right / 2 left) and infection (1 GGO / 2 consolidation) by thresholds."""
     air = hu < -400
     labels, _ = ndimage.label(air)
-    border = np.unique(np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(),
-                                       labels[:, :, -1].ravel()]))
+    border = np.unique(
+        np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
+    )
     inside = air & ~np.isin(labels, border)
     labels, n = ndimage.label(inside)
     sizes = ndimage.sum(inside, labels, range(1, n + 1))
@@ -83,8 +84,10 @@ def main(argv: list[str]) -> int:
         cpu_total += cpu
         print(f"{spec.key:<16}{int(mask.sum()):>10}{poly.GetNumberOfPolys():>12}{seconds:>10.3f}{cpu:>10.3f}")
     print(f"{'total':<16}{'':>10}{'':>12}{total:>10.3f}{cpu_total:>10.3f}")
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall seconds grow with the load; "
-          "cpu_s is this process's CPU time)")
+    print(
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall seconds grow with the load; "
+        "cpu_s is this process's CPU time)"
+    )
     return 0
 
 

@@ -61,6 +61,7 @@ def forgetLibraryModules(modules: dict[str, Any] | None = None) -> list[str]:
         del modules[name]
     return names
 
+
 METHOD_LABELS = {
     "auto": "Automatic (trained models when installed, else classical)",
     "classical": "Classical (HU thresholds, no model)",
@@ -499,9 +500,7 @@ class CovidCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.ui.compareStatusLabel.text = self.logic.finishCompare(job)
         except Exception as error:  # noqa: BLE001 - shown to the user, scene left as it was
-            self.ui.compareStatusLabel.text = (
-                "Comparison cancelled." if job.cancelled else f"Failed: {error}"
-            )
+            self.ui.compareStatusLabel.text = "Comparison cancelled." if job.cancelled else f"Failed: {error}"
 
 
 #
@@ -701,8 +700,15 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
             heatmap = read_heatmap(outdir)
             check_result_geometry(inputVolume, lungsImage)
             nodes = results_to_mrml(
-                slicer.mrmlScene, inputVolume, lungs, infection, report, surfaces=surfaces, smoothing=smoothing,
-                lobes=lobes, heatmap=heatmap,
+                slicer.mrmlScene,
+                inputVolume,
+                lungs,
+                infection,
+                report,
+                surfaces=surfaces,
+                smoothing=smoothing,
+                lobes=lobes,
+                heatmap=heatmap,
             )
             self.lastResult = AnalysisResult(
                 ct=self.volumeToCT(inputVolume),
@@ -817,8 +823,9 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         reports = self._reportsAvailable(interactive)
         if not reports:
             logging.info("CovidCT: HTML/PDF report not available; writing report.json and report.csv")
-        written = write_outputs(result, Path(folder), overwrite=True, options=OutputOptions(reports=reports),
-                                only=REPORT_WRITERS)
+        written = write_outputs(
+            result, Path(folder), overwrite=True, options=OutputOptions(reports=reports), only=REPORT_WRITERS
+        )
         return list(written.values())
 
     def exportResults(self, inputVolume, folder, interactive: bool = False) -> list[Path]:
@@ -900,7 +907,12 @@ class CovidCTLogic(ScriptedLoadableModuleLogic):
         return "Comparison shown (research use, not a diagnosis)."
 
     def compare(
-        self, baselineVolume, followupVolume, method: str = "auto", device: str = "auto", interactive: bool = True,
+        self,
+        baselineVolume,
+        followupVolume,
+        method: str = "auto",
+        device: str = "auto",
+        interactive: bool = True,
         timeout: float = 900.0,
     ) -> str:
         """Blocking comparison (scripts, tests): :meth:`startCompare`, wait, :meth:`finishCompare`."""

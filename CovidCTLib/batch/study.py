@@ -107,11 +107,23 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
         explain=options.explain,
         top_slices=options.top_slices,
     )
-    options_out = OutputOptions(options.reports, options.dicom_seg, options.surfaces, options.points_csv,
-                                options.include_identifiers, options.heatmap)
+    options_out = OutputOptions(
+        options.reports,
+        options.dicom_seg,
+        options.surfaces,
+        options.points_csv,
+        options.include_identifiers,
+        options.heatmap,
+    )
     record = study_record(study, result.report, options)
-    write_outputs(result, folder, overwrite, options_out, reporter,
-                  extra_files={STUDY_FILE: lambda path: path.write_text(record, encoding="utf-8")})
+    write_outputs(
+        result,
+        folder,
+        overwrite,
+        options_out,
+        reporter,
+        extra_files={STUDY_FILE: lambda path: path.write_text(record, encoding="utf-8")},
+    )
     return {"method": result.method, "analysis_s": result.report.get("timing_s", {}).get("total")}
 
 

@@ -103,8 +103,10 @@ def _drop_tubes(dense: np.ndarray, spacing: tuple[float, ...], elongation: float
     idx = lab.ravel()
     count = np.bincount(idx, minlength=n + 1).astype(float)
     count[0] = 1
-    coords = [np.broadcast_to(c * s, dense.shape).ravel() for c, s in
-              zip(np.ogrid[tuple(slice(0, k) for k in dense.shape)], spacing, strict=True)]
+    coords = [
+        np.broadcast_to(c * s, dense.shape).ravel()
+        for c, s in zip(np.ogrid[tuple(slice(0, k) for k in dense.shape)], spacing, strict=True)
+    ]
     mean = [np.bincount(idx, weights=c, minlength=n + 1) / count for c in coords]
     cov = np.zeros((n + 1, 3, 3))
     for i in range(3):
@@ -119,8 +121,9 @@ def _drop_tubes(dense: np.ndarray, spacing: tuple[float, ...], elongation: float
     return dense & ~tube[lab]
 
 
-def _drop_pleural_rim(support: np.ndarray, lung: np.ndarray, spacing: tuple[float, ...],
-                      margin_mm: float) -> np.ndarray:
+def _drop_pleural_rim(
+    support: np.ndarray, lung: np.ndarray, spacing: tuple[float, ...], margin_mm: float
+) -> np.ndarray:
     """Remove support within ``margin_mm`` of the lung surface unless it connects to deeper support."""
     if margin_mm <= 0 or not support.any():
         return support

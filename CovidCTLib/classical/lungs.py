@@ -117,8 +117,7 @@ def _remove_outside_air(air: np.ndarray) -> np.ndarray:
     return inside
 
 
-def _lung_candidates(inside: np.ndarray, gas_frac: np.ndarray, params: LungParameters, voxel_ml: float
-                     ) -> np.ndarray:
+def _lung_candidates(inside: np.ndarray, gas_frac: np.ndarray, params: LungParameters, voxel_ml: float) -> np.ndarray:
     """Air components inside the body that look like lung: large, and not pure gas (stomach, bowel)."""
     lab, n = ndimage.label(inside)
     if n == 0:
@@ -144,8 +143,9 @@ def _lung_candidates(inside: np.ndarray, gas_frac: np.ndarray, params: LungParam
     return keep[lab]
 
 
-def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, gas_frac: np.ndarray, spacing: tuple[float, ...],
-                 params: LungParameters) -> np.ndarray:
+def _gas_pockets(
+    candidates: np.ndarray, hu: np.ndarray, gas_frac: np.ndarray, spacing: tuple[float, ...], params: LungParameters
+) -> np.ndarray:
     """Pure-gas regions wrapped in soft tissue (stomach, bowel, trachea) joined to the lungs by partial volume.
 
     Gas components (coarse voxels at least half of whose fine voxels are below ``lumen_hu``) of at least
@@ -174,8 +174,14 @@ def _gas_pockets(candidates: np.ndarray, hu: np.ndarray, gas_frac: np.ndarray, s
     return out
 
 
-def _track_airways(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float], midline: float,
-                   lr_axis: int, params: LungParameters) -> np.ndarray:
+def _track_airways(
+    mask: np.ndarray,
+    hu: np.ndarray,
+    spacing: tuple[float, float, float],
+    midline: float,
+    lr_axis: int,
+    params: LungParameters,
+) -> np.ndarray:
     """Trachea + main bronchi by slice-to-slice tracking from the top (canonical array).
 
     Start: the first slice (in the upper 35 % of the air region) holding a compact air region of trachea
@@ -247,15 +253,15 @@ def _track_airways(mask: np.ndarray, hu: np.ndarray, spacing: tuple[float, float
     return airway
 
 
-def _grow_airways(airway: np.ndarray, hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...],
-                  lumen_hu: float, reach_mm: float) -> np.ndarray:
+def _grow_airways(
+    airway: np.ndarray, hu: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...], lumen_hu: float, reach_mm: float
+) -> np.ndarray:
     """Follow the bronchial lumen (very low HU) from the tracked airway for at most ``reach_mm``."""
     if not airway.any():
         return airway
     box = ndimage.find_objects(airway.astype(np.uint8))[0]
     steps = max(1, int(round(reach_mm / min(spacing))))
-    box = tuple(slice(max(0, s.start - steps), min(n, s.stop + steps)) for s, n in
-                zip(box, airway.shape, strict=True))
+    box = tuple(slice(max(0, s.start - steps), min(n, s.stop + steps)) for s, n in zip(box, airway.shape, strict=True))
     allowed = mask[box] & (hu[box] < lumen_hu)
     grown = airway[box].copy()
     for _ in range(steps):
@@ -268,8 +274,9 @@ def _grow_airways(airway: np.ndarray, hu: np.ndarray, mask: np.ndarray, spacing:
     return out
 
 
-def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...],
-               bins: int = 180) -> np.ndarray:
+def _polar_cap(
+    lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: tuple[float, ...], bins: int = 180
+) -> np.ndarray:
     """Extend accepted pleural regions out to the interpolated pleura.
 
     The convex hull closes a pleural lesion with a straight chord; the real pleura bulges outwards. In
@@ -327,9 +334,15 @@ def _polar_cap(lung: np.ndarray, accepted: np.ndarray, hu: np.ndarray, spacing: 
     return cap & ~lung
 
 
-def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane: int,
-                     spacing: tuple[float, ...], params: LungParameters, outside_joint: np.ndarray
-                     ) -> np.ndarray:
+def _pleural_lesions(
+    filled: np.ndarray,
+    hu: np.ndarray,
+    mid: float,
+    lr_in_plane: int,
+    spacing: tuple[float, ...],
+    params: LungParameters,
+    outside_joint: np.ndarray,
+) -> np.ndarray:
     """Dense regions between one lung slice and its convex hull that look like pleural lesions.
 
     Only hull pixels closer to the chest wall than ``wall_midline_ratio`` x their distance to the midline
@@ -376,7 +389,8 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
     ok = (
         (cos_medial <= 0.5)
         & (np.abs(comp_c - mid) >= params.hull_medial_fraction * abs(lung_c - mid))
-        & (mean_hu > -300) & (mean_hu < 150)
+        & (mean_hu > -300)
+        & (mean_hu < 150)
         & (fat <= 0.4 * area)
         & (area <= params.max_hull_fraction * np.count_nonzero(filled))
     )
@@ -392,16 +406,24 @@ def _pleural_lesions(filled: np.ndarray, hu: np.ndarray, mid: float, lr_in_plane
     return accepted | _polar_cap(filled, accepted, hu, spacing)
 
 
-def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, spacing: tuple[float, ...],
-               params: LungParameters, joint_hull: np.ndarray) -> np.ndarray:
+def _fill_lung(
+    lung: np.ndarray,
+    hu: np.ndarray,
+    midline: float,
+    lr_axis: int,
+    spacing: tuple[float, ...],
+    params: LungParameters,
+    joint_hull: np.ndarray,
+) -> np.ndarray:
     """Fill holes and pleural dense lesions of one lung (canonical arrays)."""
     if not lung.any():
         return lung
     box = ndimage.find_objects(lung.astype(np.uint8))[0]
     # margin in-plane so that the hull and the closing have room
     pad = 6
-    box = (box[0],) + tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in
-                            zip(box[1:], lung.shape[1:], strict=True))
+    box = (box[0],) + tuple(
+        slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box[1:], lung.shape[1:], strict=True)
+    )
     sub = ndimage.binary_fill_holes(lung[box])
     h = hu[box]
     outside_joint = ~joint_hull[box]
@@ -417,7 +439,7 @@ def _fill_lung(lung: np.ndarray, hu: np.ndarray, midline: float, lr_axis: int, s
         if np.count_nonzero(filled) >= 8:
             filled |= _pleural_lesions(filled, h[z], mid, lr_in_plane, spacing[1:], params, outside_joint[z])
         closed = ndimage.binary_closing(np.pad(filled, radius + 1), structure=selem)[
-            radius + 1:-radius - 1, radius + 1:-radius - 1
+            radius + 1 : -radius - 1, radius + 1 : -radius - 1
         ]
         sub[z] = ndimage.binary_fill_holes(closed)
     out = np.zeros_like(lung)
@@ -512,8 +534,14 @@ def segment_lungs_classical(
     return result
 
 
-def _refine_full_resolution(hu: np.ndarray, labels_lr: np.ndarray, hu_lr: np.ndarray, airway_lr: np.ndarray,
-                            factors: tuple[int, ...], threshold_hu: float) -> np.ndarray:
+def _refine_full_resolution(
+    hu: np.ndarray,
+    labels_lr: np.ndarray,
+    hu_lr: np.ndarray,
+    airway_lr: np.ndarray,
+    factors: tuple[int, ...],
+    threshold_hu: float,
+) -> np.ndarray:
     """Full-resolution labels from the coarse result.
 
     Kept: the coarse interior (eroded by one coarse voxel), every coarse voxel that was added by filling
@@ -542,5 +570,3 @@ def _refine_full_resolution(hu: np.ndarray, labels_lr: np.ndarray, hu_lr: np.nda
     keep &= ~air_f
     out[fine_box] = np.where(keep, ext_f, 0)
     return out
-
-

@@ -77,7 +77,9 @@ def lung_mask_2d(image: np.ndarray) -> np.ndarray:
     for k in keep:
         lung = ndimage.binary_fill_holes(lab == k)
         padded = np.pad(lung, radius + 1)
-        closed = ndimage.binary_closing(padded, structure=disk(radius))[radius + 1:-radius - 1, radius + 1:-radius - 1]
+        closed = ndimage.binary_closing(padded, structure=disk(radius))[
+            radius + 1 : -radius - 1, radius + 1 : -radius - 1
+        ]
         out |= ndimage.binary_fill_holes(closed)
     return out
 

@@ -15,6 +15,7 @@ def block_factors(
     in-plane factors grow until the coarse grid has at most ``max_voxels`` voxels."""
     f = [max(1, int(round(t / s))) for s, t in zip(spacing_zyx, target_mm, strict=True)]
     if shape is not None:
+
         def count() -> int:
             return int(np.prod([-(-n // k) for n, k in zip(shape, f, strict=True)]))
 

@@ -6,6 +6,12 @@ from CovidCTLib.io.seg_nrrd import read_seg_nrrd, write_result_seg_nrrd, write_s
 from CovidCTLib.io.writers import write_image, write_labelmap
 
 __all__ = [
-    "MAX_VOXELS", "MIN_SLICES_3D", "load_ct", "read_seg_nrrd", "write_image", "write_labelmap",
-    "write_result_seg_nrrd", "write_seg_nrrd",
+    "MAX_VOXELS",
+    "MIN_SLICES_3D",
+    "load_ct",
+    "read_seg_nrrd",
+    "write_image",
+    "write_labelmap",
+    "write_result_seg_nrrd",
+    "write_seg_nrrd",
 ]

@@ -167,9 +167,7 @@ def choose_series(groups: dict[str, list[SliceHeader]], where: str) -> tuple[lis
             candidates.append(slices)
     if not candidates:
         reasons = "; ".join(f"{describe_series(s)}: {why}" for s, why in rejected)
-        if any("localizer" in why for _, why in rejected) and all(
-            "localizer" in why for _, why in rejected
-        ):
+        if any("localizer" in why for _, why in rejected) and all("localizer" in why for _, why in rejected):
             raise NotCTError(
                 f"{where} holds only scout/localizer images ({reasons}); load the axial CT series instead."
             )
@@ -358,7 +356,11 @@ def _uid(ds: pydicom.Dataset, key: str) -> str | None:
 
 
 def build_volume(
-    slices: Sequence[SliceHeader], source: Path, label: str, notes: list[str], require_3d: bool,
+    slices: Sequence[SliceHeader],
+    source: Path,
+    label: str,
+    notes: list[str],
+    require_3d: bool,
     reporter: Reporter | None = None,
 ) -> CTVolume:
     """Check geometry of the chosen series, read its pixels and wrap everything as a CTVolume."""
@@ -479,7 +481,8 @@ def load_dicom_folder(folder: Path, require_3d: bool, reporter: Reporter | None 
         volumes = [f for f in files if suffix_of(f) in VOLUME_SUFFIXES]
         hint = (
             f" It holds {len(volumes)} volume file(s) (e.g. {volumes[0].name}); pass the file itself."
-            if volumes else ""
+            if volumes
+            else ""
         )
         raise InputError(
             f"No readable DICOM images found in {folder} ({len(files)} file(s) checked, "

@@ -52,8 +52,14 @@ def _min_max(image: sitk.Image) -> tuple[float, float]:
 def _to_hu_type(image: sitk.Image, lo: float, hi: float) -> sitk.Image:
     """Integral HU images become int16 when they fit, everything else float32."""
     integral = image.GetPixelID() in (
-        sitk.sitkInt8, sitk.sitkUInt8, sitk.sitkInt16, sitk.sitkUInt16, sitk.sitkInt32, sitk.sitkUInt32,
-        sitk.sitkInt64, sitk.sitkUInt64,
+        sitk.sitkInt8,
+        sitk.sitkUInt8,
+        sitk.sitkInt16,
+        sitk.sitkUInt16,
+        sitk.sitkInt32,
+        sitk.sitkUInt32,
+        sitk.sitkInt64,
+        sitk.sitkUInt64,
     )
     if integral and lo >= -32768 and hi <= 32767:
         return image if image.GetPixelID() == sitk.sitkInt16 else sitk.Cast(image, sitk.sitkInt16)
@@ -75,14 +81,18 @@ def decide_intensity(image: sitk.Image, label: str) -> tuple[sitk.Image, str, st
             note = f"intensity: 8-bit ({rng}, normalised 0..1 floats scaled to 0..255); not Hounsfield units."
         else:
             note = f"intensity: 8-bit ({rng}, within 0..255); not Hounsfield units."
-        image = sitk.Cast(sitk.Clamp(sitk.Round(sitk.Cast(image, sitk.sitkFloat32)), lowerBound=0,
-                                     upperBound=255), sitk.sitkUInt8)
+        image = sitk.Cast(
+            sitk.Clamp(sitk.Round(sitk.Cast(image, sitk.sitkFloat32)), lowerBound=0, upperBound=255), sitk.sitkUInt8
+        )
         return image, "8bit", note
     if lo < 0 and hi > 255:
         return _to_hu_type(image, lo, hi), "HU", f"intensity: Hounsfield units ({rng}: signed, wide range)."
     if lo >= 0:
-        shifted = sitk.Cast(image, sitk.sitkFloat32) - 1024.0 if pid in (
-            sitk.sitkFloat32, sitk.sitkFloat64) else sitk.Cast(image, sitk.sitkInt32) - 1024
+        shifted = (
+            sitk.Cast(image, sitk.sitkFloat32) - 1024.0
+            if pid in (sitk.sitkFloat32, sitk.sitkFloat64)
+            else sitk.Cast(image, sitk.sitkInt32) - 1024
+        )
         return (
             _to_hu_type(shifted, lo - 1024, hi - 1024),
             "HU",
@@ -156,7 +166,7 @@ def check_nifti_complete(path: Path, label: str) -> None:
     """Refuse truncated NIfTI files (ITK's NIfTI reader silently pads missing voxel data)."""
     gz = suffix_of(path) == ".nii.gz"
     try:
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as fh:
             expected = _nifti_expected_bytes(fh.read(540))
             if expected is None:
                 return  # not a NIfTI header we know; ITK's own check decides
@@ -223,8 +233,7 @@ def load_volume_file(path: Path, require_3d: bool, reporter: Reporter | None = N
         image = _as_slice_volume(image)
     image, intensity, note = decide_intensity(image, label)
     fmt = {".nii": "NIfTI", ".nii.gz": "NIfTI", ".nrrd": "NRRD", ".nhdr": "NRRD"}.get(suffix_of(path), "MetaImage")
-    return CTVolume(image=image, intensity=intensity, source=str(path), notes=[note],
-                    metadata={"format": fmt})
+    return CTVolume(image=image, intensity=intensity, source=str(path), notes=[note], metadata={"format": fmt})
 
 
 def load_2d_image(path: Path, require_3d: bool) -> CTVolume:
@@ -271,5 +280,10 @@ def load_2d_image(path: Path, require_3d: bool) -> CTVolume:
     image.SetOrigin((0.0, 0.0))
     image.SetDirection((1.0, 0.0, 0.0, 1.0))
     notes.append("intensity: 8-bit greyscale image (not Hounsfield units); pixel spacing unknown, 1 mm assumed.")
-    return CTVolume(image=_as_slice_volume(image), intensity="8bit", source=str(path), notes=notes,
-                    metadata={"format": suffix_of(path).lstrip(".").upper()})
+    return CTVolume(
+        image=_as_slice_volume(image),
+        intensity="8bit",
+        source=str(path),
+        notes=notes,
+        metadata={"format": suffix_of(path).lstrip(".").upper()},
+    )

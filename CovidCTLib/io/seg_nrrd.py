@@ -37,13 +37,31 @@ TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 LAYERS = ("lungs", "infection")  # layer index -> labelmap
 _NRRD_TYPES = {
-    "unsigned char": np.uint8, "uchar": np.uint8, "uint8": np.uint8, "uint8_t": np.uint8,
-    "signed char": np.int8, "int8": np.int8, "int8_t": np.int8,
-    "short": np.int16, "int16": np.int16, "signed short": np.int16, "int16_t": np.int16,
-    "unsigned short": np.uint16, "ushort": np.uint16, "uint16": np.uint16, "uint16_t": np.uint16,
-    "int": np.int32, "int32": np.int32, "signed int": np.int32, "int32_t": np.int32,
-    "unsigned int": np.uint32, "uint": np.uint32, "uint32": np.uint32, "uint32_t": np.uint32,
-    "float": np.float32, "double": np.float64,
+    "unsigned char": np.uint8,
+    "uchar": np.uint8,
+    "uint8": np.uint8,
+    "uint8_t": np.uint8,
+    "signed char": np.int8,
+    "int8": np.int8,
+    "int8_t": np.int8,
+    "short": np.int16,
+    "int16": np.int16,
+    "signed short": np.int16,
+    "int16_t": np.int16,
+    "unsigned short": np.uint16,
+    "ushort": np.uint16,
+    "uint16": np.uint16,
+    "uint16_t": np.uint16,
+    "int": np.int32,
+    "int32": np.int32,
+    "signed int": np.int32,
+    "int32_t": np.int32,
+    "unsigned int": np.uint32,
+    "uint": np.uint32,
+    "uint32": np.uint32,
+    "uint32_t": np.uint32,
+    "float": np.float32,
+    "double": np.float64,
 }
 
 
@@ -137,13 +155,25 @@ class LayerSegment:
 
 def covidct_segments() -> list[LayerSegment]:
     """The four CovidCT segments (lungs layer 0, infection layer 1) with their terminology tags."""
-    return [LayerSegment(spec.key, spec.name, spec.color, spec.label, LAYERS.index(spec.source),
-                         f"TerminologyEntry:{terminology_entry(spec)}|") for spec in SEGMENTS]
+    return [
+        LayerSegment(
+            spec.key,
+            spec.name,
+            spec.color,
+            spec.label,
+            LAYERS.index(spec.source),
+            f"TerminologyEntry:{terminology_entry(spec)}|",
+        )
+        for spec in SEGMENTS
+    ]
 
 
 def build_layered_header(
-    layers: list[np.ndarray], segments: list[LayerSegment], reference: sitk.Image,
-    extra_metadata: dict[str, Any] | None = None, show_3d: bool = True,
+    layers: list[np.ndarray],
+    segments: list[LayerSegment],
+    reference: sitk.Image,
+    extra_metadata: dict[str, Any] | None = None,
+    show_3d: bool = True,
 ) -> str:
     """The NRRD header text (ending with the blank line) for ``layers`` labelmaps holding ``segments``.
 
@@ -196,7 +226,10 @@ def build_layered_header(
 
 
 def build_header(
-    lungs: np.ndarray, infection: np.ndarray, reference: sitk.Image, extra_metadata: dict[str, Any] | None = None,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    reference: sitk.Image,
+    extra_metadata: dict[str, Any] | None = None,
     show_3d: bool = True,
 ) -> str:
     """The NRRD header text (ending with the blank line) for the two-layer CovidCT segmentation."""
@@ -249,8 +282,16 @@ def write_seg_nrrd(
             (e.g. model versions). The disclaimer and software version are always stored.
         show_3d: ask Slicer to build the closed-surface (3-D) representation on load.
     """
-    return write_layered_seg_nrrd([lungs, infection], covidct_segments(), reference, path, overwrite,
-                                  extra_metadata, show_3d, layer_names=list(LAYERS))
+    return write_layered_seg_nrrd(
+        [lungs, infection],
+        covidct_segments(),
+        reference,
+        path,
+        overwrite,
+        extra_metadata,
+        show_3d,
+        layer_names=list(LAYERS),
+    )
 
 
 def write_label_seg_nrrd(
@@ -265,14 +306,18 @@ def write_label_seg_nrrd(
     ``segments`` lists ``(label value, name, (r, g, b) in 0..1)``; every listed segment is written even if
     empty (Slicer then shows it with no voxels).
     """
-    entries = [LayerSegment(f"Segment_{value}", name, color, int(value), 0,
-                            "CovidCT.Disclaimer:research software, not for diagnosis|")
-               for value, name, color in segments]
+    entries = [
+        LayerSegment(
+            f"Segment_{value}", name, color, int(value), 0, "CovidCT.Disclaimer:research software, not for diagnosis|"
+        )
+        for value, name, color in segments
+    ]
     return write_layered_seg_nrrd([labels], entries, reference, path, overwrite)
 
 
-def write_result_seg_nrrd(result: Any, path: str | os.PathLike, overwrite: bool = False,
-                          extra_metadata: dict[str, Any] | None = None) -> Path:
+def write_result_seg_nrrd(
+    result: Any, path: str | os.PathLike, overwrite: bool = False, extra_metadata: dict[str, Any] | None = None
+) -> Path:
     """Convenience: write an :class:`~CovidCTLib.results.AnalysisResult` (its model versions go in the metadata)."""
     meta = {"method": result.method, **{f"model_{k}": v for k, v in result.model_versions.items()}}
     meta.update(extra_metadata or {})
@@ -369,7 +414,11 @@ def read_seg_nrrd(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, sitk
         label = int(get("LabelValue") or 1)
         layer = int(get("Layer") or i)
         info = {
-            "index": i, "id": get("ID"), "name": get("Name"), "label_value": label, "layer": layer,
+            "index": i,
+            "id": get("ID"),
+            "name": get("Name"),
+            "label_value": label,
+            "layer": layer,
             "color": [float(c) for c in get("Color").split()] if get("Color") else None,
             "extent": [int(v) for v in get("Extent").split()] if get("Extent") else None,
             "tags": dict(t.split(":", 1) for t in get("Tags").split("|") if ":" in t),

@@ -38,8 +38,6 @@ def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = Fa
     return target
 
 
-def write_labelmap(
-    array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False
-) -> Path:
+def write_labelmap(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a ``(z, y, x)`` label array as uint8 with exactly the reference image's geometry."""
     return write_image(labelmap_like(array, reference), path, overwrite)

@@ -24,7 +24,10 @@ LIMITS = (
 
 
 def analyze_lobes(
-    ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, reporter: Reporter | None = None,
+    ct: CTVolume,
+    lungs: np.ndarray,
+    infection: np.ndarray,
+    reporter: Reporter | None = None,
     min_percent: float = 0.0,
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     """``(lobes, numbers)``: the lobe labelmap (None for non-HU input) and the report blocks

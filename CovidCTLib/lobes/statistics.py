@@ -24,8 +24,9 @@ LOBAR_SCALE = (
 )
 
 
-def lobe_statistics(ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray,
-                    min_percent: float = 0.0) -> list[dict[str, Any]]:
+def lobe_statistics(
+    ct: CTVolume, lungs: np.ndarray, infection: np.ndarray, lobes: np.ndarray, min_percent: float = 0.0
+) -> list[dict[str, Any]]:
     """One entry per lobe (RUL, RML, RLL, LUL, LLL): name, label, lung_ml, infection_ml, ggo_ml,
     consolidation_ml, percent, score. Infection counts only inside the lungs. ``min_percent`` is the noise
     floor: a lobe involved less than that scores 0 (the analysis passes the zones' floor)."""

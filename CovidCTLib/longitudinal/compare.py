@@ -128,9 +128,15 @@ def load_analysis_folder(folder: Path) -> TimePoint:
     ct = load_ct(source, require_3d=False)
     lungs = _read_label(folder / "lungs.nii.gz", ct, "lungs")
     infection = _read_label(folder / "infection.nii.gz", ct, "infection")
-    return TimePoint(ct, lungs, infection, label=folder.name or str(folder), kind="analysis folder",
-                     method=str(report.get("method", "unknown")),
-                     notes=[f"lungs and infection reused from {folder}"])
+    return TimePoint(
+        ct,
+        lungs,
+        infection,
+        label=folder.name or str(folder),
+        kind="analysis folder",
+        method=str(report.get("method", "unknown")),
+        notes=[f"lungs and infection reused from {folder}"],
+    )
 
 
 def segment_slice(ct: CTVolume) -> tuple[np.ndarray, np.ndarray, str]:
@@ -221,8 +227,10 @@ def _driver(base: TimePoint, follow: TimePoint) -> tuple[sitk.Image, sitk.Image,
     areas = [float((tp.lungs > 0).sum()) * chg.unit_measure(tp.ct.image)[0] for tp in (base, follow)]
     if min(areas) >= MIN_SLICE_LUNG_CM2:
         return f_lungs, m_lungs, regn.LUNG_WINDOW, None
-    reason = (f"no lung visible in a slice (lung area {areas[0]:.1f} and {areas[1]:.1f} cm2, needs >= "
-              f"{MIN_SLICE_LUNG_CM2} cm2 each); registered on the body outline, infection not assessable")
+    reason = (
+        f"no lung visible in a slice (lung area {areas[0]:.1f} and {areas[1]:.1f} cm2, needs >= "
+        f"{MIN_SLICE_LUNG_CM2} cm2 each); registered on the body outline, infection not assessable"
+    )
     bodies = [labelmap_like(quick_body(tp.ct.image), tp.ct.image) for tp in (base, follow)]
     return bodies[0], bodies[1], regn.BODY_WINDOW, reason
 
@@ -254,8 +262,9 @@ def run_comparison(
     n = len(timepoints) - 1
     for i, follow in enumerate(timepoints[1:], start=1):
         if reporter is not None:
-            reporter.stage("register", 0.1 + 0.8 * (i - 1) / n, 0.1 + 0.8 * i / n,
-                           f"registering {follow.label} to {base.label}")
+            reporter.stage(
+                "register", 0.1 + 0.8 * (i - 1) / n, 0.1 + 0.8 * i / n, f"registering {follow.label} to {base.label}"
+            )
         _check_same_patient(base, follow)
         f_mask, m_mask, window, not_assessable = _driver(base, follow)
         info: dict[str, Any] = {"driver": "body outline" if not_assessable else "lungs", "quality_passed": True}
@@ -265,8 +274,9 @@ def run_comparison(
             if check:
                 raise
             info.update(quality_passed=False, failure=str(error))
-        result = regn.register_followup(base.ct.image, f_mask, follow.ct.image, m_mask,
-                                        deformable=deformable, reporter=reporter, window=window)
+        result = regn.register_followup(
+            base.ct.image, f_mask, follow.ct.image, m_mask, deformable=deformable, reporter=reporter, window=window
+        )
         try:
             regn.check_quality(result, thresholds)
         except regn.RegistrationError as error:
@@ -293,12 +303,15 @@ def _lobe_statistics(point: TimePoint) -> list[dict[str, Any]] | None:
     from CovidCTLib.postprocess.stages import DEFAULT_FLOOR
 
     # the same noise floor as the analysis: a lobe scores 1 from 1 %
-    return lobe_statistics(point.ct, point.lungs, point.infection, segment_lobes(point.ct, point.lungs),
-                           DEFAULT_FLOOR.min_zone_percent)
+    return lobe_statistics(
+        point.ct, point.lungs, point.infection, segment_lobes(point.ct, point.lungs), DEFAULT_FLOOR.min_zone_percent
+    )
 
 
-def _lobe_change(before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None,
-                 ) -> list[dict[str, Any]] | None:
+def _lobe_change(
+    before: list[dict[str, Any]] | None,
+    after: list[dict[str, Any]] | None,
+) -> list[dict[str, Any]] | None:
     """Per-lobe change of infection (follow-up minus baseline), None when a time point has no lobes."""
     if before is None or after is None:
         return None
@@ -323,19 +336,28 @@ def build_report(
     tps = []
     for i, tp in enumerate(timepoints):
         entry: dict[str, Any] = {
-            "index": i, "label": tp.label, "date": tp.date, "source": source_name(tp.ct.source), "kind": tp.kind,
-            "segmentation_method": tp.method, "numbers": numbers[i], "lobes": lobes[i],
+            "index": i,
+            "label": tp.label,
+            "date": tp.date,
+            "source": source_name(tp.ct.source),
+            "kind": tp.kind,
+            "segmentation_method": tp.method,
+            "numbers": numbers[i],
+            "lobes": lobes[i],
         }
         if i > 0:
             reg = regs[i]
             assert reg is not None
             entry["registration"] = reg.summary() | extra[i]
             entry["percent_change_points_vs_baseline"] = round(
-                numbers[i]["regions"]["total"]["percent"] - numbers[0]["regions"]["total"]["percent"], 3)
-            entry["verdict_vs_baseline"] = chg.verdict(numbers[0]["regions"]["total"]["percent"],
-                                                       numbers[i]["regions"]["total"]["percent"])
-            entry["verdict_vs_previous"] = chg.verdict(numbers[i - 1]["regions"]["total"]["percent"],
-                                                       numbers[i]["regions"]["total"]["percent"])
+                numbers[i]["regions"]["total"]["percent"] - numbers[0]["regions"]["total"]["percent"], 3
+            )
+            entry["verdict_vs_baseline"] = chg.verdict(
+                numbers[0]["regions"]["total"]["percent"], numbers[i]["regions"]["total"]["percent"]
+            )
+            entry["verdict_vs_previous"] = chg.verdict(
+                numbers[i - 1]["regions"]["total"]["percent"], numbers[i]["regions"]["total"]["percent"]
+            )
             if extra[i].get("not_assessable"):
                 entry["verdict_vs_baseline"] = entry["verdict_vs_previous"] = NOT_ASSESSABLE
         tps.append(entry)
@@ -344,7 +366,9 @@ def build_report(
         change = changes[i]
         assert change is not None
         entry = {
-            "baseline": 0, "followup": i, "followup_label": timepoints[i].label,
+            "baseline": 0,
+            "followup": i,
+            "followup_label": timepoints[i].label,
             "not_assessable": extra[i].get("not_assessable"),
             "change_map_on_baseline_grid": chg.change_numbers(change, base.lungs, base.ct.image),
             "regions_vs_baseline": chg.region_changes(numbers[0], numbers[i]),
@@ -364,12 +388,14 @@ def build_report(
         "versions": {"covidct": __version__, "simpleitk": sitk.Version_VersionString()},
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dimension": 2 if base.is_slice else 3,
-        "inputs": [{"index": i, "label": tp.label, "kind": tp.kind, "notes": tp.notes,
-                    "ct": tp.ct.identity()} for i, tp in enumerate(timepoints)],
-        "order": {"by": order, "labels": [tp.label for tp in timepoints],
-                  "dates": [tp.date for tp in timepoints]},
+        "inputs": [
+            {"index": i, "label": tp.label, "kind": tp.kind, "notes": tp.notes, "ct": tp.ct.identity()}
+            for i, tp in enumerate(timepoints)
+        ],
+        "order": {"by": order, "labels": [tp.label for tp in timepoints], "dates": [tp.date for tp in timepoints]},
         "registration": {
-            "method": "lung-mask moments centring, rigid, affine" + (", B-spline" if deformable else "")
+            "method": "lung-mask moments centring, rigid, affine"
+            + (", B-spline" if deformable else "")
             + "; Mattes MI on HU clamped to [-1000, 0] inside the baseline lungs dilated by 10 mm; "
             "multi-resolution at 2.5 mm (volumes) / 1.5 mm (slices)",
             "transform_convention": "maps baseline (fixed) LPS points to follow-up points (ITK resampling)",
@@ -456,14 +482,17 @@ def _write_files(result: CompareResult, outdir: Path, n: int, surfaces: bool, ov
         for part, array in (("lungs", point.lungs), ("infection", point.infection)):
             image = labelmap_like(array, point.ct.image)
             paths[f"timepoint_{i}_{part}"] = write_with(
-                outdir / f"timepoint_{i}_{part}.nii.gz", lambda tmp, im=image: sitk.WriteImage(im, str(tmp), True),
-                overwrite)
+                outdir / f"timepoint_{i}_{part}.nii.gz",
+                lambda tmp, im=image: sitk.WriteImage(im, str(tmp), True),
+                overwrite,
+            )
     for i in range(1, n + 1):
         reg = result.registrations[i]
         change = result.changes[i]
         assert reg is not None and change is not None
         paths[f"transform_{i}"] = write_with(
-            outdir / f"transform_{i}.tfm", lambda tmp, t=reg.transform: sitk.WriteTransform(t, str(tmp)), overwrite)
+            outdir / f"transform_{i}.tfm", lambda tmp, t=reg.transform: sitk.WriteTransform(t, str(tmp)), overwrite
+        )
         if n > 1:
             paths.update(_write_change(change, base, f"change_{i}", outdir, overwrite))
     paths.update(_write_change(result.change, base, "change", outdir, overwrite))

@@ -50,8 +50,9 @@ def write_side_by_side_png(
         index = len(result.timepoints) - 1
         base, follow = result.baseline, result.timepoints[index]
         reference = as_registration_image(base.ct.image)
-        warped = warp_image(as_registration_image(follow.ct.image), reference,
-                            result.registrations[index].transform, -1000.0)
+        warped = warp_image(
+            as_registration_image(follow.ct.image), reference, result.registrations[index].transform, -1000.0
+        )
         warped_arr = sitk.GetArrayFromImage(warped).reshape(base.lungs.shape)
         levels = _levels(result, index, 1 if base.lungs.shape[0] == 1 else rows_per_item)
         for z in levels:
@@ -75,8 +76,11 @@ def write_side_by_side_png(
         _outline(axes[2], result.warped_lungs[index][z] > 0, "lime")
         _outline(axes[2], result.warped_infection[index][z] > 0, "red")
         q = result.report["timepoints"][index]["registration"]
-        axes[2].set_title(f"follow-up registered to baseline\nlung Dice {q['lung_dice']:.3f}, "
-                          f"MSD {q['mean_surface_distance_mm']:.2f} mm", fontsize=8)
+        axes[2].set_title(
+            f"follow-up registered to baseline\nlung Dice {q['lung_dice']:.3f}, "
+            f"MSD {q['mean_surface_distance_mm']:.2f} mm",
+            fontsize=8,
+        )
         axes[3].imshow(b_ct, **window)
         overlay = np.zeros((*b_ct.shape, 4))
         for value in CHANGE_NAMES:

@@ -76,7 +76,7 @@ def quick_lungs(ct: sitk.Image) -> np.ndarray:
 
 def _disk(radius_mm: float, spacing_yx: tuple[float, float]) -> np.ndarray:
     ry, rx = (max(1, int(round(radius_mm / s))) for s in spacing_yx)
-    yy, xx = np.ogrid[-ry:ry + 1, -rx:rx + 1]
+    yy, xx = np.ogrid[-ry : ry + 1, -rx : rx + 1]
     return (yy * spacing_yx[0]) ** 2 + (xx * spacing_yx[1]) ** 2 <= radius_mm**2
 
 

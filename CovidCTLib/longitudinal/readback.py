@@ -43,12 +43,22 @@ def read_compare_outputs(outdir: str | os.PathLike, cts: list[CTVolume]) -> Comp
         lungs_path = outdir / f"timepoint_{i}_lungs.nii.gz"
         if not same_geometry(sitk.ReadImage(str(lungs_path)), ct.image):
             raise InputError(f"{lungs_path.name} does not lie on the grid of scan {i}; run the comparison again.")
-        points.append(TimePoint(ct, _array(lungs_path), _array(outdir / f"timepoint_{i}_infection.nii.gz"),
-                                label=str(i), kind="stored"))
+        points.append(
+            TimePoint(
+                ct, _array(lungs_path), _array(outdir / f"timepoint_{i}_infection.nii.gz"), label=str(i), kind="stored"
+            )
+        )
     registrations: list[StoredRegistration | None] = [None]
     changes: list[np.ndarray | None] = [None]
     for i in range(1, n + 1):
         registrations.append(StoredRegistration(sitk.ReadTransform(str(outdir / f"transform_{i}.tfm"))))
         changes.append(_array(outdir / (f"change_{i}.nii.gz" if n > 1 else "change.nii.gz")))
-    return CompareResult(points, str(report.get("order", "as given")), registrations,  # type: ignore[arg-type]
-                         [None] * (n + 1), [None] * (n + 1), changes, report)
+    return CompareResult(
+        points,
+        str(report.get("order", "as given")),
+        registrations,  # type: ignore[arg-type]
+        [None] * (n + 1),
+        [None] * (n + 1),
+        changes,
+        report,
+    )

@@ -140,8 +140,15 @@ def resample_to_spacing(image: sitk.Image, spacing: float, interpolator: int, de
     direction = np.array(image.GetDirection()).reshape(image.GetDimension(), image.GetDimension())
     origin = np.array(image.GetOrigin()) + direction @ ((new - old) / 2.0)
     return sitk.Resample(
-        image, [int(s) for s in size], sitk.Transform(), interpolator, origin.tolist(), new.tolist(),
-        image.GetDirection(), default, image.GetPixelID(),
+        image,
+        [int(s) for s in size],
+        sitk.Transform(),
+        interpolator,
+        origin.tolist(),
+        new.tolist(),
+        image.GetDirection(),
+        default,
+        image.GetPixelID(),
     )
 
 
@@ -190,8 +197,9 @@ def check_plausible(fixed_lungs: sitk.Image, moving_lungs: sitk.Image, threshold
         )
     if fe > 0 and me > 0:
         eratio = max(fe, me) / min(fe, me)
-        info.update({"baseline_extent_mm": round(fe, 1), "followup_extent_mm": round(me, 1),
-                     "extent_ratio": round(eratio, 3)})
+        info.update(
+            {"baseline_extent_mm": round(fe, 1), "followup_extent_mm": round(me, 1), "extent_ratio": round(eratio, 3)}
+        )
         if eratio > thresholds.max_extent_ratio:
             raise RegistrationError(
                 f"The craniocaudal lung extents differ implausibly (baseline {fe:.0f} mm, follow-up {me:.0f} mm, "
@@ -265,8 +273,12 @@ def _method(
 
 
 def _stage(
-    name: str, reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
-    reporter: Reporter | None, fraction: float,
+    name: str,
+    reg: sitk.ImageRegistrationMethod,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    reporter: Reporter | None,
+    fraction: float,
 ) -> dict[str, Any]:
     if reporter is not None:
         reporter.update("register", fraction, f"registration: {name}")
@@ -311,8 +323,7 @@ def register_followup(
     dim = f_ct.GetDimension()
     if m_ct.GetDimension() != dim:
         raise RegistrationError(
-            "One input is a single slice and the other a volume; compare slices with slices and volumes with "
-            "volumes."
+            "One input is a single slice and the other a volume; compare slices with slices and volumes with volumes."
         )
     spacing = spacing_mm or (2.5 if dim == 3 else 1.5)
     fixed = resample_to_spacing(lung_window(f_ct, window), spacing, sitk.sitkLinear, window[0])
@@ -326,7 +337,9 @@ def register_followup(
     # 1. centre by lung-mask moments
     rigid: sitk.Transform = sitk.Euler3DTransform() if dim == 3 else sitk.Euler2DTransform()
     rigid = sitk.CenteredTransformInitializer(
-        sitk.Cast(f_mask_lr, sitk.sitkFloat32), sitk.Cast(m_mask_lr, sitk.sitkFloat32), rigid,
+        sitk.Cast(f_mask_lr, sitk.sitkFloat32),
+        sitk.Cast(m_mask_lr, sitk.sitkFloat32),
+        rigid,
         sitk.CenteredTransformInitializerFilter.MOMENTS,
     )
     stages.append({"stage": "moments", "translation_mm": [round(t, 3) for t in rigid.GetTranslation()]})
@@ -334,7 +347,10 @@ def register_followup(
     # 2. rigid
     reg = _method(fixed_mask, [4, 2, 1], [2.0, 1.0, 0.0])
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=4.0, minStep=0.01, numberOfIterations=120, relaxationFactor=0.6,
+        learningRate=4.0,
+        minStep=0.01,
+        numberOfIterations=120,
+        relaxationFactor=0.6,
         gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -349,7 +365,10 @@ def register_followup(
     affine.SetTranslation(rigid.GetTranslation())
     reg = _method(fixed_mask, [2, 1], [1.0, 0.0])
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=0.005, numberOfIterations=100, relaxationFactor=0.6,
+        learningRate=2.0,
+        minStep=0.005,
+        numberOfIterations=100,
+        relaxationFactor=0.6,
         gradientMagnitudeTolerance=1e-6,
     )
     reg.SetOptimizerScalesFromPhysicalShift()
@@ -368,7 +387,9 @@ def register_followup(
         bspline = sitk.BSplineTransformInitializer(fixed_c, mesh, order=3)
         reg = _method(mask_c, [2, 1], [1.0, 0.0], sampling=0.15)
         reg.SetOptimizerAsLBFGSB(
-            gradientConvergenceTolerance=1e-5, numberOfIterations=30, maximumNumberOfCorrections=5,
+            gradientConvergenceTolerance=1e-5,
+            numberOfIterations=30,
+            maximumNumberOfCorrections=5,
             maximumNumberOfFunctionEvaluations=60,
         )
         reg.SetMovingInitialTransform(affine)
@@ -383,7 +404,13 @@ def register_followup(
         reporter.update("register", 0.95, "registration quality")
     dice, per_side, msd = registration_quality(f_lu, m_lu, final)
     return RegistrationResult(
-        transform=final, rigid=rigid, dimension=dim, deformable=deformable, lung_dice=dice,
-        lung_dice_per_side=per_side, mean_surface_distance_mm=msd, stages=stages,
+        transform=final,
+        rigid=rigid,
+        dimension=dim,
+        deformable=deformable,
+        lung_dice=dice,
+        lung_dice_per_side=per_side,
+        mean_surface_distance_mm=msd,
+        stages=stages,
         seconds=time.perf_counter() - start,
     )

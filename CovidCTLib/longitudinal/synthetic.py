@@ -139,8 +139,10 @@ def make_followup(
     truth[~infected & (new_inf > 0)] = NEW
     truth[infected & (new_inf == 0)] = RESOLVED
     voxel_ml = ct.voxel_volume_ml
-    truth_ml = {name: float((truth == v).sum()) * voxel_ml
-                for v, name in ((PERSISTENT, "persistent"), (NEW, "new"), (RESOLVED, "resolved"))}
+    truth_ml = {
+        name: float((truth == v).sum()) * voxel_ml
+        for v, name in ((PERSISTENT, "persistent"), (NEW, "new"), (RESOLVED, "resolved"))
+    }
 
     if transform is None:
         transform = known_transform(ct.image, seed=seed)
@@ -152,8 +154,13 @@ def make_followup(
     follow_inf = sitk.Resample(labelmap_like(new_inf, ct.image), ct.image, transform, sitk.sitkNearestNeighbor, 0)
     follow_ct = CTVolume(follow_image, "HU", source=f"{ct.source} (synthetic follow-up)")
     return SyntheticFollowup(
-        follow_ct, sitk.GetArrayFromImage(follow_lungs), sitk.GetArrayFromImage(follow_inf), transform, truth,
-        truth_ml, edits,
+        follow_ct,
+        sitk.GetArrayFromImage(follow_lungs),
+        sitk.GetArrayFromImage(follow_inf),
+        transform,
+        truth,
+        truth_ml,
+        edits,
     )
 
 
@@ -174,8 +181,9 @@ def as_displacement_field(transform: sitk.Transform, reference: sitk.Image, spac
     direction = np.array(grid.GetDirection()).reshape(grid.GetDimension(), -1)
     origin = np.array(grid.GetOrigin()) - direction @ (2 * spacing)
     size = [int(n) + 4 for n in grid.GetSize()]
-    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, size, origin.tolist(),
-                                              spacing.tolist(), grid.GetDirection())
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, size, origin.tolist(), spacing.tolist(), grid.GetDirection()
+    )
     return sitk.DisplacementFieldTransform(field)
 
 

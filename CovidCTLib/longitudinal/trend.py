@@ -12,12 +12,29 @@ from CovidCTLib.atomic import write_text_atomic, write_with
 from CovidCTLib.version import DISCLAIMER, __version__
 
 CSV_FIELDS = (
-    "index", "label", "date", "source", "unit",
-    "lung_total", "lung_right", "lung_left",
-    "infection_total", "infection_right", "infection_left", "ggo_total", "consolidation_total",
-    "percent_total", "percent_right", "percent_left",
-    "percent_change_points_vs_baseline", "verdict_vs_baseline", "verdict_vs_previous",
-    "lung_dice", "mean_surface_distance_mm", "software_version", "disclaimer",
+    "index",
+    "label",
+    "date",
+    "source",
+    "unit",
+    "lung_total",
+    "lung_right",
+    "lung_left",
+    "infection_total",
+    "infection_right",
+    "infection_left",
+    "ggo_total",
+    "consolidation_total",
+    "percent_total",
+    "percent_right",
+    "percent_left",
+    "percent_change_points_vs_baseline",
+    "verdict_vs_baseline",
+    "verdict_vs_previous",
+    "lung_dice",
+    "mean_surface_distance_mm",
+    "software_version",
+    "disclaimer",
 )
 
 
@@ -28,13 +45,21 @@ def trend_rows(timepoints: list[dict[str, Any]]) -> list[dict[str, Any]]:
         reg = tp["numbers"]["regions"]
         quality = tp.get("registration") or {}
         row = {
-            "index": tp["index"], "label": tp["label"], "date": tp.get("date") or "",
-            "source": tp["source"], "unit": tp["numbers"]["unit"],
-            "lung_total": reg["total"]["lung"], "lung_right": reg["right"]["lung"], "lung_left": reg["left"]["lung"],
-            "infection_total": reg["total"]["infection"], "infection_right": reg["right"]["infection"],
-            "infection_left": reg["left"]["infection"], "ggo_total": reg["total"]["ggo"],
+            "index": tp["index"],
+            "label": tp["label"],
+            "date": tp.get("date") or "",
+            "source": tp["source"],
+            "unit": tp["numbers"]["unit"],
+            "lung_total": reg["total"]["lung"],
+            "lung_right": reg["right"]["lung"],
+            "lung_left": reg["left"]["lung"],
+            "infection_total": reg["total"]["infection"],
+            "infection_right": reg["right"]["infection"],
+            "infection_left": reg["left"]["infection"],
+            "ggo_total": reg["total"]["ggo"],
             "consolidation_total": reg["total"]["consolidation"],
-            "percent_total": reg["total"]["percent"], "percent_right": reg["right"]["percent"],
+            "percent_total": reg["total"]["percent"],
+            "percent_right": reg["right"]["percent"],
             "percent_left": reg["left"]["percent"],
             "percent_change_points_vs_baseline": tp.get("percent_change_points_vs_baseline", 0.0),
             "verdict_vs_baseline": tp.get("verdict_vs_baseline", ""),
@@ -69,8 +94,11 @@ def write_trend_png(rows: list[dict[str, Any]], path: str | os.PathLike, overwri
     ax = fig.add_subplot(1, 1, 1)
     labels = [r["date"] or f"#{r['index']}" for r in rows]
     x = list(range(len(rows)))
-    for key, name, style in (("percent_right", "right lung", "o-"), ("percent_left", "left lung", "s-"),
-                             ("percent_total", "both lungs", "^--")):
+    for key, name, style in (
+        ("percent_right", "right lung", "o-"),
+        ("percent_left", "left lung", "s-"),
+        ("percent_total", "both lungs", "^--"),
+    ):
         ax.plot(x, [r[key] for r in rows], style, label=name)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, rotation=20 if len(rows) > 3 else 0)

@@ -26,14 +26,30 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     synth = ("synthesizer",) if action == "train" else ()  # issue 16: covidct train synthesizer
     p.add_argument("task", choices=("lung", "infection", "classifier", *volumes, *synth))
     if synth:
-        p.add_argument("--from", dest="from_dirs", nargs="+", default=None, metavar="DIR",
-                       help="synthesizer: non-COVID sources (folders of images, CT volumes or DICOM series)")
-        p.add_argument("--to-style", dest="to_style", nargs="+", default=None, metavar="DIR",
-                       help="synthesizer: COVID sources (folders of images, png256 / MedSeg folders, volumes)")
-    p.add_argument("--data", required=not synth, nargs="+" if volumes else None,
-                   help="training data: comma-separated folders, optionally kind-prefixed "
-                        "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py"
-                        + ("; volumes: one or more folders / files of real CT volumes" if volumes else ""))
+        p.add_argument(
+            "--from",
+            dest="from_dirs",
+            nargs="+",
+            default=None,
+            metavar="DIR",
+            help="synthesizer: non-COVID sources (folders of images, CT volumes or DICOM series)",
+        )
+        p.add_argument(
+            "--to-style",
+            dest="to_style",
+            nargs="+",
+            default=None,
+            metavar="DIR",
+            help="synthesizer: COVID sources (folders of images, png256 / MedSeg folders, volumes)",
+        )
+    p.add_argument(
+        "--data",
+        required=not synth,
+        nargs="+" if volumes else None,
+        help="training data: comma-separated folders, optionally kind-prefixed "
+        "(png256:, medseg:, lidc-synth:, nifti:, nifti-binary:); see CovidCTLib/models/datasets.py"
+        + ("; volumes: one or more folders / files of real CT volumes" if volumes else ""),
+    )
     p.add_argument("--out", "-o", required=True, help="output folder (checkpoints, log, exported model)")
     if volumes:
         p.add_argument("--overwrite", action="store_true", help="volumes: replace existing outputs in OUTDIR")
@@ -52,41 +68,88 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
     p.add_argument("--fold", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     if action in ("train", "finetune"):
-        p.add_argument("--aux-data", default=None, metavar="KIND:PATH,...",
-                       help="classifier only: extra training slices from segmentation data (png256:<folder>, "
-                            "lidc-synth:<volume or folder>) or image folders (covid-images:<folder>, "
-                            "noncovid-images:<folder>), mixed into every batch; never used for validation")
-        p.add_argument("--aux-fraction", type=float, default=None,
-                       help="classifier only: share of each batch taken from --aux-data (default 0.35)")
-        p.add_argument("--drop-real-covid", action="store_true",
-                       help="classifier only: train without the real COVID images (COVID examples only from "
-                            "--aux-data, e.g. covid-images:<synthetic folder>); validation stays real")
+        p.add_argument(
+            "--aux-data",
+            default=None,
+            metavar="KIND:PATH,...",
+            help="classifier only: extra training slices from segmentation data (png256:<folder>, "
+            "lidc-synth:<volume or folder>) or image folders (covid-images:<folder>, "
+            "noncovid-images:<folder>), mixed into every batch; never used for validation",
+        )
+        p.add_argument(
+            "--aux-fraction",
+            type=float,
+            default=None,
+            help="classifier only: share of each batch taken from --aux-data (default 0.35)",
+        )
+        p.add_argument(
+            "--drop-real-covid",
+            action="store_true",
+            help="classifier only: train without the real COVID images (COVID examples only from "
+            "--aux-data, e.g. covid-images:<synthetic folder>); validation stays real",
+        )
     if action in ("train", "finetune"):
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
         p.add_argument("--steps-per-epoch", type=int, default=None)
-        p.add_argument("--size", type=int, default=None,
-                       help="training slice size (default 128; finetune: the shipped model's size)")
-        p.add_argument("--lung-input", default=None, choices=("truth", "predicted"),
-                       help="infection: lung-mask channel of png256 slices from the reference masks (truth, "
-                            "default) or from the installed lung model (predicted, as at inference)")
-        p.add_argument("--source-weights", default=None, metavar="KIND=W,...",
-                       help="how often each data kind is sampled, e.g. png256=0.8,lidc-synth=0.2 "
-                            "(default: the task's built-in mix)")
-        p.add_argument("--lesion-emphasis", type=float, default=None, metavar="K",
-                       help="draw a slice in proportion to 1 + K x (share of its lung labelled infection): "
-                            "more consolidated-lung examples for the lung network (default 0: off)")
+        p.add_argument(
+            "--size",
+            type=int,
+            default=None,
+            help="training slice size (default 128; finetune: the shipped model's size)",
+        )
+        p.add_argument(
+            "--lung-input",
+            default=None,
+            choices=("truth", "predicted"),
+            help="infection: lung-mask channel of png256 slices from the reference masks (truth, "
+            "default) or from the installed lung model (predicted, as at inference)",
+        )
+        p.add_argument(
+            "--source-weights",
+            default=None,
+            metavar="KIND=W,...",
+            help="how often each data kind is sampled, e.g. png256=0.8,lidc-synth=0.2 "
+            "(default: the task's built-in mix)",
+        )
+        p.add_argument(
+            "--lesion-emphasis",
+            type=float,
+            default=None,
+            metavar="K",
+            help="draw a slice in proportion to 1 + K x (share of its lung labelled infection): "
+            "more consolidated-lung examples for the lung network (default 0: off)",
+        )
     else:
-        p.add_argument("--split", default="all", choices=("all", "val"),
-                       help="evaluate all slices, or only the grouped validation split of --seed")
+        p.add_argument(
+            "--split",
+            default="all",
+            choices=("all", "val"),
+            help="evaluate all slices, or only the grouped validation split of --seed",
+        )
         p.add_argument("--size", type=int, default=128, help=argparse.SUPPRESS)
 
 
 def _command_line(args: argparse.Namespace) -> str:
     """The equivalent ``covidct`` command (for the manifest), rebuilt from the parsed options."""
     parts = ["covidct", getattr(args, "seg_action", "train"), args.task]
-    for key in ("data", "out", "epochs", "steps_per_epoch", "batch_size", "size", "lr", "patience",
-                "val_fraction", "seed", "max_steps", "model", "source_weights", "lung_input", "lesion_emphasis"):
+    for key in (
+        "data",
+        "out",
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "size",
+        "lr",
+        "patience",
+        "val_fraction",
+        "seed",
+        "max_steps",
+        "model",
+        "source_weights",
+        "lung_input",
+        "lesion_emphasis",
+    ):
         value = getattr(args, key, None)
         if value is not None:
             parts += [f"--{key.replace('_', '-')}", str(value)]
@@ -105,8 +168,10 @@ def parse_source_weights(text: str | None) -> dict[str, float] | None:
         except ValueError:
             weight = -1.0
         if not sep or not kind.strip() or weight < 0:
-            raise InputError(f"--source-weights item {item!r} is not KIND=WEIGHT with a weight >= 0 "
-                             "(example: png256=0.8,lidc-synth=0.2).")
+            raise InputError(
+                f"--source-weights item {item!r} is not KIND=WEIGHT with a weight >= 0 "
+                "(example: png256=0.8,lidc-synth=0.2)."
+            )
         weights[kind.strip()] = weight
     if sum(weights.values()) <= 0:
         raise InputError("--source-weights: at least one weight must be above 0.")
@@ -121,8 +186,12 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr if args.lr is not None else d["lr"],
         "patience": args.patience if args.patience is not None else d["patience"],
         "seed": args.seed if args.seed is not None else 0,
-        "device": args.device, "resume": args.resume, "max_steps": args.max_steps, "size": args.size or 128,
-        "steps_per_epoch": args.steps_per_epoch, "threads": args.threads,
+        "device": args.device,
+        "resume": args.resume,
+        "max_steps": args.max_steps,
+        "size": args.size or 128,
+        "steps_per_epoch": args.steps_per_epoch,
+        "threads": args.threads,
         "source_weights": parse_source_weights(getattr(args, "source_weights", None)),
         "lung_input": getattr(args, "lung_input", None) or "truth",
         "lesion_emphasis": getattr(args, "lesion_emphasis", None) or 0.0,
@@ -158,8 +227,11 @@ def run_train(args: argparse.Namespace, cancel: Any = None) -> int:
     from CovidCTLib.models.training.train_seg import train
 
     summary = train(args.task, args.data, args.out, reporter=_reporter(cancel), **_seg_kwargs(args))
-    print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
-                      "best_dice": summary["best"]}))
+    print(
+        json.dumps(
+            {"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"], "best_dice": summary["best"]}
+        )
+    )
     return 0
 
 
@@ -179,10 +251,12 @@ def run_finetune(args: argparse.Namespace, cancel: Any = None) -> int:
         kw["epochs"] = 5
     if args.lr is None:
         kw["lr"] = 5e-4
-    summary = train(args.task, args.data, args.out, init_from=name,
-                    reporter=_reporter(cancel), **kw)
-    print(json.dumps({"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"],
-                      "best_dice": summary["best"]}))
+    summary = train(args.task, args.data, args.out, init_from=name, reporter=_reporter(cancel), **kw)
+    print(
+        json.dumps(
+            {"model_dir": summary["model_dir"], "best_epoch": summary["best_epoch"], "best_dice": summary["best"]}
+        )
+    )
     return 0
 
 
@@ -199,9 +273,16 @@ def run_evaluate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: 
         return 0
     from CovidCTLib.models.evaluation.evaluate import evaluate
 
-    result = evaluate(args.task, args.data, args.out, model=args.model, device=args.device, split=args.split,
-                      seed=args.seed if args.seed is not None else 0,
-                      val_fraction=args.val_fraction if args.val_fraction is not None else 0.2)
+    result = evaluate(
+        args.task,
+        args.data,
+        args.out,
+        model=args.model,
+        device=args.device,
+        split=args.split,
+        seed=args.seed if args.seed is not None else 0,
+        val_fraction=args.val_fraction if args.val_fraction is not None else 0.2,
+    )
     print(json.dumps(result["summary"], indent=1))
     return 0
 
@@ -211,29 +292,41 @@ def run_calibrate(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa:
     from CovidCTLib.models.evaluation.calibrate import calibrate, calibrate_classifier
 
     if args.task == "classifier":
-        result = calibrate_classifier(args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,
-                                      fold=args.fold)
+        result = calibrate_classifier(
+            args.data, args.model, seed=args.seed, val_fraction=args.val_fraction, fold=args.fold
+        )
     else:
-        result = calibrate(args.task, args.data, args.model, seed=args.seed, val_fraction=args.val_fraction,
-                           split=args.split)
+        result = calibrate(
+            args.task, args.data, args.model, seed=args.seed, val_fraction=args.val_fraction, split=args.split
+        )
     print(json.dumps(result, indent=1))
     return 0
 
 
 def _add_calibrate(subparsers: Any) -> None:
-    text = ("choose a lung / infection model's probability threshold on the training groups, or fit the "
-            "classifier's probability calibration on its validation split (stored in the model's manifest)")
+    text = (
+        "choose a lung / infection model's probability threshold on the training groups, or fit the "
+        "classifier's probability calibration on its validation split (stored in the model's manifest)"
+    )
     p = subparsers.add_parser("calibrate", help=text, description=text + ". Research software, not for diagnosis.")
     p.add_argument("task", choices=("lung", "infection", "classifier"))
-    p.add_argument("--data", required=True, help="the training --data (lung / infection: its png256: and medseg: "
-                                                 "sources are used; classifier: the COVID/ NonCOVID/ folder)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="the training --data (lung / infection: its png256: and medseg: "
+        "sources are used; classifier: the COVID/ NonCOVID/ folder)",
+    )
     p.add_argument("--model", required=True, help="model folder to calibrate, e.g. runs/lung/model/lung-attunet")
     p.add_argument("--seed", type=int, default=0, help="split seed used for training (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation fraction used for training")
     p.add_argument("--fold", type=int, default=0, help="classifier: validation fold used for training")
-    p.add_argument("--split", default="train", choices=("train", "val"),
-                   help="lung / infection: choose the threshold on the training groups (default) or on the "
-                        "validation groups (then the validation numbers are optimistic)")
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "val"),
+        help="lung / infection: choose the threshold on the training groups (default) or on the "
+        "validation groups (then the validation numbers are optimistic)",
+    )
     p.set_defaults(handler=run_calibrate)
 
 

@@ -21,9 +21,7 @@ from CovidCTLib.mrml.tables import add_lesions_table, add_statistics_table
 from CovidCTLib.volume import same_geometry
 
 
-def check_result_geometry(
-    volume_node: slicer.vtkMRMLVolumeNode, image: sitk.Image, tol: float = 1e-3
-) -> None:
+def check_result_geometry(volume_node: slicer.vtkMRMLVolumeNode, image: sitk.Image, tol: float = 1e-3) -> None:
     """Refuse a result computed on another grid than the volume's (tolerance in mm / direction units)."""
     reference = image_from_volume_node(volume_node)
     if not same_geometry(reference, image, tol=tol):

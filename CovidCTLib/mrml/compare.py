@@ -73,12 +73,16 @@ def layout_xml() -> str:
             _slice_view_xml(f"{column}Coronal", "Coronal", f"{column[0]}C", color),
         ]
         if column == "Change":
-            items.append(f'<item><view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW}">'
-                         '<property name="viewlabel" action="default">T</property></view></item>')
+            items.append(
+                f'<item><view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW}">'
+                '<property name="viewlabel" action="default">T</property></view></item>'
+            )
         else:
-            items.append(f'<item><view class="vtkMRMLViewNode" singletontag="{column}3D">'
-                         f'<property name="viewlabel" action="default">{column[0]}</property>'
-                         '<property name="viewgroup" action="default">0</property></view></item>')
+            items.append(
+                f'<item><view class="vtkMRMLViewNode" singletontag="{column}3D">'
+                f'<property name="viewlabel" action="default">{column[0]}</property>'
+                '<property name="viewgroup" action="default">0</property></view></item>'
+            )
         columns.append('<item><layout type="vertical">' + "".join(items) + "</layout></item>")
     return '<layout type="horizontal">' + "".join(columns) + "</layout>"
 
@@ -241,7 +245,11 @@ def add_registration_transform(
     direction_lps = np.array(reference.GetDirection()).reshape(3, 3)
     origin_lps = np.array(reference.GetOrigin())
     field = sitk.TransformToDisplacementField(
-        transform, sitk.sitkVectorFloat64, size.tolist(), origin_lps.tolist(), spacing.tolist(),
+        transform,
+        sitk.sitkVectorFloat64,
+        size.tolist(),
+        origin_lps.tolist(),
+        spacing.tolist(),
         reference.GetDirection(),
     )
     disp_lps = sitk.GetArrayFromImage(field)  # (z, y, x, 3): T(p) - p, LPS
@@ -251,8 +259,9 @@ def add_registration_transform(
     grid.SetOrigin(*(origin_lps * flip))
     grid.SetSpacing(*spacing)
     grid.SetDimensions(*size.tolist())
-    vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(disp_ras.reshape(-1, 3)), deep=True,
-                                         array_type=vtk.VTK_DOUBLE)
+    vectors = numpy_support.numpy_to_vtk(
+        np.ascontiguousarray(disp_ras.reshape(-1, 3)), deep=True, array_type=vtk.VTK_DOUBLE
+    )
     vectors.SetNumberOfComponents(3)
     grid.GetPointData().SetScalars(vectors)
     grid_direction = np.eye(4)
@@ -320,30 +329,38 @@ def changes_table(scene: slicer.vtkMRMLScene, report: dict[str, Any], followup: 
     sizes = entry["change_map_on_baseline_grid"]["regions"]
     unit = entry["change_map_on_baseline_grid"]["unit"]
     names = list(regions)
-    return _table(scene, name, [
-        ("Region", names),
-        ("Baseline %", [regions[n]["percent_before"] for n in names]),
-        ("Follow-up %", [regions[n]["percent_after"] for n in names]),
-        ("Change (points)", [regions[n]["percent_change_points"] for n in names]),
-        (f"Baseline infection ({unit})", [regions[n]["infection_before"] for n in names]),
-        (f"Follow-up infection ({unit})", [regions[n]["infection_after"] for n in names]),
-        ("Verdict", [regions[n]["verdict"] for n in names]),
-        (f"New ({unit})", [sizes.get(n, {}).get("new", 0.0) for n in names]),
-        (f"Resolved ({unit})", [sizes.get(n, {}).get("resolved", 0.0) for n in names]),
-        (f"Persistent ({unit})", [sizes.get(n, {}).get("persistent", 0.0) for n in names]),
-    ])
+    return _table(
+        scene,
+        name,
+        [
+            ("Region", names),
+            ("Baseline %", [regions[n]["percent_before"] for n in names]),
+            ("Follow-up %", [regions[n]["percent_after"] for n in names]),
+            ("Change (points)", [regions[n]["percent_change_points"] for n in names]),
+            (f"Baseline infection ({unit})", [regions[n]["infection_before"] for n in names]),
+            (f"Follow-up infection ({unit})", [regions[n]["infection_after"] for n in names]),
+            ("Verdict", [regions[n]["verdict"] for n in names]),
+            (f"New ({unit})", [sizes.get(n, {}).get("new", 0.0) for n in names]),
+            (f"Resolved ({unit})", [sizes.get(n, {}).get("resolved", 0.0) for n in names]),
+            (f"Persistent ({unit})", [sizes.get(n, {}).get("persistent", 0.0) for n in names]),
+        ],
+    )
 
 
 def trend_plot(scene: slicer.vtkMRMLScene, report: dict[str, Any], plot_view: Any) -> tuple[Any, Any, list[Any]]:
     """Trend table (one row per time point), plot series per lung and a chart shown in ``plot_view``."""
     tps = report["timepoints"]
-    table = _table(scene, "CovidCT trend", [
-        ("Time point", [float(tp["index"]) for tp in tps]),
-        ("Date", [tp["date"] or "" for tp in tps]),
-        ("Right lung %", [tp["numbers"]["regions"]["right"]["percent"] for tp in tps]),
-        ("Left lung %", [tp["numbers"]["regions"]["left"]["percent"] for tp in tps]),
-        ("Both lungs %", [tp["numbers"]["regions"]["total"]["percent"] for tp in tps]),
-    ])
+    table = _table(
+        scene,
+        "CovidCT trend",
+        [
+            ("Time point", [float(tp["index"]) for tp in tps]),
+            ("Date", [tp["date"] or "" for tp in tps]),
+            ("Right lung %", [tp["numbers"]["regions"]["right"]["percent"] for tp in tps]),
+            ("Left lung %", [tp["numbers"]["regions"]["left"]["percent"] for tp in tps]),
+            ("Both lungs %", [tp["numbers"]["regions"]["total"]["percent"] for tp in tps]),
+        ],
+    )
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "CovidCT trend chart")
     chart.SetTitle("Infection trend (research software, not for diagnosis)")
     chart.SetXAxisTitle("time point")
@@ -397,10 +414,12 @@ def show_comparison(
     transform.SetAttribute("CovidCT.Disclaimer", DISCLAIMER)
     followup_volume.SetAndObserveTransformNodeID(transform.GetID())
 
-    base_seg = add_segmentation_node(scene, baseline_volume, base.lungs, base.infection,
-                                     f"{baseline_volume.GetName()} CovidCT (baseline)")
-    follow_seg = add_segmentation_node(scene, followup_volume, follow.lungs, follow.infection,
-                                       f"{followup_volume.GetName()} CovidCT (follow-up)")
+    base_seg = add_segmentation_node(
+        scene, baseline_volume, base.lungs, base.infection, f"{baseline_volume.GetName()} CovidCT (baseline)"
+    )
+    follow_seg = add_segmentation_node(
+        scene, followup_volume, follow.lungs, follow.infection, f"{followup_volume.GetName()} CovidCT (follow-up)"
+    )
     follow_seg.SetAndObserveTransformNodeID(transform.GetID())
     change_seg = add_change_segmentation(scene, baseline_volume, change, "CovidCT change map")
     _restrict(base_seg, column_view_ids("Baseline", slices, views))
@@ -424,5 +443,18 @@ def show_comparison(
     table = changes_table(scene, result.report, index, "CovidCT changes")
     trend_table, chart, series = trend_plot(scene, result.report, plot_view)
     layout.SetViewArrangement(COMPARE_LAYOUT_ID)
-    return ComparisonNodes(layout, slices, composites, views, plot_view, transform, base_seg, follow_seg,
-                           change_seg, table, trend_table, chart, series)
+    return ComparisonNodes(
+        layout,
+        slices,
+        composites,
+        views,
+        plot_view,
+        transform,
+        base_seg,
+        follow_seg,
+        change_seg,
+        table,
+        trend_table,
+        chart,
+        series,
+    )

@@ -80,8 +80,10 @@ def _layered_node(
     for source, array in arrays.items():
         _check_shape(volume_node, array, source)
     ijk_to_ras = volume_ijk_to_ras(volume_node)
-    layers = {source: oriented_image_from_array(np.asarray(array, dtype=np.uint8), ijk_to_ras)
-              for source, array in arrays.items()}
+    layers = {
+        source: oriented_image_from_array(np.asarray(array, dtype=np.uint8), ijk_to_ras)
+        for source, array in arrays.items()
+    }
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     node.CreateDefaultDisplayNodes()
     node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)

@@ -56,14 +56,23 @@ def _is_number(value: Any) -> bool:
 def statistics_rows(report: dict[str, Any]) -> list[tuple[str, str, float, str]]:
     """``(key, measurement, value, unit)`` rows: the main numbers, then every numeric zone field."""
     rows = [(key, label, _number(lookup(report, key)), unit) for key, label, unit in STATISTICS_ROWS]
-    rows += [(key, label, _number(lookup(report, key)), unit) for key, label, unit in ASSESSMENT_ROWS
-             if lookup(report, key) is not None]
+    rows += [
+        (key, label, _number(lookup(report, key)), unit)
+        for key, label, unit in ASSESSMENT_ROWS
+        if lookup(report, key) is not None
+    ]
     assessment = report.get("covid_assessment")  # issue 13: the category as an ordinal row
     if isinstance(assessment, dict) and assessment.get("category") in CATEGORIES:
         category = assessment["category"]
-        rows.insert(1, ("covid_assessment.category", f"COVID-19 assessment (RSNA): {category} "
-                        "(0 negative, 1 atypical, 2 indeterminate, 3 typical)", float(CATEGORIES.index(category)),
-                        "category"))
+        rows.insert(
+            1,
+            (
+                "covid_assessment.category",
+                f"COVID-19 assessment (RSNA): {category} (0 negative, 1 atypical, 2 indeterminate, 3 typical)",
+                float(CATEGORIES.index(category)),
+                "category",
+            ),
+        )
     lesions = report.get("lesions")
     if isinstance(lesions, list):
         rows.append(("lesions.count", "Number of lesions", float(len(lesions)), "count"))

@@ -61,8 +61,15 @@ def _algorithm(result) -> hd.AlgorithmIdentificationSequence:
 
 # Type 2 attributes highdicom copies from the source; some real series omit them (empty is valid DICOM)
 _TYPE2_DEFAULTS = {
-    "PatientName": "", "PatientID": "", "PatientBirthDate": "", "PatientSex": "", "StudyDate": "",
-    "StudyTime": "", "ReferringPhysicianName": "", "AccessionNumber": "", "StudyID": "",
+    "PatientName": "",
+    "PatientID": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "StudyDate": "",
+    "StudyTime": "",
+    "ReferringPhysicianName": "",
+    "AccessionNumber": "",
+    "StudyID": "",
 }
 
 
@@ -184,8 +191,9 @@ def _segmentation(sources, pixel_array, descriptions, first, result) -> hd.seg.S
     )
 
 
-def write_dicom_seg(result, path: str | os.PathLike, overwrite: bool = False,
-                    include_identifiers: bool = False) -> Path:
+def write_dicom_seg(
+    result, path: str | os.PathLike, overwrite: bool = False, include_identifiers: bool = False
+) -> Path:
     """Write the DICOM SEG of ``result`` to ``path`` (atomically); see the module docstring."""
     target = Path(path)
     check_writable(target, overwrite)

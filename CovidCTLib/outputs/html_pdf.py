@@ -43,8 +43,11 @@ def _img(data: bytes | None, alt: str) -> str:
 def _table_html(table: Table, css_class: str = "") -> str:
     parts = [f"<h2>{html.escape(table.title)}</h2>"]
     cls = f' class="{css_class}"' if css_class else ""
-    parts.append(f"<table{cls}><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
-                 + "</tr></thead><tbody>")
+    parts.append(
+        f"<table{cls}><thead><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+        + "</tr></thead><tbody>"
+    )
     for row in table.rows:
         parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     parts.append("</tbody></table>")
@@ -69,19 +72,23 @@ def render_html(content: ReportContent) -> str:
     body += [_table_html(table) for table in content.tables]
     images = content.images
     body.append("<h2>3-D view (from the front; patient right on the image left)</h2>")
-    body.append(_img(images.surface_png, "3-D rendering of lungs and lesions")
-                or f'<p class="note">No 3-D picture: {esc(images.surface_note)}</p>')
-    body.append('<p class="note">Lungs see-through (right green, left blue); ground-glass yellow, consolidation '
-                "red.</p>")
+    body.append(
+        _img(images.surface_png, "3-D rendering of lungs and lesions")
+        or f'<p class="note">No 3-D picture: {esc(images.surface_note)}</p>'
+    )
+    body.append(
+        '<p class="note">Lungs see-through (right green, left blue); ground-glass yellow, consolidation red.</p>'
+    )
     if images.axial_png:
         body += ["<h2>Axial slices with the most infection</h2>", _img(images.axial_png, "axial overlay montage")]
     if images.coronal_png:
-        body += ["<h2>Coronal slices with the most infection</h2>",
-                 _img(images.coronal_png, "coronal overlay montage")]
+        body += ["<h2>Coronal slices with the most infection</h2>", _img(images.coronal_png, "coronal overlay montage")]
     if images.explanation_png:  # issue 16.2 hook
-        body += ["<h2>What drives the COVID score (Grad-CAM heatmap)</h2>",
-                 _img(images.explanation_png, "top slices with the classifier heatmap"),
-                 f'<p class="note">{esc(EXPLANATION_CAPTION)}</p>']
+        body += [
+            "<h2>What drives the COVID score (Grad-CAM heatmap)</h2>",
+            _img(images.explanation_png, "top slices with the classifier heatmap"),
+            f'<p class="note">{esc(EXPLANATION_CAPTION)}</p>',
+        ]
     if images.trend_png or content.compare_tables:
         body.append("<h2>Comparison with earlier scans</h2>")
         body.append(_img(images.trend_png, "infection trend plot"))
@@ -96,9 +103,14 @@ def render_html(content: ReportContent) -> str:
     )
 
 
-def write_html_report(result, path: str | os.PathLike, include_identifiers: bool = False,
-                      compare: dict[str, Any] | None = None, overwrite: bool = True,
-                      images: ReportImages | None = None) -> Path:
+def write_html_report(
+    result,
+    path: str | os.PathLike,
+    include_identifiers: bool = False,
+    compare: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    images: ReportImages | None = None,
+) -> Path:
     """Write report.html (self-contained). ``compare``: optional ``{"trend_png", "rows", "title"}``."""
     check_writable(Path(path), overwrite)
     content = build_content(result, include_identifiers, compare, images)
@@ -125,11 +137,13 @@ def _pdf_story(content: ReportContent) -> list:
         data = [[Paragraph(f"<b>{esc(h)}</b>", cell) for h in t.header]]
         data += [[Paragraph(esc(c), cell) for c in row] for row in t.rows]
         flow = RLTable(data, repeatRows=1, hAlign="LEFT")
-        flow.setStyle([
-            ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#999999")),
-            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
-            ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
-        ])
+        flow.setStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#999999")),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#eef2f6")),
+                ("VALIGN", (0, 0), (-1, -1), "MIDDLE"),
+            ]
+        )
         out = [Paragraph(esc(t.title), styles["Heading3"]), flow]
         if t.note:
             out.append(Paragraph(esc(t.note), small))
@@ -148,28 +162,51 @@ def _pdf_story(content: ReportContent) -> list:
         Spacer(1, 4 * mm),
         Paragraph("Scan and software", styles["Heading3"]),
     ]
-    facts = RLTable([[Paragraph(f"<b>{esc(k)}</b>", cell), Paragraph(esc(v), cell)] for k, v in content.facts],
-                    colWidths=[40 * mm, 140 * mm], hAlign="LEFT")
+    facts = RLTable(
+        [[Paragraph(f"<b>{esc(k)}</b>", cell), Paragraph(esc(v), cell)] for k, v in content.facts],
+        colWidths=[40 * mm, 140 * mm],
+        hAlign="LEFT",
+    )
     facts.setStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#bbbbbb"))])
-    story += [facts, Paragraph("COVID-19 classification", styles["Heading3"]),
-              Paragraph(esc(content.probability_text), styles["BodyText"])]
+    story += [
+        facts,
+        Paragraph("COVID-19 classification", styles["Heading3"]),
+        Paragraph(esc(content.probability_text), styles["BodyText"]),
+    ]
     for t in content.tables:
         story += table(t)
     images = content.images
     heading = Paragraph("3-D view (from the front; patient right on the image left)", styles["Heading3"])
     if images.surface_png:
-        story.append(KeepTogether([heading, picture(images.surface_png, 110 * mm, 110 * mm), Paragraph(
-            "Lungs see-through (right green, left blue); ground-glass yellow, consolidation red.", small)]))
+        story.append(
+            KeepTogether(
+                [
+                    heading,
+                    picture(images.surface_png, 110 * mm, 110 * mm),
+                    Paragraph(
+                        "Lungs see-through (right green, left blue); ground-glass yellow, consolidation red.", small
+                    ),
+                ]
+            )
+        )
     else:
         story += [heading, Paragraph(f"No 3-D picture: {esc(images.surface_note)}", small)]
-    for title, data in (("Axial slices with the most infection", images.axial_png),
-                        ("Coronal slices with the most infection", images.coronal_png)):
+    for title, data in (
+        ("Axial slices with the most infection", images.axial_png),
+        ("Coronal slices with the most infection", images.coronal_png),
+    ):
         if data:
             story.append(KeepTogether([Paragraph(title, styles["Heading3"]), picture(data, width, 120 * mm)]))
     if images.explanation_png:  # issue 16.2 hook
-        story.append(KeepTogether([Paragraph("What drives the COVID score (Grad-CAM heatmap)", styles["Heading3"]),
-                                   picture(images.explanation_png, width, 70 * mm),
-                                   Paragraph(esc(EXPLANATION_CAPTION), small)]))
+        story.append(
+            KeepTogether(
+                [
+                    Paragraph("What drives the COVID score (Grad-CAM heatmap)", styles["Heading3"]),
+                    picture(images.explanation_png, width, 70 * mm),
+                    Paragraph(esc(EXPLANATION_CAPTION), small),
+                ]
+            )
+        )
     if images.trend_png or content.compare_tables:
         heading = Paragraph("Comparison with earlier scans", styles["Heading3"])
         if images.trend_png:
@@ -200,9 +237,18 @@ def render_pdf(content: ReportContent) -> bytes:
     from reportlab import rl_config
 
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=14 * mm,
-                            bottomMargin=18 * mm, title=content.title, author="CovidCT",
-                            subject=NOT_FOR_DIAGNOSIS, creator=content.footer)
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=14 * mm,
+        bottomMargin=18 * mm,
+        title=content.title,
+        author="CovidCT",
+        subject=NOT_FOR_DIAGNOSIS,
+        creator=content.footer,
+    )
     use_a85 = rl_config.useA85
     rl_config.useA85 = 0  # binary (Flate) streams: reportlab's pure-Python ASCII85 encoder took seconds per picture
     try:
@@ -212,9 +258,14 @@ def render_pdf(content: ReportContent) -> bytes:
     return buffer.getvalue()
 
 
-def write_pdf_report(result, path: str | os.PathLike, include_identifiers: bool = False,
-                     compare: dict[str, Any] | None = None, overwrite: bool = True,
-                     images: ReportImages | None = None) -> Path:
+def write_pdf_report(
+    result,
+    path: str | os.PathLike,
+    include_identifiers: bool = False,
+    compare: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    images: ReportImages | None = None,
+) -> Path:
     """Write report.pdf (A4). ``compare``: optional ``{"trend_png", "rows", "title"}``."""
     check_writable(Path(path), overwrite)
     content = build_content(result, include_identifiers, compare, images)
@@ -222,9 +273,14 @@ def write_pdf_report(result, path: str | os.PathLike, include_identifiers: bool 
     return write_with(path, lambda tmp: tmp.write_bytes(data), overwrite)
 
 
-def write_reports(result, outdir: str | os.PathLike, include_identifiers: bool = False,
-                  compare: dict[str, Any] | None = None, overwrite: bool = False,
-                  render_3d: bool = True) -> dict[str, Path]:
+def write_reports(
+    result,
+    outdir: str | os.PathLike,
+    include_identifiers: bool = False,
+    compare: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    render_3d: bool = True,
+) -> dict[str, Path]:
     """Write report.html and report.pdf into ``outdir``, rendering the pictures once for both."""
     outdir = Path(outdir)
     paths = {"report_html": outdir / "report.html", "report_pdf": outdir / "report.pdf"}

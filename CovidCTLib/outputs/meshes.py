@@ -52,8 +52,9 @@ def _with_colors(poly: vtk.vtkPolyData, key: str, label: int) -> vtk.vtkPolyData
     array.SetName("Colors")
     out.GetPointData().AddArray(array)
     out.GetPointData().SetActiveScalars("Colors")
-    labels = numpy_to_vtk(np.full(poly.GetNumberOfCells(), label, dtype=np.uint8), deep=True,
-                          array_type=vtk.VTK_UNSIGNED_CHAR)
+    labels = numpy_to_vtk(
+        np.full(poly.GetNumberOfCells(), label, dtype=np.uint8), deep=True, array_type=vtk.VTK_UNSIGNED_CHAR
+    )
     labels.SetName("SegmentLabel")
     out.GetCellData().AddArray(labels)
     return out
@@ -140,8 +141,10 @@ def _write_gltf(blocks: list[tuple[str, vtk.vtkPolyData]], path: Path) -> None:
         if poly.GetPointData().GetNormals() is not None:
             part.GetPointData().SetNormals(poly.GetPointData().GetNormals())
         spec = next((s for s in SEGMENTS if s.name == name), None)
-        material = {"diffuse_color": spec.color if spec else (0.8, 0.8, 0.8),
-                    "transparency": (1.0 - (spec.opacity_3d if spec else 1.0),)}
+        material = {
+            "diffuse_color": spec.color if spec else (0.8, 0.8, 0.8),
+            "transparency": (1.0 - (spec.opacity_3d if spec else 1.0),),
+        }
         for key, values in material.items():
             array = vtk.vtkFloatArray()
             array.SetName(key)

@@ -94,8 +94,11 @@ def is_complete(outdir: str | os.PathLike) -> bool:
     return read_marker(outdir) is not None
 
 
-def check_output_dir(outdir: str | os.PathLike, overwrite: bool, known: frozenset[str] | set[str] = frozenset(),
-                     ) -> dict[str, tuple[int, int]]:
+def check_output_dir(
+    outdir: str | os.PathLike,
+    overwrite: bool,
+    known: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, tuple[int, int]]:
     """Refuse at once (before any analysis) an OUTDIR that cannot take a new output set; returns its snapshot.
 
     Refused: OUTDIR is a file; OUTDIR exists and is not empty without ``overwrite``; OUTDIR holds files that
@@ -127,14 +130,18 @@ def check_output_dir(outdir: str | os.PathLike, overwrite: bool, known: frozense
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise OutputError(f"cannot write beside {outdir} ({error.strerror or error}); choose a writable -o folder.") \
-            from error
+        raise OutputError(
+            f"cannot write beside {outdir} ({error.strerror or error}); choose a writable -o folder."
+        ) from error
     return _snapshot(outdir)
 
 
 @contextlib.contextmanager
-def output_set(outdir: str | os.PathLike, overwrite: bool, snapshot: dict[str, tuple[int, int]] | None = None,
-               ) -> Iterator[Path]:
+def output_set(
+    outdir: str | os.PathLike,
+    overwrite: bool,
+    snapshot: dict[str, tuple[int, int]] | None = None,
+) -> Iterator[Path]:
     """Yield a fresh staging folder; on success mark it complete and swap it in place of ``outdir``.
 
     ``snapshot``: what :func:`check_output_dir` saw when the run started (taken now when None). On any error
@@ -149,8 +156,12 @@ def output_set(outdir: str | os.PathLike, overwrite: bool, snapshot: dict[str, t
         staging.mkdir(parents=True)
         yield staging
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        marker = {"files": files, "software": f"CovidCT {__version__}", "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "disclaimer": DISCLAIMER}
+        marker = {
+            "files": files,
+            "software": f"CovidCT {__version__}",
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "disclaimer": DISCLAIMER,
+        }
         (staging / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
         _swap(outdir, staging, snapshot, overwrite)
     except OSError as error:

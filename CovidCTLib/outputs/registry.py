@@ -19,16 +19,26 @@ from CovidCTLib.progress import Reporter
 
 #: the optional outputs' command-line flags
 OPTIONS: tuple[OutputOption, ...] = (
-    OutputOption("surfaces", "--surfaces", "also export one 3-D surface per segment in this format (OUTDIR/surfaces)",
-                 choices=("stl", "obj", "ply", "vtp", "gltf")),
+    OutputOption(
+        "surfaces",
+        "--surfaces",
+        "also export one 3-D surface per segment in this format (OUTDIR/surfaces)",
+        choices=("stl", "obj", "ply", "vtp", "gltf"),
+    ),
     OutputOption("points_csv", "--points-csv", "also write the legacy point CSV (x,y,z,value) for ParaView"),
     OutputOption("reports", "--no-report", "skip report.html / report.pdf", store_false=True),
     OutputOption("dicom_seg", "--no-dicom-seg", "skip the DICOM SEG for DICOM input", store_false=True),
-    OutputOption("include_identifiers", "--include-identifiers",
-                 "put patient name / ID into the HTML/PDF report and the DICOM SEG (off by default)"),
-    OutputOption("heatmap", "--no-heatmap",
-                 "skip covid_heatmap.nii.gz (the classifier's Grad-CAM map; report.json keeps the explanation)",
-                 store_false=True),
+    OutputOption(
+        "include_identifiers",
+        "--include-identifiers",
+        "put patient name / ID into the HTML/PDF report and the DICOM SEG (off by default)",
+    ),
+    OutputOption(
+        "heatmap",
+        "--no-heatmap",
+        "skip covid_heatmap.nii.gz (the classifier's Grad-CAM map; report.json keeps the explanation)",
+        store_false=True,
+    ),
 )
 
 
@@ -66,8 +76,14 @@ def _labelmaps(result: Any, folder: Path, options: OutputOptions) -> None:
 def _segmentation(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.io.seg_nrrd import write_seg_nrrd
 
-    write_seg_nrrd(result.lungs, result.infection, result.ct.image, folder / "segmentation.seg.nrrd",
-                   overwrite=True, extra_metadata=seg_metadata(result))
+    write_seg_nrrd(
+        result.lungs,
+        result.infection,
+        result.ct.image,
+        folder / "segmentation.seg.nrrd",
+        overwrite=True,
+        extra_metadata=seg_metadata(result),
+    )
 
 
 def _lobes(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -76,8 +92,15 @@ def _lobes(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.lobes.segments import lobe_layer_segments
 
     write_labelmap(result.lobes, result.ct.image, folder / "lobes.nii.gz", overwrite=True)
-    write_layered_seg_nrrd([result.lobes], lobe_layer_segments(0), result.ct.image, folder / "lobes.seg.nrrd",
-                           overwrite=True, extra_metadata=seg_metadata(result), layer_names=["lobes"])
+    write_layered_seg_nrrd(
+        [result.lobes],
+        lobe_layer_segments(0),
+        result.ct.image,
+        folder / "lobes.seg.nrrd",
+        overwrite=True,
+        extra_metadata=seg_metadata(result),
+        layer_names=["lobes"],
+    )
 
 
 def _heatmap(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -90,8 +113,9 @@ def _heatmap(result: Any, folder: Path, options: OutputOptions) -> None:
 def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.outputs.dicom_seg import write_dicom_seg
 
-    write_dicom_seg(result, folder / "segmentation.dcm", overwrite=True,
-                    include_identifiers=options.include_identifiers)
+    write_dicom_seg(
+        result, folder / "segmentation.dcm", overwrite=True, include_identifiers=options.include_identifiers
+    )
 
 
 def _surfaces(result: Any, folder: Path, options: OutputOptions) -> list[Path]:
@@ -144,18 +168,29 @@ HEATMAP_FILE = "covid_heatmap.nii.gz"
 WRITERS: tuple[FileWriter, ...] = (
     FileWriter("labelmaps", (("lungs", "lungs.nii.gz"), ("infection", "infection.nii.gz")), _labelmaps),
     FileWriter("segmentation", (("segmentation", "segmentation.seg.nrrd"),), _segmentation),
-    FileWriter("lobes", (("lobes", "lobes.nii.gz"), ("lobes_segmentation", "lobes.seg.nrrd")), _lobes,
-               lambda result, options: getattr(result, "lobes", None) is not None),
-    FileWriter("heatmap", (("heatmap", HEATMAP_FILE),), _heatmap,
-               lambda result, options: options.heatmap and getattr(result, "heatmap", None) is not None),
-    FileWriter("dicom_seg", (("dicom_seg", "segmentation.dcm"),), _dicom_seg,
-               lambda result, options: options.dicom_seg and bool(result.ct.dicom_files)),
+    FileWriter(
+        "lobes",
+        (("lobes", "lobes.nii.gz"), ("lobes_segmentation", "lobes.seg.nrrd")),
+        _lobes,
+        lambda result, options: getattr(result, "lobes", None) is not None,
+    ),
+    FileWriter(
+        "heatmap",
+        (("heatmap", HEATMAP_FILE),),
+        _heatmap,
+        lambda result, options: options.heatmap and getattr(result, "heatmap", None) is not None,
+    ),
+    FileWriter(
+        "dicom_seg",
+        (("dicom_seg", "segmentation.dcm"),),
+        _dicom_seg,
+        lambda result, options: options.dicom_seg and bool(result.ct.dicom_files),
+    ),
     FileWriter("surfaces", (("surface", "surfaces"),), _surfaces, lambda result, options: bool(options.surfaces)),
     FileWriter("points_csv", (("points_csv", "points.csv"),), _points, lambda result, options: options.points_csv),
     FileWriter("report_json", (("report_json", "report.json"),), _report_json),
     FileWriter("report_csv", (("report_csv", "report.csv"),), _report_csv),
-    FileWriter("report_html", (("report_html", "report.html"),), _report_html,
-               lambda result, options: options.reports),
+    FileWriter("report_html", (("report_html", "report.html"),), _report_html, lambda result, options: options.reports),
     FileWriter("report_pdf", (("report_pdf", "report.pdf"),), _report_pdf, lambda result, options: options.reports),
 )
 
@@ -165,8 +200,11 @@ def known_output_names(extra: tuple[str, ...] = ()) -> frozenset[str]:
     return frozenset(name for writer in WRITERS for _, name in writer.files) | set(extra)
 
 
-def check_outputs(outdir: str | os.PathLike, overwrite: bool, extra: tuple[str, ...] = (),
-                  ) -> dict[str, tuple[int, int]]:
+def check_outputs(
+    outdir: str | os.PathLike,
+    overwrite: bool,
+    extra: tuple[str, ...] = (),
+) -> dict[str, tuple[int, int]]:
     """:func:`check_output_dir` knowing the writers' names (call it before the analysis)."""
     return check_output_dir(outdir, overwrite, known_output_names(extra))
 
@@ -191,11 +229,17 @@ def options_from_args(args: argparse.Namespace) -> OutputOptions:
 REPORT_WRITERS = ("report_json", "report_csv", "report_html", "report_pdf")
 
 
-def planned_outputs(result: Any, options: OutputOptions, only: tuple[str, ...] | None = None,
-                    ) -> list[tuple[Writer, list[str]]]:
+def planned_outputs(
+    result: Any,
+    options: OutputOptions,
+    only: tuple[str, ...] | None = None,
+) -> list[tuple[Writer, list[str]]]:
     """The writers that apply (those named in ``only`` when given), with the names they will create."""
-    return [(w, w.paths(result, options)) for w in WRITERS
-            if w.applies(result, options) and (only is None or w.name in only)]
+    return [
+        (w, w.paths(result, options))
+        for w in WRITERS
+        if w.applies(result, options) and (only is None or w.name in only)
+    ]
 
 
 def write_outputs(

@@ -102,15 +102,20 @@ def _facts(result, report: dict[str, Any], include_identifiers: bool) -> list[tu
         for key, label in (("name", "Patient name"), ("id", "Patient ID"), ("birth_date", "Birth date")):
             if patient.get(key):
                 facts.append((label, str(patient[key])))
-        for key, label in (("source", "Input"), ("acquisition_date", "Acquisition date"),
-                           ("study_uid", "Study UID"), ("series_uid", "Series UID")):
+        for key, label in (
+            ("source", "Input"),
+            ("acquisition_date", "Acquisition date"),
+            ("study_uid", "Study UID"),
+            ("series_uid", "Series UID"),
+        ):
             value = identity.get(key) or getattr(result.ct, key, None)
             if value:
                 facts.append((label, str(value)))
     size = identity.get("size_xyz") or list(result.ct.image.GetSize())
     spacing = identity.get("spacing_mm_xyz") or [round(s, 3) for s in result.ct.image.GetSpacing()]
-    facts.append(("Scan", f"{' x '.join(str(s) for s in size)} voxels, "
-                          f"{' x '.join(f'{float(s):.3g}' for s in spacing)} mm"))
+    facts.append(
+        ("Scan", f"{' x '.join(str(s) for s in size)} voxels, {' x '.join(f'{float(s):.3g}' for s in spacing)} mm")
+    )
     modality = identity.get("modality") or result.ct.modality
     if modality:
         facts.append(("Modality", str(modality)))
@@ -138,11 +143,25 @@ def _volume_table(report: dict[str, Any]) -> Table:
     rows = []
     for lung, label in (("right", "Right lung"), ("left", "Left lung")):
         classes = [ml(side(lung, f"{c.key}_ml")) for c in INFECTION_CLASSES]
-        rows.append([label, ml(lungs.get(f"{lung}_ml")), ml(side(lung, "infection_ml")), *classes,
-                     pct(infection.get(f"{lung}_percent"))])
+        rows.append(
+            [
+                label,
+                ml(lungs.get(f"{lung}_ml")),
+                ml(side(lung, "infection_ml")),
+                *classes,
+                pct(infection.get(f"{lung}_percent")),
+            ]
+        )
     classes = [ml(infection.get(f"{c.key}_ml")) for c in INFECTION_CLASSES]
-    rows.append(["Both lungs", ml(lungs.get("total_ml")), ml(infection.get("total_ml")), *classes,
-                 pct(infection.get("percent_of_lungs"))])
+    rows.append(
+        [
+            "Both lungs",
+            ml(lungs.get("total_ml")),
+            ml(infection.get("total_ml")),
+            *classes,
+            pct(infection.get("percent_of_lungs")),
+        ]
+    )
     return Table("Volumes", ["", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)"], rows)
 
 
@@ -155,9 +174,17 @@ def _class_headers() -> list[str]:
 def _zone_table(report: dict[str, Any]) -> Table:
     rows = []
     for zone in report.get("zones") or []:
-        rows.append([str(zone.get("lung", "")).capitalize(), str(zone.get("zone", "")), ml(zone.get("lung_ml")),
-                     ml(zone.get("infection_ml")), *(ml(zone.get(f"{c.key}_ml")) for c in INFECTION_CLASSES),
-                     pct(zone.get("percent")), str(zone.get("severity", "-"))])
+        rows.append(
+            [
+                str(zone.get("lung", "")).capitalize(),
+                str(zone.get("zone", "")),
+                ml(zone.get("lung_ml")),
+                ml(zone.get("infection_ml")),
+                *(ml(zone.get(f"{c.key}_ml")) for c in INFECTION_CLASSES),
+                pct(zone.get("percent")),
+                str(zone.get("severity", "-")),
+            ]
+        )
     score = report.get("severity_score") or {}
     total = score.get("total")
     maximum = score.get("max")
@@ -166,9 +193,12 @@ def _zone_table(report: dict[str, Any]) -> Table:
         note = f"Severity score (sum of the zone scores): {total}" + (f" of {maximum}" if maximum else "") + "."
         if score.get("scale"):
             note += f" {score['scale']}"
-    return Table("Zones (upper, middle, lower third of each lung)",
-                 ["Lung", "Zone", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"], rows,
-                 note)
+    return Table(
+        "Zones (upper, middle, lower third of each lung)",
+        ["Lung", "Zone", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"],
+        rows,
+        note,
+    )
 
 
 def _lobe_table(report: dict[str, Any]) -> list[Table]:
@@ -176,9 +206,17 @@ def _lobe_table(report: dict[str, Any]) -> list[Table]:
     lobes = report.get("lobes") or []
     if not lobes:
         return []
-    rows = [[str(lobe.get("name", "")), ml(lobe.get("lung_ml")), ml(lobe.get("infection_ml")),
-             *(ml(lobe.get(f"{c.key}_ml")) for c in INFECTION_CLASSES), pct(lobe.get("percent")),
-             str(lobe.get("score", "-"))] for lobe in lobes]
+    rows = [
+        [
+            str(lobe.get("name", "")),
+            ml(lobe.get("lung_ml")),
+            ml(lobe.get("infection_ml")),
+            *(ml(lobe.get(f"{c.key}_ml")) for c in INFECTION_CLASSES),
+            pct(lobe.get("percent")),
+            str(lobe.get("score", "-")),
+        ]
+        for lobe in lobes
+    ]
     score = report.get("severity_score_lobar") or {}
     note = f"Lobar severity score: {score.get('total', '-')} of 25."
     if score.get("scale"):
@@ -186,8 +224,9 @@ def _lobe_table(report: dict[str, Any]) -> list[Table]:
     limits = (report.get("lobe_segmentation") or {}).get("limits")
     if limits:
         note += f" {limits}"
-    return [Table("Lobes", ["Lobe", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"],
-                  rows, note)]
+    return [
+        Table("Lobes", ["Lobe", "Lung (mL)", "Infection (mL)", *_class_headers(), "Affected (%)", "Score"], rows, note)
+    ]
 
 
 def _lesion_table(report: dict[str, Any], top: int) -> Table:
@@ -197,23 +236,47 @@ def _lesion_table(report: dict[str, Any], top: int) -> Table:
         centroid = lesion.get("centroid_mm")
         where = ", ".join(f"{float(c):.0f}" for c in centroid) if centroid is not None else "-"
         mean_hu = lesion.get("mean_hu")
-        rows.append([str(lesion.get("id", "")), str(lesion.get("type", "")), ml(lesion.get("volume_ml")),
-                     "-" if mean_hu is None else f"{float(mean_hu):.0f}", str(lesion.get("lung", "")),
-                     str(lesion.get("zone", "")), where])
-    note = f"{len(lesions)} connected lesions in total" + (f"; the {top} largest are listed." if len(lesions) > top
-                                                            else ".")
-    return Table("Largest lesions", ["ID", "Type", "Volume (mL)", "Mean HU", "Lung", "Zone",
-                                     "Centroid x, y, z (mm, LPS)"], rows, note)
+        rows.append(
+            [
+                str(lesion.get("id", "")),
+                str(lesion.get("type", "")),
+                ml(lesion.get("volume_ml")),
+                "-" if mean_hu is None else f"{float(mean_hu):.0f}",
+                str(lesion.get("lung", "")),
+                str(lesion.get("zone", "")),
+                where,
+            ]
+        )
+    note = f"{len(lesions)} connected lesions in total" + (
+        f"; the {top} largest are listed." if len(lesions) > top else "."
+    )
+    return Table(
+        "Largest lesions",
+        ["ID", "Type", "Volume (mL)", "Mean HU", "Lung", "Zone", "Centroid x, y, z (mm, LPS)"],
+        rows,
+        note,
+    )
 
 
 def _compare_tables(compare: dict[str, Any] | None) -> list[Table]:
     if not compare or not compare.get("rows"):
         return []
     rows = list(compare["rows"])
-    preferred = ["label", "date", "infection_total", "percent_total", "percent_change_points_vs_baseline",
-                 "verdict_vs_baseline", "verdict_vs_previous", "lung_dice"]
-    columns = compare.get("columns") or [c for c in preferred if c in rows[0]] or [
-        c for c in rows[0] if c not in ("disclaimer", "software_version", "source")]
+    preferred = [
+        "label",
+        "date",
+        "infection_total",
+        "percent_total",
+        "percent_change_points_vs_baseline",
+        "verdict_vs_baseline",
+        "verdict_vs_previous",
+        "lung_dice",
+    ]
+    columns = (
+        compare.get("columns")
+        or [c for c in preferred if c in rows[0]]
+        or [c for c in rows[0] if c not in ("disclaimer", "software_version", "source")]
+    )
 
     def fmt(value: Any) -> str:
         if isinstance(value, float):
@@ -256,8 +319,9 @@ def _surface_picture(result, size: tuple[int, int]) -> tuple[bytes | None, str]:
 _LAST: list = []  # [(weakref to result, key, ReportImages)]: HTML then PDF of one result render once
 
 
-def make_images(result, compare: dict[str, Any] | None = None, render_3d: bool = True,
-                size_3d: tuple[int, int] = (700, 700)) -> ReportImages:
+def make_images(
+    result, compare: dict[str, Any] | None = None, render_3d: bool = True, size_3d: tuple[int, int] = (700, 700)
+) -> ReportImages:
     """Render the report pictures (3-D surfaces, axial and coronal montages, trend plot).
 
     The pictures of the last result are kept (while that result lives), so writing the HTML and then the
@@ -277,13 +341,15 @@ def make_images(result, compare: dict[str, Any] | None = None, render_3d: bool =
         images.axial_png = render.overlay_montage_png(result.ct, result.lungs, result.infection, "axial")
         images.coronal_png = render.overlay_montage_png(result.ct, result.lungs, result.infection, "coronal")
     else:
-        images.axial_png = render.overlay_montage_png(result.ct, result.lungs, result.infection, "axial", n=1,
-                                                      columns=1)
+        images.axial_png = render.overlay_montage_png(
+            result.ct, result.lungs, result.infection, "axial", n=1, columns=1
+        )
     if getattr(result, "heatmap", None) is not None and (result.report or {}).get("explanation"):
         from CovidCTLib.explain.figure import explanation_png
 
-        images.explanation_png = explanation_png(result.ct, result.infection, result.heatmap,
-                                                 result.report["explanation"])
+        images.explanation_png = explanation_png(
+            result.ct, result.infection, result.heatmap, result.report["explanation"]
+        )
     trend = (compare or {}).get("trend_png")
     if isinstance(trend, bytes):
         images.trend_png = trend
@@ -293,8 +359,13 @@ def make_images(result, compare: dict[str, Any] | None = None, render_3d: bool =
     return images
 
 
-def build_content(result, include_identifiers: bool = False, compare: dict[str, Any] | None = None,
-                  images: ReportImages | None = None, top_lesions: int = TOP_LESIONS) -> ReportContent:
+def build_content(
+    result,
+    include_identifiers: bool = False,
+    compare: dict[str, Any] | None = None,
+    images: ReportImages | None = None,
+    top_lesions: int = TOP_LESIONS,
+) -> ReportContent:
     """Everything a report shows, formatted; renders the pictures unless ``images`` is given."""
     report = result.report or {}
     images = images if images is not None else make_images(result, compare)
@@ -302,10 +373,18 @@ def build_content(result, include_identifiers: bool = False, compare: dict[str, 
         title="CovidCT chest CT analysis",
         facts=_facts(result, report, include_identifiers),
         probability_text=assessment_paragraph(report) or _probability_text(report),  # issue 13 hook
-        tables=[_volume_table(report), _zone_table(report), *_lobe_table(report),
-                *(Table(*spec) for spec in anatomy_tables(report)), _lesion_table(report, top_lesions)]  # issue 14
-        + ([Table("COVID-19 assessment (features)", ["Feature", "Value"], assessment_rows(report))]
-           if assessment_rows(report) else []),
+        tables=[
+            _volume_table(report),
+            _zone_table(report),
+            *_lobe_table(report),
+            *(Table(*spec) for spec in anatomy_tables(report)),
+            _lesion_table(report, top_lesions),
+        ]  # issue 14
+        + (
+            [Table("COVID-19 assessment (features)", ["Feature", "Value"], assessment_rows(report))]
+            if assessment_rows(report)
+            else []
+        ),
         images=images,
         notes=[str(n) for n in report.get("notes") or []],
         compare_tables=_compare_tables(compare),

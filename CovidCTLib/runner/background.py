@@ -230,8 +230,19 @@ def compare_command(
 ) -> list[str]:
     """The command line of one background comparison (``covidct compare ... --json-progress``)."""
     return [
-        python or python_executable(), "-m", "CovidCTLib.cli", "compare", *(str(p) for p in inputs),
-        "-o", str(outdir), "--method", method, "--device", device, "--overwrite", "--json-progress",
+        python or python_executable(),
+        "-m",
+        "CovidCTLib.cli",
+        "compare",
+        *(str(p) for p in inputs),
+        "-o",
+        str(outdir),
+        "--method",
+        method,
+        "--device",
+        device,
+        "--overwrite",
+        "--json-progress",
     ]
 
 

@@ -57,8 +57,7 @@ class ModelInfection:
         from CovidCTLib.models.runtime import inference
 
         try:
-            return inference.segment_infection_model(ct, lungs, self.device, reporter,
-                                                     inferer=self.shared.for_ct(ct))
+            return inference.segment_infection_model(ct, lungs, self.device, reporter, inferer=self.shared.for_ct(ct))
         finally:
             self.shared.inferer = None  # lungs -> infection is done with this CT: free its slices
 

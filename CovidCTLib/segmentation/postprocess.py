@@ -51,8 +51,14 @@ def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
     background, n = ndi.label(~mask)
     if n == 0:
         return mask
-    faces = [background[0], background[-1], background[:, 0], background[:, -1], background[:, :, 0],
-             background[:, :, -1]]
+    faces = [
+        background[0],
+        background[-1],
+        background[:, 0],
+        background[:, -1],
+        background[:, :, 0],
+        background[:, :, -1],
+    ]
     enclosed = np.ones(n + 1, bool)  # lookup table by label: a pocket that touches no face
     enclosed[np.concatenate([f.ravel() for f in faces])] = False
     return mask | enclosed[background]

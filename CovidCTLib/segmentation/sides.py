@@ -54,8 +54,9 @@ def body_midline(hu_c: np.ndarray, lr_axis: int) -> float:
     return float((profile * np.arange(profile.size)).sum() / profile.sum())
 
 
-def component_sides(lab: np.ndarray, n: int, coords: np.ndarray, midline: float, lr_sign: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def component_sides(
+    lab: np.ndarray, n: int, coords: np.ndarray, midline: float, lr_sign: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per component (index 0 unused): size, side (RIGHT_LUNG / LEFT_LUNG by its centroid vs the midline)
     and the fraction of its voxels on the patient-left side of the midline."""
     idx = lab.ravel()
@@ -69,8 +70,14 @@ def component_sides(lab: np.ndarray, n: int, coords: np.ndarray, midline: float,
     return sizes, side, frac_left
 
 
-def split_mask(mask: np.ndarray, spacing: tuple[float, float, float], midline: float, lr_axis: int,
-           lr_sign: int, max_erosion_mm: float) -> np.ndarray:
+def split_mask(
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    midline: float,
+    lr_axis: int,
+    lr_sign: int,
+    max_erosion_mm: float,
+) -> np.ndarray:
     """Right (1) / left (2) labels for a binary lung mask (canonical array).
 
     Components are given the side of their centroid; while a large component straddles the midline
@@ -140,9 +147,7 @@ def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float 
         return out
     import SimpleITK as sitk
 
-    factors = block_factors(
-        ct.spacing_zyx, oriented_target(ct.image, SPLIT_GRID_MM), ct.shape
-    )
+    factors = block_factors(ct.spacing_zyx, oriented_target(ct.image, SPLIT_GRID_MM), ct.shape)
     mask_lr = block_mean(mask.astype(np.uint8), factors) >= 0.5
     if not mask_lr.any():
         mask_lr = block_mean(mask.astype(np.uint8), factors) > 0
@@ -156,8 +161,9 @@ def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float 
         other = tuple(a for a in range(3) if a != canon.lr_axis)
         profile = m_c.sum(axis=other).astype(float)
         midline = float((profile * np.arange(profile.size)).sum() / max(profile.sum(), 1.0))
-    sides_c = split_mask(canon.to(mask_lr), canon.spacing(spacing_lr), midline, canon.lr_axis, canon.lr_sign,
-                     max_erosion_mm)
+    sides_c = split_mask(
+        canon.to(mask_lr), canon.spacing(spacing_lr), midline, canon.lr_axis, canon.lr_sign, max_erosion_mm
+    )
     sides_lr = np.ascontiguousarray(canon.back(sides_c))
     if all(f == 1 for f in factors):
         if np.array_equal(sides_lr > 0, mask):

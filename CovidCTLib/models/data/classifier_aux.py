@@ -68,9 +68,9 @@ def _image_folder(root: Path, label: int, size: int) -> tuple[list[np.ndarray], 
     return crops, [label] * len(files), [f"images/{root.name}"] * len(files)
 
 
-def _lidc_synth(path: Path, size: int, seed: int, cache: Path | None, every: int = 2) -> tuple[
-    list[np.ndarray], list[int], list[str]
-]:
+def _lidc_synth(
+    path: Path, size: int, seed: int, cache: Path | None, every: int = 2
+) -> tuple[list[np.ndarray], list[int], list[str]]:
     import SimpleITK as sitk
 
     from CovidCTLib.models.data.datasets import synthetic_volume
@@ -116,10 +116,13 @@ def build_aux_cache(spec: str, cache_dir: str | Path, size: int, seed: int = 0) 
             sources += parse_data_spec(item)
     for kind, _ in sources:
         if kind not in AUX_KINDS:
-            raise InputError(f"--aux-data kind {kind!r} is not supported for the classifier; use "
-                             f"{' or '.join(AUX_KINDS)} (for example png256:<folder>,lidc-synth:<volume>).")
-    key = hashlib.sha1(f"{[(k, str(p.resolve())) for k, p in sources]}|{size}|{seed}|{MIN_LESION_SHARE}|v1"
-                       .encode()).hexdigest()[:12]
+            raise InputError(
+                f"--aux-data kind {kind!r} is not supported for the classifier; use "
+                f"{' or '.join(AUX_KINDS)} (for example png256:<folder>,lidc-synth:<volume>)."
+            )
+    key = hashlib.sha1(
+        f"{[(k, str(p.resolve())) for k, p in sources]}|{size}|{seed}|{MIN_LESION_SHARE}|v1".encode()
+    ).hexdigest()[:12]
     path = Path(cache_dir) / f"classifier_aux_{size}_{key}.npz"
     if path.exists():
         data = np.load(path)

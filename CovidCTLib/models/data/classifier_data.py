@@ -111,9 +111,7 @@ def grouped_kfold(items: list[Item], k: int, seed: int) -> list[list[int]]:
     return [sorted(f) for f in folds]
 
 
-def grouped_split(items: list[Item], val_fraction: float, seed: int, fold: int = 0) -> tuple[
-    list[int], list[int]
-]:
+def grouped_split(items: list[Item], val_fraction: float, seed: int, fold: int = 0) -> tuple[list[int], list[int]]:
     """Train / validation indices: fold ``fold`` of a grouped k-fold with k = round(1/val_fraction)."""
     k = max(2, int(round(1.0 / val_fraction)))
     folds = grouped_kfold(items, k, seed)
@@ -192,14 +190,24 @@ class AugmentConfig:
 #: too slowly for the CPU schedules tried).
 AUGMENT_PRESETS = {
     "heavy": AugmentConfig(),
-    "medium": AugmentConfig(scale=(0.7, 1.0), rotation_deg=10.0, flip_ud=0.0, gamma=(0.8, 1.25),
-                            contrast=(0.85, 1.15), brightness=0.05, noise_std=0.03, clahe_p=0.5, erase_p=0.3,
-                            blur_p=0.1),
+    "medium": AugmentConfig(
+        scale=(0.7, 1.0),
+        rotation_deg=10.0,
+        flip_ud=0.0,
+        gamma=(0.8, 1.25),
+        contrast=(0.85, 1.15),
+        brightness=0.05,
+        noise_std=0.03,
+        clahe_p=0.5,
+        erase_p=0.3,
+        blur_p=0.1,
+    ),
 }
 
 
-def augment_batch(crops: np.ndarray, clahe: np.ndarray, size: int, cfg: AugmentConfig,
-                  rng: np.random.Generator) -> torch.Tensor:
+def augment_batch(
+    crops: np.ndarray, clahe: np.ndarray, size: int, cfg: AugmentConfig, rng: np.random.Generator
+) -> torch.Tensor:
     """Random resized crop + rotation + flips (one affine grid-sample), CLAHE on/off, gamma/contrast,
     noise, blur and random erasing (mimics arrows / text). Returns a (B, 1, size, size) tensor in 0..1."""
     b = crops.shape[0]
@@ -239,7 +247,7 @@ def augment_batch(crops: np.ndarray, clahe: np.ndarray, size: int, cfg: AugmentC
         h = int(rng.uniform(0.05, 0.25) * size)
         w = int(rng.uniform(0.05, 0.25) * size)
         y0, x0 = int(rng.integers(0, size - h)), int(rng.integers(0, size - w))
-        x[i, :, y0:y0 + h, x0:x0 + w] = float(rng.choice([0.0, 1.0, rng.random()]))
+        x[i, :, y0 : y0 + h, x0 : x0 + w] = float(rng.choice([0.0, 1.0, rng.random()]))
     return x.clamp(0, 1)
 
 

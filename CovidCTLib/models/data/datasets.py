@@ -58,8 +58,14 @@ class SliceSet:
     def subset(self, idx: np.ndarray | list[int]) -> SliceSet:
         idx = np.asarray(idx, dtype=int)
         return SliceSet(
-            self.img[idx], self.img_alt[idx], self.lung[idx], self.lung_known[idx], self.inf[idx],
-            self.inf_kind[idx], [self.groups[i] for i in idx], [self.source[i] for i in idx],
+            self.img[idx],
+            self.img_alt[idx],
+            self.lung[idx],
+            self.lung_known[idx],
+            self.inf[idx],
+            self.inf_kind[idx],
+            [self.groups[i] for i in idx],
+            [self.source[i] for i in idx],
         )
 
     @staticmethod
@@ -68,10 +74,14 @@ class SliceSet:
         if not sets:
             raise InputError("No training slices found in the given --data folders.")
         return SliceSet(
-            np.concatenate([s.img for s in sets]), np.concatenate([s.img_alt for s in sets]),
-            np.concatenate([s.lung for s in sets]), np.concatenate([s.lung_known for s in sets]),
-            np.concatenate([s.inf for s in sets]), np.concatenate([s.inf_kind for s in sets]),
-            sum((s.groups for s in sets), []), sum((s.source for s in sets), []),
+            np.concatenate([s.img for s in sets]),
+            np.concatenate([s.img_alt for s in sets]),
+            np.concatenate([s.lung for s in sets]),
+            np.concatenate([s.lung_known for s in sets]),
+            np.concatenate([s.inf for s in sets]),
+            np.concatenate([s.inf_kind for s in sets]),
+            sum((s.groups for s in sets), []),
+            sum((s.source for s in sets), []),
         )
 
 
@@ -85,8 +95,17 @@ class _Builder:
         self.crop = CROP_TO_LUNG["on"]
         self.rows: dict[str, list] = defaultdict(list)
 
-    def add(self, img: np.ndarray, kind: str, lung: np.ndarray | None, inf: np.ndarray | None,
-            inf_kind: int, group: str, source: str, clahe_default: bool) -> None:
+    def add(
+        self,
+        img: np.ndarray,
+        kind: str,
+        lung: np.ndarray | None,
+        inf: np.ndarray | None,
+        inf_kind: int,
+        group: str,
+        source: str,
+        clahe_default: bool,
+    ) -> None:
         s = self.size
         a = normalize_slice(img, kind, clahe_default, None)
         b = normalize_slice(img, kind, not clahe_default, None)
@@ -98,11 +117,11 @@ class _Builder:
             inf = inf[box] if inf is not None else None
         self.rows["img"].append(fit(a, s).astype(np.float16))
         self.rows["img_alt"].append(fit(b, s).astype(np.float16))
-        self.rows["lung"].append(resize_mask((lung > 0).astype(np.uint8), s) if lung is not None
-                                 else np.ones((s, s), np.uint8))
+        self.rows["lung"].append(
+            resize_mask((lung > 0).astype(np.uint8), s) if lung is not None else np.ones((s, s), np.uint8)
+        )
         self.rows["lung_known"].append(lung is not None)
-        self.rows["inf"].append(resize_mask(inf.astype(np.uint8), s) if inf is not None
-                                else np.zeros((s, s), np.uint8))
+        self.rows["inf"].append(resize_mask(inf.astype(np.uint8), s) if inf is not None else np.zeros((s, s), np.uint8))
         self.rows["inf_kind"].append(inf_kind)
         self.rows["groups"].append(group)
         self.rows["source"].append(source)
@@ -111,11 +130,25 @@ class _Builder:
         r, s = self.rows, self.size
         if not r["groups"]:
             z = np.zeros((0, s, s))
-            return SliceSet(z.astype(np.float16), z.astype(np.float16), z.astype(np.uint8), np.zeros(0, bool),
-                            z.astype(np.uint8), np.zeros(0, np.uint8), [], [])
+            return SliceSet(
+                z.astype(np.float16),
+                z.astype(np.float16),
+                z.astype(np.uint8),
+                np.zeros(0, bool),
+                z.astype(np.uint8),
+                np.zeros(0, np.uint8),
+                [],
+                [],
+            )
         return SliceSet(
-            np.stack(r["img"]), np.stack(r["img_alt"]), np.stack(r["lung"]), np.array(r["lung_known"]),
-            np.stack(r["inf"]), np.array(r["inf_kind"], np.uint8), list(r["groups"]), list(r["source"]),
+            np.stack(r["img"]),
+            np.stack(r["img_alt"]),
+            np.stack(r["lung"]),
+            np.array(r["lung_known"]),
+            np.stack(r["inf"]),
+            np.array(r["inf_kind"], np.uint8),
+            list(r["groups"]),
+            list(r["source"]),
         )
 
 
@@ -123,8 +156,7 @@ def _read_gray(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
-def load_png256(root: str | Path, size: int = 128, limit: int | None = None,
-                predicted_lungs: bool = False) -> SliceSet:
+def load_png256(root: str | Path, size: int = 128, limit: int | None = None, predicted_lungs: bool = False) -> SliceSet:
     """COVID-19-CT-Seg per-slice PNGs (already min-max + CLAHE; CLAHE is not applied again by default).
 
     ``predicted_lungs``: use the installed lung model's masks instead of the reference lung masks (for the
@@ -141,7 +173,7 @@ def load_png256(root: str | Path, size: int = 128, limit: int | None = None,
     if predicted_lungs:
         from CovidCTLib.models.runtime.inference import slice_lungs
 
-        lungs = [m for i in range(0, len(images), 64) for m in slice_lungs(images[i:i + 64], "cpu")]
+        lungs = [m for i in range(0, len(images), 64) for m in slice_lungs(images[i : i + 64], "cpu")]
     else:
         lungs = [_read_gray(root / row["lung_mask"]) > 127 for row in rows]
     for row, img, lung in zip(rows, images, lungs, strict=True):
@@ -167,8 +199,14 @@ def load_medseg(root: str | Path, size: int = 128) -> SliceSet:
 
 
 def _volume_slices(
-    b: _Builder, hu: np.ndarray, lung: np.ndarray | None, inf: np.ndarray | None, inf_kind: int,
-    group: str, source: str, kind: str = "HU",
+    b: _Builder,
+    hu: np.ndarray,
+    lung: np.ndarray | None,
+    inf: np.ndarray | None,
+    inf_kind: int,
+    group: str,
+    source: str,
+    kind: str = "HU",
 ) -> None:
     """Add the axial slices that contain a label (and every 2nd slice without one)."""
     ref = lung if lung is not None else inf
@@ -176,8 +214,16 @@ def _volume_slices(
         has = ref is not None and bool(ref[z].any())
         if not has and z % 2:
             continue
-        b.add(hu[z], kind, None if lung is None else lung[z], None if inf is None else inf[z], inf_kind,
-              group, source, kind == "HU")
+        b.add(
+            hu[z],
+            kind,
+            None if lung is None else lung[z],
+            None if inf is None else inf[z],
+            inf_kind,
+            group,
+            source,
+            kind == "HU",
+        )
 
 
 def _cache_key(path: Path, seed: int, variant: int) -> str:
@@ -205,7 +251,12 @@ def load_lidc_synthetic(
 
 
 def synthetic_volume(
-    path: Path, image: sitk.Image, hu: np.ndarray, seed: int, variant: int, cache: Path | None,
+    path: Path,
+    image: sitk.Image,
+    hu: np.ndarray,
+    seed: int,
+    variant: int,
+    cache: Path | None,
     lung: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(hu_with_lesions, infection, lung)`` of one LPS-oriented volume; cached per (file, seed, variant)."""
@@ -262,8 +313,7 @@ def load_nifti_pairs(root: str | Path, task: str, size: int = 128, binary: bool 
             _volume_slices(b, arr, (lab > 0).astype(np.uint8), None, INF_NONE, f"nifti/{case}", "nifti", kind)
         else:
             inf = (lab > 0).astype(np.uint8) if binary else np.clip(lab, 0, 2).astype(np.uint8)
-            _volume_slices(b, arr, None, inf, INF_BINARY if binary else INF_MULTI, f"nifti/{case}", "nifti",
-                           kind)
+            _volume_slices(b, arr, None, inf, INF_BINARY if binary else INF_MULTI, f"nifti/{case}", "nifti", kind)
     return b.build()
 
 
@@ -301,8 +351,15 @@ def parse_data_spec(spec: str) -> list[tuple[str, Path]]:
     return sources
 
 
-def load_sources(spec: str, task: str, size: int, seed: int = 0, cache: Path | None = None,
-                 limit: int | None = None, predicted_lungs: bool = False) -> SliceSet:
+def load_sources(
+    spec: str,
+    task: str,
+    size: int,
+    seed: int = 0,
+    cache: Path | None = None,
+    limit: int | None = None,
+    predicted_lungs: bool = False,
+) -> SliceSet:
     """Load a comma-separated ``--data`` specification (``kind:path`` or plain paths).
 
     For the infection task every slice that has a lung mask is cropped to its lung box first;
@@ -368,15 +425,32 @@ def png256_items(root: Path) -> list[Item]:
     """COVID-19-CT-Seg png256 slices as evaluation items (image, lung, infection paths and group)."""
     with (root / "index.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    return [{"source": "png256", "id": r["index"], "group": f"png256/{r['inferred_group']}",
-             "image": root / r["ct"], "lung": root / r["lung_mask"], "inf": root / r["infection_mask"]}
-            for r in rows]
+    return [
+        {
+            "source": "png256",
+            "id": r["index"],
+            "group": f"png256/{r['inferred_group']}",
+            "image": root / r["ct"],
+            "lung": root / r["lung_mask"],
+            "inf": root / r["infection_mask"],
+        }
+        for r in rows
+    ]
 
 
 def medseg_items(root: Path) -> list[Item]:
     """MedSeg slices as evaluation items (every slice its own group; multiclass truth)."""
     out = []
     for p in sorted((root / "Imgs").glob("*.jpg"), key=lambda p: int(p.stem) if p.stem.isdigit() else 0):
-        out.append({"source": "medseg", "id": p.stem, "group": f"medseg/{p.stem}", "image": p, "lung": None,
-                    "inf": root / "GT_multiclass" / f"{p.stem}.png", "multiclass": True})
+        out.append(
+            {
+                "source": "medseg",
+                "id": p.stem,
+                "group": f"medseg/{p.stem}",
+                "image": p,
+                "lung": None,
+                "inf": root / "GT_multiclass" / f"{p.stem}.png",
+                "multiclass": True,
+            }
+        )
     return out

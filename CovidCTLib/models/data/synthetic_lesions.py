@@ -107,8 +107,12 @@ def _blob(rng: np.random.Generator, radii_vox: np.ndarray) -> np.ndarray:
 
 
 def dependent_band(
-    lung: np.ndarray, side: np.ndarray, spacing_zyx: tuple[float, float, float], rng: np.random.Generator,
-    depth_mm: float, extent: float,
+    lung: np.ndarray,
+    side: np.ndarray,
+    spacing_zyx: tuple[float, float, float],
+    rng: np.random.Generator,
+    depth_mm: float,
+    extent: float,
 ) -> np.ndarray:
     """Soft (0..1) weight of a posterior basal band of ``lung & side``.
 
@@ -122,7 +126,7 @@ def dependent_band(
     z0 = zs[0]
     z_top = z0 + max(1, int(round(extent * (zs[-1] - z0))))
     y_idx = np.arange(lung.shape[1])[None, :, None]
-    sub = region[z0:z_top + 1]
+    sub = region[z0 : z_top + 1]
     y_back = np.where(sub, y_idx, -1).max(axis=1)  # (z, x): the most posterior lung voxel of each column
     from_back_mm = (y_back[:, None, :] - y_idx) * spacing_zyx[1]
     noise = ndi.gaussian_filter(rng.standard_normal((sub.shape[0], sub.shape[2])), sigma=(2.0, 6.0))
@@ -130,7 +134,7 @@ def dependent_band(
     taper = 1.0 - np.linspace(0.0, 0.85, sub.shape[0])[:, None]  # thinner towards the head
     depth = depth_mm * taper * np.clip(1.0 + 0.35 * noise, 0.3, 1.6)
     w = np.clip((depth[:, None, :] - from_back_mm) / 3.0, 0.0, 1.0) * sub
-    weight[z0:z_top + 1] = w
+    weight[z0 : z_top + 1] = w
     return weight
 
 
@@ -204,8 +208,9 @@ def insert_lesions(
     for side in (x < cx_mid, x >= cx_mid):
         if rng.random() >= p.p_dependent:
             continue
-        band = dependent_band(lung_b, side, spacing_zyx, rng, rng.uniform(*p.dependent_depth_mm),
-                              rng.uniform(*p.dependent_extent))
+        band = dependent_band(
+            lung_b, side, spacing_zyx, rng, rng.uniform(*p.dependent_depth_mm), rng.uniform(*p.dependent_extent)
+        )
         if not band.any():
             continue
         c_target = rng.uniform(*p.cons_hu)

@@ -36,9 +36,7 @@ THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 EVERY = {"lung": {"png256": 4}, "infection": {"png256": 8, "medseg": 2}}
 
 
-def _split_items(kind: str, root: Path, every: int, seed: int, val_fraction: float, split: str) -> list[
-    dict[str, Any]
-]:
+def _split_items(kind: str, root: Path, every: int, seed: int, val_fraction: float, split: str) -> list[dict[str, Any]]:
     """Every ``every``-th slice of the training groups (``split="train"``) or all validation slices (``"val"``)."""
     items = png256_items(root) if kind == "png256" else medseg_items(root)
     train, val = grouped_split([it["group"] for it in items], val_fraction, seed)
@@ -50,10 +48,15 @@ def _truth(path: Path, multiclass: bool) -> np.ndarray:
     return t > 0 if multiclass else t > 127
 
 
-def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float = 0.2,
-                      thresholds: tuple[float, ...] = THRESHOLDS, batch: int = 32, split: str = "train") -> dict[
-    str, dict[str, float]
-]:
+def dice_by_threshold(
+    task: str,
+    data: str,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    thresholds: tuple[float, ...] = THRESHOLDS,
+    batch: int = 32,
+    split: str = "train",
+) -> dict[str, dict[str, float]]:
     """``{source: {threshold: pooled Dice}}`` on the subsampled training groups (or the validation groups,
     ``split="val"``) of each 8-bit source."""
     if task not in EVERY:
@@ -67,7 +70,7 @@ def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float =
         items = _split_items(kind, root, EVERY[task][kind], seed, val_fraction, split)
         counts: dict[float, list[tuple[int, int, int, int]]] = {t: [] for t in thresholds}
         for start in range(0, len(items), batch):
-            chunk = items[start:start + batch]
+            chunk = items[start : start + batch]
             grays = [read_gray(it["image"]).astype(np.float32) for it in chunk]
             if task == "lung":
                 for it, p in zip(chunk, inference.slice_lung_probabilities(grays), strict=True):
@@ -84,13 +87,16 @@ def dice_by_threshold(task: str, data: str, seed: int = 0, val_fraction: float =
         if items:
             result[kind] = {str(t): round(pooled_metrics(c)["dice"], 4) for t, c in counts.items()}
     if not result:
-        raise InputError(f"calibrating the {task} model needs 8-bit labelled data: "
-                         f"{' or '.join(k + ':<folder>' for k in EVERY[task])}.")
+        raise InputError(
+            f"calibrating the {task} model needs 8-bit labelled data: "
+            f"{' or '.join(k + ':<folder>' for k in EVERY[task])}."
+        )
     return result
 
 
-def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2,
-              split: str = "train") -> dict[str, Any]:
+def calibrate(
+    task: str, data: str, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2, split: str = "train"
+) -> dict[str, Any]:
     """Measure the thresholds with the model in ``model_dir`` and store the best in its manifest.
 
     ``split="val"`` chooses on the validation groups instead: the networks are more confident on the slices
@@ -114,12 +120,17 @@ def calibrate(task: str, data: str, model_dir: str | Path, seed: int = 0, val_fr
     manifest["postprocess"] = {
         **manifest.get("postprocess", {}),  # other settings (test-time flips) stay
         "threshold": float(best),
-        "calibration": {"rule": "best mean over sources of the pooled Dice on "
-                                + ("subsampled TRAINING-group slices" if split == "train" else
-                                   "the VALIDATION-group slices (validation numbers are optimistic)")
-                                + f" (split seed {seed}, validation fraction {val_fraction})",
-                        "split": split,
-                        "pooled_dice": table},
+        "calibration": {
+            "rule": "best mean over sources of the pooled Dice on "
+            + (
+                "subsampled TRAINING-group slices"
+                if split == "train"
+                else "the VALIDATION-group slices (validation numbers are optimistic)"
+            )
+            + f" (split seed {seed}, validation fraction {val_fraction})",
+            "split": split,
+            "pooled_dice": table,
+        },
     }
     write_manifest(manifest_path, manifest)  # re-sealed (manifest_sha256)
     return manifest["postprocess"]
@@ -145,8 +156,9 @@ def fit_platt(probabilities: np.ndarray, labels: np.ndarray, l2: float = 1e-3, s
     return float(w[0]), float(w[1])
 
 
-def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2,
-                         fold: int = 0) -> dict[str, Any]:
+def calibrate_classifier(
+    data: str | Path, model_dir: str | Path, seed: int = 0, val_fraction: float = 0.2, fold: int = 0
+) -> dict[str, Any]:
     """Fit Platt scaling of the classifier on the grouped validation split and store it in its manifest.
 
     The ranking (AUC) does not change; the probabilities get a usable scale (the raw network output of a
@@ -172,14 +184,20 @@ def calibrate_classifier(data: str | Path, model_dir: str | Path, seed: int = 0,
 
     auc = roc_auc(labels, raw)
     if not auc >= MIN_AUC_TO_CALIBRATE:
-        raise InputError(f"the classifier does not separate COVID from non-COVID on the validation split "
-                         f"(AUC {auc:.2f}); train it further before calibrating its probabilities.")
+        raise InputError(
+            f"the classifier does not separate COVID from non-COVID on the validation split "
+            f"(AUC {auc:.2f}); train it further before calibrating its probabilities."
+        )
     slope, intercept = fit_platt(raw, labels)
     from CovidCTLib.models.runtime.classifier_inference import apply_calibration
 
-    calibration = {"method": "platt", "slope": round(slope, 5), "intercept": round(intercept, 5),
-                   "fitted_on": f"grouped validation split (seed {seed}, fraction {val_fraction}, fold {fold}): "
-                                f"{len(items)} images, {int(labels.sum())} COVID"}
+    calibration = {
+        "method": "platt",
+        "slope": round(slope, 5),
+        "intercept": round(intercept, 5),
+        "fitted_on": f"grouped validation split (seed {seed}, fraction {val_fraction}, fold {fold}): "
+        f"{len(items)} images, {int(labels.sum())} COVID",
+    }
     calibrated = apply_calibration(raw, calibration)
     calibration["before"] = binary_metrics(labels, raw)
     calibration["after"] = binary_metrics(labels, calibrated)

@@ -42,7 +42,7 @@ Item = dict[str, Any]
 
 def _eval_2d(task: str, items: list[Item], rows: list[dict[str, Any]], batch: int = 32) -> None:
     for start in range(0, len(items), batch):
-        chunk = items[start:start + batch]
+        chunk = items[start : start + batch]
         images = [read_gray(it["image"]) for it in chunk]
         preds = inference.segment_slice_images("lung" if task == "lung" else "lesion-type", images)
         for it, pred in zip(chunk, preds, strict=True):
@@ -56,18 +56,24 @@ def _eval_2d(task: str, items: list[Item], rows: list[dict[str, Any]], batch: in
 
 def _row(it: Item, pred: np.ndarray, truth: np.ndarray, multiclass: bool) -> dict[str, Any]:
     counts = confusion(pred > 0, truth > 0)
-    row: dict[str, Any] = {"source": it["source"], "id": it["id"], "group": it["group"],
-                           **{k: round(v, 5) for k, v in mask_metrics(pred > 0, truth > 0).items()},
-                           "truth_px": int((truth > 0).sum()), "pred_px": int((pred > 0).sum()),
-                           "_counts": counts}
+    row: dict[str, Any] = {
+        "source": it["source"],
+        "id": it["id"],
+        "group": it["group"],
+        **{k: round(v, 5) for k, v in mask_metrics(pred > 0, truth > 0).items()},
+        "truth_px": int((truth > 0).sum()),
+        "pred_px": int((pred > 0).sum()),
+        "_counts": counts,
+    }
     if multiclass:
         for c, name in ((1, "ggo"), (2, "cons")):
             row[f"_counts_{name}"] = confusion(pred == c, truth == c)
     return row
 
 
-def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path,
-                  keep: Any = None) -> None:
+def _eval_volumes(
+    task: str, root: Path, kind: str, rows: list[dict[str, Any]], seed: int, cache: Path, keep: Any = None
+) -> None:
     from CovidCTLib.models.data.synthetic_lesions import insert_lesions, lung_mask_for
     from CovidCTLib.models.runtime.normalization import orient_lps
     from CovidCTLib.volume import CTVolume
@@ -98,8 +104,14 @@ def _eval_volumes(task: str, root: Path, kind: str, rows: list[dict[str, Any]], 
                 continue
             img = sitk.ReadImage(str(img_p))
             lab = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_p)))
-            cases.append((f"nifti/{case}", img, lab > 0 if task == "lung" else None,
-                          np.clip(lab, 0, 2) if task != "lung" else None))
+            cases.append(
+                (
+                    f"nifti/{case}",
+                    img,
+                    lab > 0 if task == "lung" else None,
+                    np.clip(lab, 0, 2) if task != "lung" else None,
+                )
+            )
     for group, img, lung, inf in cases:
         arr = sitk.GetArrayFromImage(img)
         ct = CTVolume(img, "HU" if float(arr.min()) < -500 else "8bit", group)
@@ -125,8 +137,7 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for src in sorted({r["source"] for r in rows}):
         sel = [r for r in rows if r["source"] == src]
         counts = [r["_counts"] for r in sel]
-        per = [{k: r[k] for k in ("dice", "iou", "precision", "recall", "specificity", "f1", "accuracy")}
-               for r in sel]
+        per = [{k: r[k] for k in ("dice", "iou", "precision", "recall", "specificity", "f1", "accuracy")} for r in sel]
         entry: dict[str, Any] = {
             "n_images": len(sel),
             "pooled": {k: round(v, 4) for k, v in pooled_metrics(counts).items()},
@@ -188,10 +199,29 @@ def evaluate(
         raise InputError("No labelled slices to evaluate in --data.")
     summary = _summarise(rows)
     versions = inference.models_available()
-    result = {"task": task, "data": data, "split": split, "seed": seed, "models": versions,
-              "software_version": __version__, "summary": summary, "disclaimer": DISCLAIMER}
-    cols = ["source", "id", "group", "dice", "iou", "precision", "recall", "specificity", "accuracy",
-            "truth_px", "pred_px"]
+    result = {
+        "task": task,
+        "data": data,
+        "split": split,
+        "seed": seed,
+        "models": versions,
+        "software_version": __version__,
+        "summary": summary,
+        "disclaimer": DISCLAIMER,
+    }
+    cols = [
+        "source",
+        "id",
+        "group",
+        "dice",
+        "iou",
+        "precision",
+        "recall",
+        "specificity",
+        "accuracy",
+        "truth_px",
+        "pred_px",
+    ]
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER} Models: {versions}. CovidCT {__version__}.\n")
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -218,13 +248,18 @@ def infection_burden(inputs: list[str], device: str = "auto") -> list[dict[str, 
         inf = inference.segment_infection_model(ct, lungs, device)
         t2 = time.time()
         lung_ml = float((lungs > 0).sum() * ct.voxel_volume_ml)
-        rows.append({
-            "input": str(path), "shape_zyx": list(ct.shape), "lung_ml": round(lung_ml, 1),
-            "right_ml": round(float((lungs == 1).sum() * ct.voxel_volume_ml), 1),
-            "left_ml": round(float((lungs == 2).sum() * ct.voxel_volume_ml), 1),
-            "ggo_ml": round(float((inf == 1).sum() * ct.voxel_volume_ml), 1),
-            "consolidation_ml": round(float((inf == 2).sum() * ct.voxel_volume_ml), 1),
-            "burden_percent": round(100.0 * float((inf > 0).sum()) / max(float((lungs > 0).sum()), 1.0), 2),
-            "lung_seconds": round(t1 - t0, 1), "infection_seconds": round(t2 - t1, 1),
-        })
+        rows.append(
+            {
+                "input": str(path),
+                "shape_zyx": list(ct.shape),
+                "lung_ml": round(lung_ml, 1),
+                "right_ml": round(float((lungs == 1).sum() * ct.voxel_volume_ml), 1),
+                "left_ml": round(float((lungs == 2).sum() * ct.voxel_volume_ml), 1),
+                "ggo_ml": round(float((inf == 1).sum() * ct.voxel_volume_ml), 1),
+                "consolidation_ml": round(float((inf == 2).sum() * ct.voxel_volume_ml), 1),
+                "burden_percent": round(100.0 * float((inf > 0).sum()) / max(float((lungs > 0).sum()), 1.0), 2),
+                "lung_seconds": round(t1 - t0, 1),
+                "infection_seconds": round(t2 - t1, 1),
+            }
+        )
     return rows

@@ -77,6 +77,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- scores (classification)
 
+
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-positive rate, true-positive rate and thresholds (descending scores)."""
     y = np.asarray(labels).astype(bool)

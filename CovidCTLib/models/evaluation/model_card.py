@@ -22,22 +22,25 @@ def _metrics_lines(metrics: dict[str, Any], size: int) -> list[str]:
     lines = []
     for key, entry in metrics.items():
         if key == "validation_at_training_size":
-            lines.append(f"- validation at training size ({size} px, measured during training): "
-                         f"`{json.dumps(entry)}`")
+            lines.append(f"- validation at training size ({size} px, measured during training): `{json.dumps(entry)}`")
             continue
         if not isinstance(entry, dict) or "summary" not in entry:
             lines.append(f"- {key}: `{json.dumps(entry)}`")
             continue
         lines.append(f"- **{key}** ({entry.get('description', '')}):")
         lines.append("")
-        lines.append("| source | images | pooled Dice | mean Dice / image | IoU (pooled) | precision | recall |"
-                     " specificity | extra |")
+        lines.append(
+            "| source | images | pooled Dice | mean Dice / image | IoU (pooled) | precision | recall |"
+            " specificity | extra |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|")
         for src, s in entry["summary"].items():
             p, m = s["pooled"], s["mean_per_image"]
             extra = ", ".join(f"{k} {v}" for k, v in s.items() if k.startswith("dice_"))
-            lines.append(f"| {src} | {s['n_images']} | {p['dice']} | {m['dice']} | {p['iou']} | {p['precision']} |"
-                         f" {p['recall']} | {p['specificity']} | {extra} |")
+            lines.append(
+                f"| {src} | {s['n_images']} | {p['dice']} | {m['dice']} | {p['iou']} | {p['precision']} |"
+                f" {p['recall']} | {p['specificity']} | {extra} |"
+            )
         lines.append("")
     return lines
 
@@ -53,11 +56,17 @@ def _extra_sections(sections: list[dict[str, Any]]) -> list[str]:
 def _burden_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
-    lines = ["## Unlabelled sanity check: infection burden with the shipped models (3-D HU inference)", "",
-             "| scan | lung ml | GGO ml | consolidation ml | burden % of lung |", "|---|---|---|---|---|"]
+    lines = [
+        "## Unlabelled sanity check: infection burden with the shipped models (3-D HU inference)",
+        "",
+        "| scan | lung ml | GGO ml | consolidation ml | burden % of lung |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {Path(r['input']).parent.name if r['input'].endswith('dicom') else Path(r['input']).name}"
-                     f" | {r['lung_ml']} | {r['ggo_ml']} | {r['consolidation_ml']} | {r['burden_percent']} |")
+        lines.append(
+            f"| {Path(r['input']).parent.name if r['input'].endswith('dicom') else Path(r['input']).name}"
+            f" | {r['lung_ml']} | {r['ggo_ml']} | {r['consolidation_ml']} | {r['burden_percent']} |"
+        )
     lines += ["", "RICORD is a COVID-19 scan; the LIDC-IDRI scans are lung-cancer screening scans without COVID.", ""]
     return lines
 
@@ -75,8 +84,10 @@ def _experiment_lines(rows: list[dict[str, Any]]) -> list[str]:
 def _flip_lines(flips: list[str]) -> list[str]:
     if not flips:
         return []
-    return [f"- Test-time flips: {', '.join(flips)} (h: left-right, v: up-down); the class probabilities of the "
-            f"mirrored inputs, mirrored back, are averaged with the plain pass ({1 + len(flips)} forward passes)."]
+    return [
+        f"- Test-time flips: {', '.join(flips)} (h: left-right, v: up-down); the class probabilities of the "
+        f"mirrored inputs, mirrored back, are averaged with the plain pass ({1 + len(flips)} forward passes)."
+    ]
 
 
 def render_card(manifest: dict[str, Any]) -> str:
@@ -124,8 +135,12 @@ def render_card(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def install(src: Path, metrics_files: list[tuple[str, Path, str]] | None = None,
-            extra: dict[str, Any] | None = None, root: Path | None = None) -> Path:
+def install(
+    src: Path,
+    metrics_files: list[tuple[str, Path, str]] | None = None,
+    extra: dict[str, Any] | None = None,
+    root: Path | None = None,
+) -> Path:
     """Copy a trained model folder into the models directory, add metrics, write the card."""
     manifest = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
     if sha256_file(src / manifest["weights"]) != manifest["sha256"]:
@@ -135,8 +150,11 @@ def install(src: Path, metrics_files: list[tuple[str, Path, str]] | None = None,
     shutil.copyfile(src / manifest["weights"], dest / manifest["weights"])
     for key, path, description in metrics_files or []:
         result = json.loads(Path(path).read_text(encoding="utf-8"))
-        manifest.setdefault("metrics", {})[key] = {"description": description, "summary": result["summary"],
-                                                   "split": result.get("split")}
+        manifest.setdefault("metrics", {})[key] = {
+            "description": description,
+            "summary": result["summary"],
+            "split": result.get("split"),
+        }
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(manifest.get(key), dict):
             manifest[key].update(value)
@@ -151,8 +169,7 @@ def install(src: Path, metrics_files: list[tuple[str, Path, str]] | None = None,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Install a trained CovidCT model folder and write its model card.")
     p.add_argument("src", type=Path)
-    p.add_argument("--metrics", nargs=3, action="append", metavar=("KEY", "METRICS_JSON", "DESCRIPTION"),
-                   default=[])
+    p.add_argument("--metrics", nargs=3, action="append", metavar=("KEY", "METRICS_JSON", "DESCRIPTION"), default=[])
     p.add_argument("--extra", default=None, help="JSON object merged into the manifest")
     a = p.parse_args(argv)
     dest = install(a.src, [(k, Path(f), d) for k, f, d in a.metrics], json.loads(a.extra) if a.extra else None)

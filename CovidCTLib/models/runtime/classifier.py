@@ -108,15 +108,13 @@ def lung_mask_from_unit(unit: np.ndarray) -> np.ndarray:
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     sizes = ndimage.sum(np.ones_like(labels), labels, index=np.arange(1, n + 1))
     min_size = 0.01 * unit.size
-    keep = [
-        i + 1 for i in np.argsort(sizes)[::-1] if (i + 1) not in border and sizes[i] >= min_size
-    ][:3]
+    keep = [i + 1 for i in np.argsort(sizes)[::-1] if (i + 1) not in border and sizes[i] >= min_size][:3]
     return np.isin(labels, keep)
 
 
-def lung_bbox(mask: np.ndarray, margin: float = CROP_MARGIN, min_box_fraction: float = 0.0) -> tuple[
-    int, int, int, int
-] | None:
+def lung_bbox(
+    mask: np.ndarray, margin: float = CROP_MARGIN, min_box_fraction: float = 0.0
+) -> tuple[int, int, int, int] | None:
     """(y0, y1, x0, x1) of the mask plus a margin; None when the mask is empty or too small.
 
     ``min_box_fraction``: the box must cover at least this share of the image, else None (used for
@@ -165,9 +163,9 @@ def standardize(batch: torch.Tensor) -> torch.Tensor:
     return (batch - mean) / std
 
 
-def pool_probabilities(probabilities: list[float] | np.ndarray, top_fraction: float = TOP_K_FRACTION) -> tuple[
-    float, float, int
-]:
+def pool_probabilities(
+    probabilities: list[float] | np.ndarray, top_fraction: float = TOP_K_FRACTION
+) -> tuple[float, float, int]:
     """Scan probability (mean), top-k mean and k for a set of slice probabilities.
 
     k = max(1, ceil(top_fraction * n)). Raises ValueError for an empty input.
@@ -186,13 +184,14 @@ def quantize_8bit(unit: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_crops(model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device,
-                  batch_size: int = 64, tta: bool = True) -> np.ndarray:
+def predict_crops(
+    model: torch.nn.Module, crops_01: torch.Tensor, device: torch.device, batch_size: int = 64, tta: bool = True
+) -> np.ndarray:
     """COVID probability for (B, 1, S, S) 0..1 crops; ``tta`` averages with the left-right flip."""
     model.eval()
     out = []
     for i in range(0, crops_01.shape[0], batch_size):
-        x = standardize(crops_01[i:i + batch_size]).to(device)
+        x = standardize(crops_01[i : i + batch_size]).to(device)
         with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
             p = torch.sigmoid(model(x).float())
             if tta:

@@ -94,6 +94,7 @@ class LoadedClassifier:
 
 # ---------------------------------------------------------------- model folder / manifest
 
+
 def default_model_dir() -> Path:
     """``<models dir>/covid-classifier`` (``$COVIDCT_MODELS_DIR`` or ``Resources/Models``)."""
     from CovidCTLib.models.runtime.registry import models_dir
@@ -112,22 +113,26 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
         "description": "COVID-19 vs non-COVID axial CT slice classifier (lung-cropped), pooled to a scan score",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "framework": f"torch {torch.__version__.split('+')[0]} + MONAI EfficientNetBN (trained from scratch)",
-        "architecture": {"network": "efficientnet",
-                         "kwargs": {"model_name": config.arch, "in_channels": config.in_channels}},
+        "architecture": {
+            "network": "efficientnet",
+            "kwargs": {"model_name": config.arch, "in_channels": config.in_channels},
+        },
         "input": {"channels": config.in_channels, "size": config.input_size},
         "normalization": f"{NORMALIZATION_ID} (CLAHE off; HU window {list(HU_WINDOW)})",
         "preprocessing": {
             "crop": f"lung bounding box + {int(CROP_MARGIN * 100)} % margin per slice, resized to {CROP_SIZE} px "
-                    "then to the input size; whole image when the lung mask is empty or too small; 2-D images "
-                    "get an automatic Otsu lung mask",
+            "then to the input size; whole image when the lung mask is empty or too small; 2-D images "
+            "get an automatic Otsu lung mask",
             "standardize": "per crop zero mean / unit standard deviation",
             "test_time_augmentation": "mean of the image and its left-right flip",
         },
         "output": "sigmoid(logit) = probability of a COVID-19 pneumonia pattern",
-        "pooling": {"scan_probability": "mean over lung-containing slices",
-                    "top_k_mean": f"mean of the top {int(TOP_K_FRACTION * 100)} % slices (k >= 1)",
-                    "lung_containing_slice": f"lung area >= {MIN_SLICE_LUNG_FRACTION:.0%} of the slice and >= "
-                                             f"{MIN_SLICE_OF_MAX:.0%} of the largest lung slice"},
+        "pooling": {
+            "scan_probability": "mean over lung-containing slices",
+            "top_k_mean": f"mean of the top {int(TOP_K_FRACTION * 100)} % slices (k >= 1)",
+            "lung_containing_slice": f"lung area >= {MIN_SLICE_LUNG_FRACTION:.0%} of the slice and >= "
+            f"{MIN_SLICE_OF_MAX:.0%} of the largest lung slice",
+        },
         "intended_use": "Research on COVID-19 chest CT; not a medical device; not for diagnosis.",
         "disclaimer": DISCLAIMER,
     }
@@ -138,8 +143,9 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
 _CACHE: dict[tuple[str, str, float], LoadedClassifier] = {}
 
 
-def load_classifier(model_dir: str | Path | None = None, device: str | torch.device | None = "auto") -> \
-        LoadedClassifier:
+def load_classifier(
+    model_dir: str | Path | None = None, device: str | torch.device | None = "auto"
+) -> LoadedClassifier:
     """Load (and cache) the classifier from its folder via the registry (SHA-256 checked first).
 
     Raises :class:`ModelError` with instructions when no model is installed or the weights do not match.
@@ -162,8 +168,11 @@ def load_classifier(model_dir: str | Path | None = None, device: str | torch.dev
         return _CACHE[key]
     loaded = load_model(folder.name, device=str(dev), root=folder.parent)
     arch = loaded.manifest["architecture"].get("kwargs", {})
-    config = ClassifierConfig(arch=arch.get("model_name", "efficientnet-b0"), input_size=loaded.input_size,
-                              in_channels=int(arch.get("in_channels", 1)))
+    config = ClassifierConfig(
+        arch=arch.get("model_name", "efficientnet-b0"),
+        input_size=loaded.input_size,
+        in_channels=int(arch.get("in_channels", 1)),
+    )
     result = LoadedClassifier(loaded.module, config, loaded.manifest, dev)
     _CACHE[key] = result
     return result
@@ -180,9 +189,13 @@ def classifier_available(model_dir: str | Path | None = None) -> bool:
 
 # ---------------------------------------------------------------- scoring
 
+
 @torch.no_grad()
-def _score_crops(loaded: LoadedClassifier, crops: list[np.ndarray], cams: list[np.ndarray] | None = None,
-                 ) -> np.ndarray:
+def _score_crops(
+    loaded: LoadedClassifier,
+    crops: list[np.ndarray],
+    cams: list[np.ndarray] | None = None,
+) -> np.ndarray:
     """Probabilities for ``CROP_SIZE`` 0..1 crops (resized to the input size, flip TTA).
 
     With ``cams`` (a list), the same forward pass also gives each crop's Grad-CAM map, appended to it
@@ -247,9 +260,15 @@ def radiological_view(arr: np.ndarray, lungs: np.ndarray, image: sitk.Image) -> 
     return np.ascontiguousarray(arr), np.ascontiguousarray(lungs)
 
 
-def classify_scan(ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None,
-                  model_dir: str | Path | None = None, batch_size: int = 32, explain: bool = False,
-                  ) -> ScanClassification:
+def classify_scan(
+    ct: CTVolume,
+    lungs: np.ndarray,
+    device: str = "auto",
+    reporter: Reporter | None = None,
+    model_dir: str | Path | None = None,
+    batch_size: int = 32,
+    explain: bool = False,
+) -> ScanClassification:
     """COVID probability of a CT volume from its lung-containing slices (mean; top-k mean reported).
 
     ``lungs`` is the lung labelmap ``(z, y, x)`` of ``ct`` (any value > 0 is lung). ``explain``: also keep
@@ -261,34 +280,52 @@ def classify_scan(ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporte
     if lungs.ndim == 2:
         lungs = lungs[None]
     if lungs.shape != ct.shape:
-        raise InputError(f"lung mask shape {lungs.shape} does not match the CT {ct.shape}; segment the lungs "
-                         "of this very scan first.")
+        raise InputError(
+            f"lung mask shape {lungs.shape} does not match the CT {ct.shape}; segment the lungs "
+            "of this very scan first."
+        )
     arr, lungs = radiological_view(ct.array.reshape(ct.shape), lungs, ct.image)
     zs = lung_slices(lungs)
     if not zs:
-        raise AnalysisError("no lung found in the scan, so it cannot be classified; check the input is a chest "
-                            "CT and the lung segmentation.")
+        raise AnalysisError(
+            "no lung found in the scan, so it cannot be classified; check the input is a chest "
+            "CT and the lung segmentation."
+        )
     probs: dict[int, float] = {}
     cams: dict[int, np.ndarray] = {}
     for start in range(0, len(zs), batch_size):
-        chunk = zs[start:start + batch_size]
-        crops = [crop_to_lungs(quantize_8bit(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0]
-                 for z in chunk]
+        chunk = zs[start : start + batch_size]
+        crops = [crop_to_lungs(quantize_8bit(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0] for z in chunk]
         chunk_cams: list[np.ndarray] | None = [] if explain else None
         for z, p in zip(chunk, _score_crops(loaded, crops, chunk_cams), strict=True):
             probs[z] = float(p)
         if chunk_cams is not None:
             cams.update(zip(chunk, chunk_cams, strict=True))
         if reporter is not None:
-            reporter.update("classify", min(1.0, (start + len(chunk)) / len(zs)),
-                            f"classified {start + len(chunk)} / {len(zs)} lung slices")
+            reporter.update(
+                "classify",
+                min(1.0, (start + len(chunk)) / len(zs)),
+                f"classified {start + len(chunk)} / {len(zs)} lung slices",
+            )
     mean, top, k = pool_probabilities(list(probs.values()))
-    return ScanClassification(mean, top, probs, len(zs), loaded.manifest.get("name", MODEL_NAME),
-                              str(loaded.manifest.get("version", MODEL_VERSION)), top_k=k, cams=cams)
+    return ScanClassification(
+        mean,
+        top,
+        probs,
+        len(zs),
+        loaded.manifest.get("name", MODEL_NAME),
+        str(loaded.manifest.get("version", MODEL_VERSION)),
+        top_k=k,
+        cams=cams,
+    )
 
 
-def classify_images(paths_or_arrays: list[str | Path | np.ndarray], device: str = "auto",
-                    loaded: LoadedClassifier | None = None, model_dir: str | Path | None = None) -> list[float]:
+def classify_images(
+    paths_or_arrays: list[str | Path | np.ndarray],
+    device: str = "auto",
+    loaded: LoadedClassifier | None = None,
+    model_dir: str | Path | None = None,
+) -> list[float]:
     """COVID probability of each 2-D image (file path, or array in the 8-bit 0..255 display range).
 
     Each image is lung-cropped automatically (Otsu; whole image when no lungs are found), as in training.
@@ -321,25 +358,34 @@ def _lungs_for(ct: CTVolume) -> np.ndarray:
         return np.stack([lung_mask_from_unit(to_unit(s, ct.intensity)) for s in arr]).astype(np.uint8)
 
 
-def classify_path(path: str | Path, device: str = "auto", reporter: Reporter | None = None,
-                  model_dir: str | Path | None = None) -> float:
+def classify_path(
+    path: str | Path, device: str = "auto", reporter: Reporter | None = None, model_dir: str | Path | None = None
+) -> float:
     """COVID probability of an image file or a CT volume (file or DICOM folder; volumes: pooled mean)."""
     return float(classify_path_details(path, device, reporter, model_dir)["probability"])
 
 
-def classify_path_details(path: str | Path, device: str = "auto", reporter: Reporter | None = None,
-                          model_dir: str | Path | None = None) -> dict[str, Any]:
+def classify_path_details(
+    path: str | Path, device: str = "auto", reporter: Reporter | None = None, model_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Classify an image file or a CT volume; a row with probability, top-k mean, slices and model version."""
     from CovidCTLib.io.loader import load_checked  # issue 12.1 hook: refuse blank / non-CT inputs
 
     loaded = load_classifier(model_dir, device)
     ct = load_checked(path, require_3d=False)
-    row: dict[str, Any] = {"input": str(path), "model_name": loaded.manifest.get("name", MODEL_NAME),
-                           "model_version": str(loaded.manifest.get("version", MODEL_VERSION))}
+    row: dict[str, Any] = {
+        "input": str(path),
+        "model_name": loaded.manifest.get("name", MODEL_NAME),
+        "model_version": str(loaded.manifest.get("version", MODEL_VERSION)),
+    }
     if ct.is_3d:
         res = classify_scan(ct, _lungs_for(ct), device, reporter, model_dir)
-        row.update(kind="volume", probability=round(res.probability, 4), top_k_mean=round(res.top_k_mean, 4),
-                   n_slices=res.n_slices)
+        row.update(
+            kind="volume",
+            probability=round(res.probability, 4),
+            top_k_mean=round(res.top_k_mean, 4),
+            n_slices=res.n_slices,
+        )
     else:
         img = ct.array
         if img.ndim == 3 and img.shape[0] == 1:

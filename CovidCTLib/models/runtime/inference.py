@@ -165,13 +165,13 @@ def _predict_probs(
     results: list[np.ndarray] = []
     n = len(inputs)
     for start in range(0, n, BATCH):
-        shapes = out_shapes[start:start + BATCH]
+        shapes = out_shapes[start : start + BATCH]
         with execution.running(plan):
-            probs = _forward(model, execution.to_batch(np.stack(inputs[start:start + BATCH]), plan), flips)
+            probs = _forward(model, execution.to_batch(np.stack(inputs[start : start + BATCH]), plan), flips)
             if len(set(shapes)) == 1 and tuple(shapes[0]) != tuple(probs.shape[-2:]):  # one resize for the batch
                 probs = F.interpolate(probs, size=tuple(shapes[0]), mode="bilinear", align_corners=False)
             for j, (h, w) in enumerate(shapes):
-                p = probs[j:j + 1]
+                p = probs[j : j + 1]
                 if (h, w) != tuple(p.shape[-2:]):
                     p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
                 out = p[0].cpu().numpy()
@@ -204,8 +204,13 @@ def _infection_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(infected, np.where(probs[2] > probs[1], 2, 1), 0).astype(np.uint8)
 
 
-def _lung_slices(ct: CTVolume, device: str, reporter: Reporter | None, inferer: SliceInferer,
-                 reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _lung_slices(
+    ct: CTVolume,
+    device: str,
+    reporter: Reporter | None,
+    inferer: SliceInferer,
+    reduce: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """``reduce`` of each slice's lung-network probabilities, stacked ``(z, y, x)`` on the LPS-oriented grid."""
     model = get_model(model_name("lung"), device)
     arr = inferer.array
@@ -214,14 +219,16 @@ def _lung_slices(ct: CTVolume, device: str, reporter: Reporter | None, inferer: 
     return np.stack(_predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs", reduce))
 
 
-def lung_probability(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
-                     inferer: SliceInferer | None = None) -> np.ndarray:
+def lung_probability(
+    ct: CTVolume, device: str = "auto", reporter: Reporter | None = None, inferer: SliceInferer | None = None
+) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
     return _lung_slices(ct, device, reporter, inferer or SliceInferer(ct), lambda p: p[1].astype(np.float32))
 
 
-def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter | None = None,
-                        inferer: SliceInferer | None = None) -> np.ndarray:
+def segment_lungs_model(
+    ct: CTVolume, device: str = "auto", reporter: Reporter | None = None, inferer: SliceInferer | None = None
+) -> np.ndarray:
     """Lung labelmap ``(z, y, x)`` uint8 on the CT grid: 1 right lung, 2 left lung (model + side split).
 
     ``inferer``: the CT's :class:`SliceInferer` when the infection network will run next (its normalised
@@ -238,7 +245,10 @@ def segment_lungs_model(ct: CTVolume, device: str = "auto", reporter: Reporter |
 
 
 def segment_infection_model(
-    ct: CTVolume, lungs: np.ndarray, device: str = "auto", reporter: Reporter | None = None,
+    ct: CTVolume,
+    lungs: np.ndarray,
+    device: str = "auto",
+    reporter: Reporter | None = None,
     inferer: SliceInferer | None = None,
 ) -> np.ndarray:
     """Infection labelmap ``(z, y, x)`` uint8: 1 ground-glass, 2 consolidation, always inside ``lungs``."""
@@ -300,8 +310,9 @@ def segment_slice_images(
     return out
 
 
-def slice_lung_probabilities(grays: list[np.ndarray], device: str = "auto",
-                             reporter: Reporter | None = None) -> list[np.ndarray]:
+def slice_lung_probabilities(
+    grays: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None
+) -> list[np.ndarray]:
     """P(lung) of each 8-bit greyscale image, at the image's size."""
     lung_model = get_model(model_name("lung"), device)
     lin = [normalize_slice(g, "8bit", False, lung_model.input_size)[None] for g in grays]
@@ -333,8 +344,9 @@ class SliceInfection:
         return lab
 
 
-def slice_infection_probabilities(grays: list[np.ndarray], lungs: list[np.ndarray], device: str = "auto",
-                                  reporter: Reporter | None = None) -> list[SliceInfection]:
+def slice_infection_probabilities(
+    grays: list[np.ndarray], lungs: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None
+) -> list[SliceInfection]:
     """Run the infection network on the lung-box crop of each 8-bit image (see :func:`segment_slice_images`)."""
     inf_model = get_model(model_name("infection"), device)
     size = inf_model.input_size
@@ -344,8 +356,10 @@ def slice_infection_probabilities(grays: list[np.ndarray], lungs: list[np.ndarra
     # the lung network is unreliable there, so the infection network gets "lung unknown" (all ones) and
     # its output is not restricted to the lung mask
     crops = [_box_area(b) >= CROP_IMAGE_FRACTION * g.size for b, g in zip(boxes, grays, strict=True)]
-    iin = [_infection_input(normalize_slice(g, "8bit", False, None), np.ones_like(m) if c else m, box, size)
-           for g, m, box, c in zip(grays, lungs, boxes, crops, strict=True)]
+    iin = [
+        _infection_input(normalize_slice(g, "8bit", False, None), np.ones_like(m) if c else m, box, size)
+        for g, m, box, c in zip(grays, lungs, boxes, crops, strict=True)
+    ]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     return [SliceInfection(p, box, m, c) for p, box, m, c in zip(iprobs, boxes, lungs, crops, strict=True)]

@@ -16,8 +16,12 @@ def attention_unet(
 ) -> torch.nn.Module:
     """2-D MONAI AttentionUnet (lung model: channels = neighbouring slices, classes = background/lung)."""
     return AttentionUnet(
-        spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-        channels=tuple(channels), strides=tuple([2] * (len(channels) - 1)), dropout=dropout,
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple([2] * (len(channels) - 1)),
+        dropout=dropout,
     )
 
 
@@ -30,9 +34,13 @@ def unet(
 ) -> torch.nn.Module:
     """2-D MONAI residual UNet (infection model: CT + lung mask in; background/GGO/consolidation out)."""
     return UNet(
-        spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-        channels=tuple(channels), strides=tuple([2] * (len(channels) - 1)),
-        num_res_units=num_res_units, dropout=dropout,
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(channels),
+        strides=tuple([2] * (len(channels) - 1)),
+        num_res_units=num_res_units,
+        dropout=dropout,
     )
 
 

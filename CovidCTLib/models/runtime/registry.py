@@ -160,8 +160,11 @@ def list_models(root: Path | None = None) -> list[dict[str, Any]]:
         try:
             manifest, _ = verify(folder.name, base)
             entry.update(
-                version=manifest["version"], task=manifest["task"], ok=True,
-                metrics=manifest.get("metrics", {}), path=str(folder),
+                version=manifest["version"],
+                task=manifest["task"],
+                ok=True,
+                metrics=manifest.get("metrics", {}),
+                path=str(folder),
             )
         except ModelError as exc:
             entry.update(ok=False, error=str(exc), path=str(folder))
@@ -205,8 +208,9 @@ def save_model(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu()
-             for k, v in module.state_dict().items()}
+    state = {
+        k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu() for k, v in module.state_dict().items()
+    }
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes_atomic(folder / weights_name, buf.getvalue(), overwrite=overwrite)

@@ -68,9 +68,9 @@ def augment_batch(
 
     # intensity
     do = (rand(b) < cfg.p_intensity).float().view(b, 1, 1, 1)
-    gam = torch.exp(
-        math.log(cfg.gamma[0]) + rand(b) * (math.log(cfg.gamma[1]) - math.log(cfg.gamma[0]))
-    ).view(b, 1, 1, 1)
+    gam = torch.exp(math.log(cfg.gamma[0]) + rand(b) * (math.log(cfg.gamma[1]) - math.log(cfg.gamma[0]))).view(
+        b, 1, 1, 1
+    )
     con = (cfg.contrast[0] + rand(b) * (cfg.contrast[1] - cfg.contrast[0])).view(b, 1, 1, 1)
     bri = ((rand(b) * 2 - 1) * cfg.brightness).view(b, 1, 1, 1)
     out = img.clamp(0, 1) ** gam

@@ -91,6 +91,7 @@ def training_device(device: str | None, threads: int | None = None) -> torch.dev
 
 # ---------------------------------------------------------------- model helpers
 
+
 @torch.no_grad()
 def recalibrate_bn(model: torch.nn.Module, batches: list[torch.Tensor], device: torch.device) -> None:
     """Recompute BatchNorm running statistics as the exact average over ``batches`` ("precise BN").
@@ -134,9 +135,9 @@ class EMA:
             e.copy_(b)
 
 
-def export_model(module: torch.nn.Module, config: ClassifierConfig, out_dir: Path, info: dict[str, Any]) -> dict[
-    str, Any
-]:
+def export_model(
+    module: torch.nn.Module, config: ClassifierConfig, out_dir: Path, info: dict[str, Any]
+) -> dict[str, Any]:
     """Write an installable model folder (registry format): fp16 weights + manifest.json with SHA-256."""
     from CovidCTLib.models.runtime.classifier_inference import WEIGHTS_FILE, classifier_manifest
     from CovidCTLib.models.runtime.registry import save_model
@@ -145,6 +146,7 @@ def export_model(module: torch.nn.Module, config: ClassifierConfig, out_dir: Pat
 
 
 # ---------------------------------------------------------------- training
+
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -165,8 +167,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray
     items = list_dataset(data)
     cache_dir = Path(_opt(args, "cache_dir") or out / "cache")
     cache = build_cache(items, cache_dir, CROP_SIZE)
-    train_idx, val_idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
-                                       int(_opt(args, "fold")))
+    train_idx, val_idx = grouped_split(
+        items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")), int(_opt(args, "fold"))
+    )
     if _opt(args, "drop_real_covid"):  # issue 16 (a): COVID examples only from --aux-data (e.g. synthetic)
         if not _opt(args, "aux_data"):
             raise InputError("--drop-real-covid needs --aux-data with COVID examples (e.g. covid-images:<folder>).")
@@ -174,8 +177,9 @@ def _prepare(args: argparse.Namespace) -> tuple[list[Item], dict[str, np.ndarray
     return items, cache, train_idx, val_idx, out
 
 
-def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tensor] | None = None,
-                     config: ClassifierConfig | None = None) -> dict[str, Any]:
+def train_classifier(
+    args: argparse.Namespace, init_state: dict[str, torch.Tensor] | None = None, config: ClassifierConfig | None = None
+) -> dict[str, Any]:
     """Train or fine-tune the classifier with the one training loop (its recipe as hooks); returns the final
     summary (also in ``metrics.json``)."""
     seed = int(_opt(args, "seed"))
@@ -214,7 +218,7 @@ def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tenso
 
     def start_epoch(epoch: int, rng: np.random.Generator) -> None:
         perm = rng.permutation(train_idx)
-        epoch_batches[:] = [perm[b * bs_main:(b + 1) * bs_main] for b in range(steps_per_epoch)][::-1]
+        epoch_batches[:] = [perm[b * bs_main : (b + 1) * bs_main] for b in range(steps_per_epoch)][::-1]
 
     def make_batch(rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
         idx = epoch_batches.pop()
@@ -235,28 +239,53 @@ def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tenso
         return F.binary_cross_entropy_with_logits(logit, y * 0.95 + 0.025, pos_weight=pos_weight.to(device))
 
     def before_validate(rng: np.random.Generator) -> None:
-        calib = eval_batch(cache["crops"][rng.choice(train_idx, min(len(train_idx), 4 * bs), replace=False)],
-                           config.input_size)
+        calib = eval_batch(
+            cache["crops"][rng.choice(train_idx, min(len(train_idx), 4 * bs), replace=False)], config.input_size
+        )
         recalibrate_bn(ema.model, list(torch.split(calib, bs)), device)
 
     def validate(net: torch.nn.Module) -> dict[str, float]:
         return binary_metrics(labels[val_idx], predict_crops(net, val_x, device, tta=False))
 
     hooks = LoopHooks(
-        step_lr=lr_at, start_epoch=start_epoch, after_step=ema.update, evaluated=lambda _model: ema.model,
-        before_validate=before_validate, extra_state=lambda: {"ema": ema.model.state_dict()},
+        step_lr=lr_at,
+        start_epoch=start_epoch,
+        after_step=ema.update,
+        evaluated=lambda _model: ema.model,
+        before_validate=before_validate,
+        extra_state=lambda: {"ema": ema.model.state_dict()},
         load_extra_state=lambda state: ema.model.load_state_dict(state["ema"]),
     )
-    cfg = TrainConfig(epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr,
-                      weight_decay=float(_opt(args, "weight_decay")), patience=patience, seed=seed,
-                      device=str(device), max_steps=None if max_steps is None else int(max_steps), monitor="auc")
-    _log(f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
-         f"{epochs} epochs")
-    run = train_loop(model, make_batch, loss_fn, validate, out, cfg, resume=bool(_opt(args, "resume")),
-                     log=_log, hooks=hooks)
-    history = [{"epoch": r["epoch"] - 1, "loss": None if r["loss"] is None else round(r["loss"], 4),
-                "val_auc": r.get("auc"), "val_f1": r.get("f1"), "val_acc": r.get("accuracy"), "lr": r["lr"],
-                "seconds": r["seconds"]} for r in run["history"]]
+    cfg = TrainConfig(
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr=lr,
+        weight_decay=float(_opt(args, "weight_decay")),
+        patience=patience,
+        seed=seed,
+        device=str(device),
+        max_steps=None if max_steps is None else int(max_steps),
+        monitor="auc",
+    )
+    _log(
+        f"{config.arch} @ {config.input_size}px on {device}: {len(train_idx)} train / {len(val_idx)} val images, "
+        f"{epochs} epochs"
+    )
+    run = train_loop(
+        model, make_batch, loss_fn, validate, out, cfg, resume=bool(_opt(args, "resume")), log=_log, hooks=hooks
+    )
+    history = [
+        {
+            "epoch": r["epoch"] - 1,
+            "loss": None if r["loss"] is None else round(r["loss"], 4),
+            "val_auc": r.get("auc"),
+            "val_f1": r.get("f1"),
+            "val_acc": r.get("accuracy"),
+            "lr": r["lr"],
+            "seconds": r["seconds"],
+        }
+        for r in run["history"]
+    ]
     best_path = out / "best.pt"
 
     # final: best checkpoint, validation with test-time augmentation, per-image CSV, exported model
@@ -266,39 +295,80 @@ def train_classifier(args: argparse.Namespace, init_state: dict[str, torch.Tenso
     final = binary_metrics(labels[val_idx], p_val)
     _write_predictions(out / "val_predictions.csv", [items[i] for i in val_idx], p_val)
     _write_history(out / "history.csv", history)
-    keys = ("data", "out", "epochs", "seed", "arch", "input_size", "batch_size", "lr", "val_fraction", "fold",
-            "patience", "aug", "aux_data", "aux_fraction")
+    keys = (
+        "data",
+        "out",
+        "epochs",
+        "seed",
+        "arch",
+        "input_size",
+        "batch_size",
+        "lr",
+        "val_fraction",
+        "fold",
+        "patience",
+        "aug",
+        "aux_data",
+        "aux_fraction",
+    )
     optional = {"aug", "aux_data", "aux_fraction"}  # written only when not the default
-    cmd = "covidct train classifier " + " ".join(
-        f"--{k.replace('_', '-')} {_opt(args, k)}" for k in keys
-        if k not in optional or _opt(args, k) != DEFAULTS[k]) + (" --drop-real-covid" if _opt(
-            args, "drop_real_covid") else "")
+    cmd = (
+        "covidct train classifier "
+        + " ".join(
+            f"--{k.replace('_', '-')} {_opt(args, k)}"
+            for k in keys
+            if k not in optional or _opt(args, k) != DEFAULTS[k]
+        )
+        + (" --drop-real-covid" if _opt(args, "drop_real_covid") else "")
+    )
     summary = {
-        "model": config.__dict__, "best_epoch": best["epoch"], "epochs_run": len(history),
-        "validation": final, "validation_no_tta_best": best["val"],
-        "n_train": len(train_idx), "n_val": len(val_idx),
+        "model": config.__dict__,
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "validation": final,
+        "validation_no_tta_best": best["val"],
+        "n_train": len(train_idx),
+        "n_val": len(val_idx),
         "n_val_groups": len({items[i].group for i in val_idx}),
-        "seed": seed, "software_version": __version__, "training_command": cmd, "disclaimer": DISCLAIMER,
+        "seed": seed,
+        "software_version": __version__,
+        "training_command": cmd,
+        "disclaimer": DISCLAIMER,
     }
     write_text_atomic(out / "metrics.json", json.dumps(summary, indent=2))
-    export_model(ema.model, config, out / "model", {
-        "metrics": {"grouped_validation": final},
-        "training": {"command": cmd, "seed": seed, "best_epoch": best["epoch"], "epochs_run": len(history),
-                     "n_train": len(train_idx), "n_val": len(val_idx), "n_val_groups": summary["n_val_groups"],
-                     "data": "COVID-CT dataset (Zhao et al., arXiv:2003.13865; 8-bit images from papers), "
-                             "grouped by source (paper / series) for the split"
-                             + (f"; auxiliary training slices {_opt(args, 'aux_data')} "
-                                f"({n_aux} of {bs} slices per batch)" if aux is not None else ""),
-                     "n_aux": 0 if aux is None else len(aux["labels"]),
-                     "licence": "research use only (each image's copyright stays with its publisher)"},
-    })
+    export_model(
+        ema.model,
+        config,
+        out / "model",
+        {
+            "metrics": {"grouped_validation": final},
+            "training": {
+                "command": cmd,
+                "seed": seed,
+                "best_epoch": best["epoch"],
+                "epochs_run": len(history),
+                "n_train": len(train_idx),
+                "n_val": len(val_idx),
+                "n_val_groups": summary["n_val_groups"],
+                "data": "COVID-CT dataset (Zhao et al., arXiv:2003.13865; 8-bit images from papers), "
+                "grouped by source (paper / series) for the split"
+                + (
+                    f"; auxiliary training slices {_opt(args, 'aux_data')} ({n_aux} of {bs} slices per batch)"
+                    if aux is not None
+                    else ""
+                ),
+                "n_aux": 0 if aux is None else len(aux["labels"]),
+                "licence": "research use only (each image's copyright stays with its publisher)",
+            },
+        },
+    )
     _log("final validation (TTA): " + json.dumps(final))
     return summary
 
 
-def _aux_pool(args: argparse.Namespace, out: Path, seed: int, batch_size: int) -> tuple[
-    dict[str, np.ndarray] | None, np.ndarray | None, int
-]:
+def _aux_pool(
+    args: argparse.Namespace, out: Path, seed: int, batch_size: int
+) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None, int]:
     """Auxiliary slices (``--aux-data``), their class-balanced sampling probabilities and slices per batch."""
     spec = _opt(args, "aux_data")
     if not spec:
@@ -361,8 +431,9 @@ def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     data, out = _data_and_out(args)
     items = list_dataset(data)
     if getattr(args, "split", "all") == "val":
-        _, idx = grouped_split(items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")),
-                               int(_opt(args, "fold")))
+        _, idx = grouped_split(
+            items, float(_opt(args, "val_fraction")), int(_opt(args, "seed")), int(_opt(args, "fold"))
+        )
         items = [items[i] for i in idx]
     loaded = load_classifier(getattr(args, "model", None), device=_opt(args, "device"))
     probs = np.asarray(classify_images([it.path for it in items], device=_opt(args, "device"), loaded=loaded))
@@ -370,16 +441,23 @@ def main_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     metrics = binary_metrics(labels, probs)
     _write_predictions(out / "predictions.csv", items, probs)
     _plot_roc(out / "roc.png", labels, probs, metrics, loaded.manifest)
-    result = {"metrics": metrics, "model": loaded.manifest.get("name"), "model_version": loaded.manifest.get(
-        "version"), "data": str(data), "split": getattr(args, "split", "all"), "software_version": __version__,
-        "disclaimer": DISCLAIMER}
+    result = {
+        "metrics": metrics,
+        "model": loaded.manifest.get("name"),
+        "model_version": loaded.manifest.get("version"),
+        "data": str(data),
+        "split": getattr(args, "split", "all"),
+        "software_version": __version__,
+        "disclaimer": DISCLAIMER,
+    }
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     print(json.dumps(metrics), file=sys.stderr)
     return result
 
 
-def _plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, float],
-              manifest: dict[str, Any]) -> None:
+def _plot_roc(
+    path: Path, labels: np.ndarray, probs: np.ndarray, metrics: dict[str, float], manifest: dict[str, Any]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,8 +471,13 @@ def _plot_roc(path: Path, labels: np.ndarray, probs: np.ndarray, metrics: dict[s
     ax.set_ylabel("sensitivity (true-positive rate)")
     ax.set_title(f"COVID classifier ROC (n = {metrics['n']})")
     ax.legend(loc="lower right")
-    fig.text(0.01, 0.01, f"{manifest.get('name')} {manifest.get('version')} - CovidCT {__version__}. "
-             "Research software, not a diagnosis.", fontsize=6)
+    fig.text(
+        0.01,
+        0.01,
+        f"{manifest.get('name')} {manifest.get('version')} - CovidCT {__version__}. "
+        "Research software, not a diagnosis.",
+        fontsize=6,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

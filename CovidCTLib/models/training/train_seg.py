@@ -32,11 +32,14 @@ from CovidCTLib.version import DISCLAIMER, __version__
 
 MODEL_NAMES = {"lung": "lung-attunet", "infection": "infection-unet"}
 ARCH = {
-    "lung": {"network": "attention-unet",
-             "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128]}},
-    "infection": {"network": "unet",
-                  "kwargs": {"in_channels": 2, "out_channels": 3, "channels": [16, 32, 64, 128, 256],
-                             "num_res_units": 1}},
+    "lung": {
+        "network": "attention-unet",
+        "kwargs": {"in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128]},
+    },
+    "infection": {
+        "network": "unet",
+        "kwargs": {"in_channels": 2, "out_channels": 3, "channels": [16, 32, 64, 128, 256], "num_res_units": 1},
+    },
 }
 SOURCE_WEIGHTS = {
     "lung": {"png256": 0.5, "lidc-synth": 0.5, "nifti": 1.0},
@@ -64,8 +67,9 @@ def lesion_share(data: SliceSet) -> np.ndarray:
     return np.where(known, inf_px / np.maximum(lung_px, 1.0), 0.0)
 
 
-def _sampling_probs(data: SliceSet, task: str, weights: dict[str, float] | None = None,
-                    lesion_emphasis: float = 0.0) -> np.ndarray:
+def _sampling_probs(
+    data: SliceSet, task: str, weights: dict[str, float] | None = None, lesion_emphasis: float = 0.0
+) -> np.ndarray:
     """Per-slice sampling probability: each source gets its weight, shared by its slices.
 
     Within a source a slice is drawn in proportion to ``1 + lesion_emphasis * lesion_share``: with an emphasis
@@ -83,8 +87,14 @@ def _sampling_probs(data: SliceSet, task: str, weights: dict[str, float] | None 
     return p / total if total > 0 else p
 
 
-def _inputs(data: SliceSet, idx: np.ndarray, task: str, rng: np.random.Generator | None,
-            p_alt: float = 0.4, p_lung_drop: float = 0.15) -> torch.Tensor:
+def _inputs(
+    data: SliceSet,
+    idx: np.ndarray,
+    task: str,
+    rng: np.random.Generator | None,
+    p_alt: float = 0.4,
+    p_lung_drop: float = 0.15,
+) -> torch.Tensor:
     use_alt = (rng.random(len(idx)) < p_alt) if rng is not None else np.zeros(len(idx), bool)
     img = np.where(use_alt[:, None, None], data.img_alt[idx], data.img[idx]).astype(np.float32)
     chans = [img]
@@ -147,8 +157,9 @@ def _validator(val: SliceSet, task: str, device: str, batch: int = 32):
     return validate
 
 
-def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit: int | None,
-                 lung_input: str = "truth") -> SliceSet:
+def _load_cached(
+    data: str, task: str, size: int, seed: int, cache: Path, limit: int | None, lung_input: str = "truth"
+) -> SliceSet:
     """Load the ``--data`` slices once; later runs (``--resume``) reuse ``<out>/cache/slices-*.npz``."""
     import hashlib
 
@@ -157,13 +168,29 @@ def _load_cached(data: str, task: str, size: int, seed: int, cache: Path, limit:
     path = cache / f"slices-{key}.npz"
     if path.is_file():
         d = np.load(path, allow_pickle=False)
-        return SliceSet(d["img"], d["img_alt"], d["lung"], d["lung_known"], d["inf"], d["inf_kind"],
-                        d["groups"].tolist(), d["source"].tolist())
-    ss = load_sources(data, task, size, seed=seed, cache=cache, limit=limit,
-                      predicted_lungs=lung_input == "predicted")
+        return SliceSet(
+            d["img"],
+            d["img_alt"],
+            d["lung"],
+            d["lung_known"],
+            d["inf"],
+            d["inf_kind"],
+            d["groups"].tolist(),
+            d["source"].tolist(),
+        )
+    ss = load_sources(data, task, size, seed=seed, cache=cache, limit=limit, predicted_lungs=lung_input == "predicted")
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, img=ss.img, img_alt=ss.img_alt, lung=ss.lung, lung_known=ss.lung_known, inf=ss.inf,
-             inf_kind=ss.inf_kind, groups=np.array(ss.groups), source=np.array(ss.source))
+    np.savez(
+        path,
+        img=ss.img,
+        img_alt=ss.img_alt,
+        lung=ss.lung,
+        lung_known=ss.lung_known,
+        inf=ss.inf,
+        inf_kind=ss.inf_kind,
+        groups=np.array(ss.groups),
+        source=np.array(ss.source),
+    )
     return ss
 
 
@@ -238,10 +265,15 @@ def train(
     tr_idx, va_idx = grouped_split(all_data.groups, val_fraction, seed)
     train_set, val_set = all_data.subset(tr_idx), all_data.subset(va_idx)
     val_groups = sorted(set(val_set.groups))
-    log(f"{task}: {len(train_set)} train / {len(val_set)} validation slices ({time.time() - t0:.0f}s to load); "
-        f"validation groups {val_groups}")
-    (out / "split.json").write_text(json.dumps({"validation_groups": val_groups, "seed": seed,
-                                                "train_groups": sorted(set(train_set.groups))}, indent=1))
+    log(
+        f"{task}: {len(train_set)} train / {len(val_set)} validation slices ({time.time() - t0:.0f}s to load); "
+        f"validation groups {val_groups}"
+    )
+    (out / "split.json").write_text(
+        json.dumps(
+            {"validation_groups": val_groups, "seed": seed, "train_groups": sorted(set(train_set.groups))}, indent=1
+        )
+    )
     model = build_model(task)
     if init_from:
         folder = Path(init_from)
@@ -254,8 +286,10 @@ def train(
     model = model.to(memory_format=torch.channels_last)
     probs = _sampling_probs(train_set, task, source_weights, lesion_emphasis)
     if probs.sum() <= 0:
-        raise InputError("--source-weights leaves no training slice to sample; give a weight above 0 to a "
-                         f"kind present in --data ({', '.join(sorted(set(train_set.source)))}).")
+        raise InputError(
+            "--source-weights leaves no training slice to sample; give a weight above 0 to a "
+            f"kind present in --data ({', '.join(sorted(set(train_set.source)))})."
+        )
     aug = AugmentConfig()
     gen = torch.Generator().manual_seed(seed)
 
@@ -276,10 +310,10 @@ def train(
         return partial_label_infection_loss(logits, y, mc)
 
     spe = steps_per_epoch or max(10, len(train_set) // batch_size)
-    cfg = TrainConfig(epochs=epochs, steps_per_epoch=spe, lr=lr, patience=patience, seed=seed, device=dev,
-                      max_steps=max_steps)
-    summary = train_loop(model, make_batch, loss_fn, _validator(val_set, task, dev), out, cfg, resume,
-                         reporter, log)
+    cfg = TrainConfig(
+        epochs=epochs, steps_per_epoch=spe, lr=lr, patience=patience, seed=seed, device=dev, max_steps=max_steps
+    )
+    summary = train_loop(model, make_batch, loss_fn, _validator(val_set, task, dev), out, cfg, resume, reporter, log)
     model = model.to("cpu").to(memory_format=torch.contiguous_format).float()
     name = MODEL_NAMES[task]
     best_metrics = summary["history"][summary["best_epoch"] - 1] if summary["history"] else {}
@@ -289,32 +323,44 @@ def train(
         "task": task,
         "software_version": __version__,
         "architecture": ARCH[task],
-        "input": {"channels": ARCH[task]["kwargs"]["in_channels"], "size": size,
-                  "channel_meaning": ["normalised CT slice"] + (["lung mask 0/1"] if task == "infection" else []),
-                  "crop": "lung box (normalization.lung_box, 10 % margin)" if task == "infection" else "none",
-                  "orientation": "axial slice, radiological display (SimpleITK array of an LPS-oriented volume)"},
-        "output": {"classes": ["background", "lung"] if task == "lung"
-                   else ["background", "ground-glass opacity", "consolidation"]},
+        "input": {
+            "channels": ARCH[task]["kwargs"]["in_channels"],
+            "size": size,
+            "channel_meaning": ["normalised CT slice"] + (["lung mask 0/1"] if task == "infection" else []),
+            "crop": "lung box (normalization.lung_box, 10 % margin)" if task == "infection" else "none",
+            "orientation": "axial slice, radiological display (SimpleITK array of an LPS-oriented volume)",
+        },
+        "output": {
+            "classes": ["background", "lung"]
+            if task == "lung"
+            else ["background", "ground-glass opacity", "consolidation"]
+        },
         "normalization": NORMALIZATION_ID,
         "training": {
             "command": command or " ".join(shlex.quote(a) for a in sys.argv),
-            "seed": seed, "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
+            "seed": seed,
+            "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
             "lung_input": lung_input if lung_input == "truth" else f"predicted by {_lung_model_tag()}",
             "lesion_emphasis": lesion_emphasis,
-            "epochs_run": summary["last_epoch"], "best_epoch": summary["best_epoch"],
-            "data": data, "validation_groups": val_groups, "train_slices": len(train_set),
-            "validation_slices": len(val_set), "licence": LICENCE_NOTE, "init_from": init_from,
+            "epochs_run": summary["last_epoch"],
+            "best_epoch": summary["best_epoch"],
+            "data": data,
+            "validation_groups": val_groups,
+            "train_slices": len(train_set),
+            "validation_slices": len(val_set),
+            "licence": LICENCE_NOTE,
+            "init_from": init_from,
             "seconds": round(time.time() - t0),
         },
-        "metrics": {"validation_at_training_size": {k: v for k, v in best_metrics.items()
-                                                    if k.startswith("dice")}},
-        "intended_use": "Research: segmentation of " + (
-            "the lungs" if task == "lung" else "COVID-19 ground-glass opacity and consolidation inside the lungs"
-        ) + " on axial chest CT slices (HU volumes or 8-bit images).",
+        "metrics": {"validation_at_training_size": {k: v for k, v in best_metrics.items() if k.startswith("dice")}},
+        "intended_use": "Research: segmentation of "
+        + ("the lungs" if task == "lung" else "COVID-19 ground-glass opacity and consolidation inside the lungs")
+        + " on axial chest CT slices (HU volumes or 8-bit images).",
         "limitations": [
             "Trained on a small public set (about 15 COVID-19 patients, 50 MedSeg slices, 3 LIDC volumes with "
             "synthetic lesions); not validated on other scanners, children, or other lung diseases.",
-            f"2-D slice model at {size}x{size}" + (" on the lung-box crop" if task == "infection" else "")
+            f"2-D slice model at {size}x{size}"
+            + (" on the lung-box crop" if task == "infection" else "")
             + "; fine structures are smoothed.",
         ],
         "research_only": DISCLAIMER,

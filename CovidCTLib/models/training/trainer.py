@@ -136,8 +136,11 @@ def train_loop(
             losses.append(float(loss.detach()))
             steps_done += 1
             if reporter is not None:
-                reporter.update("train", (epoch - start_epoch + (step + 1) / cfg.steps_per_epoch)
-                                / max(cfg.epochs - start_epoch, 1), f"epoch {epoch + 1} step {step + 1}")
+                reporter.update(
+                    "train",
+                    (epoch - start_epoch + (step + 1) / cfg.steps_per_epoch) / max(cfg.epochs - start_epoch, 1),
+                    f"epoch {epoch + 1} step {step + 1}",
+                )
         if hooks.before_validate is not None:
             hooks.before_validate(rng)
         evaluated.eval()
@@ -150,17 +153,36 @@ def train_loop(
             _save({"model": evaluated.state_dict(), "epoch": epoch, "metrics": metrics}, out / "best.pt")
         else:
             bad += 1
-        row = {"epoch": epoch + 1, "lr": round(lr, 6), "loss": float(np.mean(losses)) if losses else None,
-               "seconds": round(time.time() - t0, 1), "steps": steps_done, **metrics, "best": improved}
+        row = {
+            "epoch": epoch + 1,
+            "lr": round(lr, 6),
+            "loss": float(np.mean(losses)) if losses else None,
+            "seconds": round(time.time() - t0, 1),
+            "steps": steps_done,
+            **metrics,
+            "best": improved,
+        }
         history.append(row)
         with (out / "log.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         log(json.dumps(row))
-        _save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "history": history,
-               "best": best, "best_epoch": best_epoch, "bad_epochs": bad, "steps_done": steps_done,
-               "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
-               "extra": hooks.extra_state() if hooks.extra_state is not None else {}},
-              last)
+        _save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "best": best,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad,
+                "steps_done": steps_done,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "config": asdict(cfg),
+                "extra": hooks.extra_state() if hooks.extra_state is not None else {},
+            },
+            last,
+        )
         if bad >= cfg.patience:
             log(f"early stop: no {cfg.monitor} improvement for {bad} epochs")
             break
