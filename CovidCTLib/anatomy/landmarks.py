@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from CovidCTLib.imaging.airway import continue_airway
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.lobes.frame import Frame
 from CovidCTLib.volume import CTVolume
@@ -194,19 +195,7 @@ def track_airway(grid: _Grid, params: LandmarkParameters) -> _AirwayTrack:
                 areas_tracked.append(float(areas[best]))
             continue
         limit = 2.5 * float(np.median(areas_tracked[:5]))
-        cur = np.zeros_like(prev)
-        for k in np.unique(lab[prev]):
-            if k == 0:
-                continue
-            comp = lab == k
-            if areas[k] <= limit:
-                cur |= comp
-                continue
-            lumen, m = ndimage.label(comp & (grid.hu[s] < params.lumen_hu), structure=_STRUCT_2D)
-            lumen_areas = np.bincount(lumen.ravel(), minlength=m + 1)
-            for j in np.unique(lumen[prev]):
-                if j and lumen_areas[j] <= limit:
-                    cur |= lumen == j
+        cur = continue_airway(lab, areas, prev, grid.hu[s], params.lumen_hu, limit)
         if not cur.any():
             break
         branches, nb = ndimage.label(cur, structure=_STRUCT_2D)

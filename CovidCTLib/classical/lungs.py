@@ -38,6 +38,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image, disk
 
 from CovidCTLib.errors import AnalysisError, InputError
+from CovidCTLib.imaging.airway import continue_airway
 from CovidCTLib.imaging.grid import block_factors, block_mean, fine_box_of, upsample_nearest
 from CovidCTLib.imaging.orientation import oriented_target
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
@@ -227,21 +228,7 @@ def _track_airways(
                 airway[z] = prev
             continue
         limit = 2.5 * float(np.median(tracked_areas[:5]))
-        cur = np.zeros_like(sl)
-        for k in np.unique(lab[prev]):
-            if k == 0:
-                continue
-            comp = lab == k
-            if areas[k] <= limit:
-                cur |= comp
-                continue
-            lumen, m = ndimage.label(comp & (hu[z] < params.lumen_hu), structure=_STRUCT_2D)
-            if m == 0:
-                continue
-            lumen_areas = np.bincount(lumen.ravel())
-            for j in np.unique(lumen[prev]):
-                if j and lumen_areas[j] <= limit:
-                    cur |= lumen == j
+        cur = continue_airway(lab, areas, prev, hu[z], params.lumen_hu, limit)
         if not cur.any():
             break
         tracked_areas.append(int(np.count_nonzero(cur)))
