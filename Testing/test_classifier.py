@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from required import skip_or_fail  # noqa: E402
+from synthetic_chest import synthetic_chest
 
 from CovidCTLib.errors import ModelError
 from CovidCTLib.models.data.classifier_data import Item, group_of, grouped_split, list_dataset
@@ -26,22 +27,6 @@ from CovidCTLib.models.runtime.classifier_inference import (
 from CovidCTLib.volume import CTVolume
 
 
-def _chest(size: int = 96, covid: bool = False, seed: int = 0) -> np.ndarray:
-    """8-bit synthetic axial slice: grey body, two dark lungs, bright blobs in the lungs when ``covid``."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    img = np.zeros((size, size), np.float32)
-    img[((yy - 0.5) / 0.38) ** 2 + ((xx - 0.5) / 0.45) ** 2 < 1] = 170
-    for cx in (0.32, 0.68):
-        img[((yy - 0.5) / 0.26) ** 2 + ((xx - cx) / 0.13) ** 2 < 1] = 25
-    if covid:
-        for _ in range(4):
-            cy, cx = rng.uniform(0.35, 0.65), rng.choice([0.3, 0.7]) + rng.uniform(-0.04, 0.04)
-            img[((yy - cy) / 0.06) ** 2 + ((xx - cx) / 0.05) ** 2 < 1] = 120
-    img += rng.normal(0, 6, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
 def _write_png(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(sitk.GetImageFromArray(arr), str(path))
@@ -53,8 +38,8 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     k = 0
     for g in range(4):
         for j in range(2):
-            _write_png(root / "COVID" / f"paper{g}-p{j + 1}-{k}_{j}.png", _chest(covid=True, seed=k))
-            _write_png(root / "NonCOVID" / f"{g * 10 + 3}_{j}.png", _chest(covid=False, seed=100 + k))
+            _write_png(root / "COVID" / f"paper{g}-p{j + 1}-{k}_{j}.png", synthetic_chest(covid=True, seed=k))
+            _write_png(root / "NonCOVID" / f"{g * 10 + 3}_{j}.png", synthetic_chest(covid=False, seed=100 + k))
             k += 1
     return root
 
@@ -114,7 +99,7 @@ def test_grouped_split_never_shares_a_group() -> None:
 
 
 def test_list_dataset_merges_consecutive_numeric_names(tmp_path: Path) -> None:
-    img = _chest()
+    img = synthetic_chest()
     for name in (
         "COVID/a-p1-1.png",
         "COVID/a-p2-2.png",
@@ -187,7 +172,9 @@ def test_smoke_training_writes_checkpoint_and_resumes(trained: Path, tiny_datase
 
 
 def test_exported_model_classifies_and_detects_tampering(trained: Path, tmp_path: Path) -> None:
-    probs = classify_images([_chest(covid=True), _chest(covid=False)], device="cpu", model_dir=trained / "model")
+    probs = classify_images(
+        [synthetic_chest(covid=True), synthetic_chest(covid=False)], device="cpu", model_dir=trained / "model"
+    )
     assert len(probs) == 2 and all(0.0 <= p <= 1.0 for p in probs)
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -265,7 +252,7 @@ def test_classify_path_on_an_image_file(trained: Path, tmp_path: Path) -> None:
     from CovidCTLib.models.runtime.classifier_inference import classify_path, classify_path_details
 
     png = tmp_path / "slice.png"
-    _write_png(png, _chest(covid=True))
+    _write_png(png, synthetic_chest(covid=True))
     p = classify_path(png, device="cpu", model_dir=trained / "model")
     row = classify_path_details(png, device="cpu", model_dir=trained / "model")
     assert 0.0 <= p <= 1.0 and row["kind"] == "image" and row["probability"] == pytest.approx(p, abs=1e-4)
@@ -273,7 +260,7 @@ def test_classify_path_on_an_image_file(trained: Path, tmp_path: Path) -> None:
 
 def _png256_like(root: Path) -> Path:
     """A covid19_ct_seg_png256-shaped folder: 4 slices, the 3rd the 1st stored upside down (flagged)."""
-    img = _chest(size=64, covid=True, seed=7)
+    img = synthetic_chest(size=64, covid=True, seed=7)
     img[4:10, 24:40] = 250  # an anterior marker, to see the orientation
     lung = (img < 60).astype(np.uint8) * 255
     lung[:, :8] = 0
@@ -428,7 +415,7 @@ def test_classify_command_names_its_number_the_classifier_probability(tmp_path: 
     if not (default_model_dir() / "manifest.json").is_file():
         skip_or_fail("no covid-classifier shipped in Resources/Models")
     png = tmp_path / "slice.png"
-    _write_png(png, _chest(covid=True))
+    _write_png(png, synthetic_chest(covid=True))
     out = tmp_path / "predictions.csv"
     assert main(["classify", str(png), "-o", str(out), "--device", "cpu"]) == 0
     rows = list(csv.DictReader(out.open()))

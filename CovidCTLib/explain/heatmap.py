@@ -39,11 +39,17 @@ def cam_to_box(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def heatmap_volume(image: sitk.Image, lungs: np.ndarray, cams: dict[int, np.ndarray]) -> np.ndarray:
+def heatmap_volume(
+    image: sitk.Image,
+    lungs: np.ndarray,
+    cams: dict[int, np.ndarray],
+    boxes: dict[int, tuple[int, int, int, int]] | None = None,
+) -> np.ndarray:
     """float32 ``(z, y, x)`` heat on the CT grid: 0 outside the lungs and on unclassified slices, max 1.
 
     ``cams``: slice index -> Grad-CAM map of that slice (radiological view, feature grid), as
-    :func:`CovidCTLib.models.runtime.classifier_inference.classify_scan` keeps them with ``explain=True``.
+    :func:`CovidCTLib.models.runtime.classifier_inference.classify_scan` keeps them with ``explain=True``;
+    ``boxes``: the view box each map lies on, when the classifier gives one (else the classic lung crop).
     """
     lungs = np.asarray(lungs)
     heat = np.zeros(lungs.shape, dtype=np.float32)
@@ -52,7 +58,7 @@ def heatmap_volume(image: sitk.Image, lungs: np.ndarray, cams: dict[int, np.ndar
     _, view_lungs = radiological_view(lungs, lungs, image)
     index = view_index(lungs.shape[1:], image).ravel()
     for z, cam in cams.items():
-        y0, y1, x0, x1 = crop_box(view_lungs[z])
+        y0, y1, x0, x1 = boxes[z] if boxes and z in boxes else crop_box(view_lungs[z])
         view = np.zeros(view_lungs.shape[1:], dtype=np.float32)
         view[y0:y1, x0:x1] = cam_to_box(cam, y1 - y0, x1 - x0)
         flat = np.empty(view.size, dtype=np.float32)

@@ -19,6 +19,6 @@ def explain_classification(
     top_k: int,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``(heat, explanation)`` for a :class:`ScanClassification` made with ``explain=True``."""
-    heat = heatmap_volume(ct.image, lungs, scan.cams)
+    heat = heatmap_volume(ct.image, lungs, scan.cams, scan.cam_boxes)
     explanation = explain_scan(ct.image, lungs, infection, heat, scan.slice_probabilities, ct.voxel_volume_ml, top_k)
     return heat, explanation.to_dict()

@@ -88,6 +88,21 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
             help="classifier only: train without the real COVID images (COVID examples only from "
             "--aux-data, e.g. covid-images:<synthetic folder>); validation stays real",
         )
+    if action == "train":
+        p.add_argument(
+            "--views",
+            type=int,
+            default=None,
+            help="classifier --arch seg-features only: views per training image (original, flip, then random "
+            "augmentations; default 6)",
+        )
+        p.add_argument(
+            "--aux-weight",
+            type=float,
+            default=None,
+            help="classifier --arch seg-features only: total weight of the --aux-data slices (noncovid-volume:, "
+            "covid-slices:) as a multiple of a quarter of the training images (default 1)",
+        )
     if action in ("train", "finetune"):
         p.add_argument("--epochs", type=int, default=None)
         p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")

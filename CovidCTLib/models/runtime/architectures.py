@@ -70,6 +70,12 @@ def _efficientnet(**kwargs: Any) -> Any:
     return build_efficientnet(**kwargs)
 
 
+def _seg_feature_classifier(**kwargs: Any) -> Any:
+    from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier
+
+    return SegFeatureClassifier(**kwargs)
+
+
 def _cyclegan_resnet(**kwargs: Any) -> Any:
     from CovidCTLib.models.runtime.synth_networks import cyclegan_resnet
 
@@ -108,6 +114,15 @@ NETWORKS: dict[str, Network] = {
         {
             "model_name": Arg("str", choices=tuple(f"efficientnet-b{i}" for i in range(8))),
             "in_channels": Arg("int", 1, 3),
+        },
+    ),
+    "seg-feature-classifier": Network(  # issue 13.4: COVID classifier on the segmentation networks' features
+        _seg_feature_classifier,
+        {
+            "lung_channels": _FEATURES,
+            "infection_channels": _FEATURES,
+            "infection_res_units": Arg("int", 0, 4),
+            "n_features": Arg("int", 1, 100000),
         },
     ),
     "cyclegan-resnet": Network(  # issue 16: generator of the COVID synthesizer

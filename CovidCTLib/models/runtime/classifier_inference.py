@@ -31,6 +31,8 @@ from CovidCTLib.models.runtime.classifier import (
     to_unit,
 )
 from CovidCTLib.models.runtime.device import resolve_device
+from CovidCTLib.models.runtime.seg_feature_inference import ARCH as SEG_ARCH
+from CovidCTLib.models.runtime.seg_feature_inference import is_seg_feature_manifest, score_slices
 from CovidCTLib.progress import Reporter
 from CovidCTLib.version import DISCLAIMER
 from CovidCTLib.volume import CTVolume
@@ -65,6 +67,8 @@ class ScanClassification:
     disclaimer: str = DISCLAIMER
     #: Grad-CAM map per slice (radiological view, crop's feature grid) when classified with ``explain=True``
     cams: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    #: (y0, y1, x0, x1) in the radiological view of the slice each map lies on (absent: the classic lung crop)
+    cam_boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +144,56 @@ def classifier_manifest(config: ClassifierConfig, info: dict[str, Any]) -> dict[
     return manifest
 
 
+def seg_feature_manifest(
+    info: dict[str, Any],
+    metrics: dict[str, Any],
+    calibration: dict[str, Any],
+    command: str | None,
+    seed: int,
+    views: int,
+    n_images: int,
+) -> dict[str, Any]:
+    """Manifest of a segmentation-feature classifier (``covidct train classifier --arch seg-features``)."""
+    from CovidCTLib.models.runtime.seg_feature_inference import NETWORK
+    from CovidCTLib.models.runtime.seg_features import STATS
+
+    return {
+        "name": MODEL_NAME,
+        "version": "2.0.0",
+        "task": "classification",
+        "description": "COVID-19 vs non-COVID axial CT slice classifier on the features of the lung and "
+        "infection segmentation networks, pooled to a scan score",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "framework": f"torch {torch.__version__.split('+')[0]} + MONAI AttentionUnet / UNet encoders (frozen) "
+        "+ logistic-regression head",
+        "architecture": {"network": NETWORK, "kwargs": info["kwargs"]},
+        "input": {"channels": 1, "size": info["lung_size"], "infection_size": info["infection_size"]},
+        "normalization": "8-bit display range (HU: lung window [-1250, 250], rounded to 8 bits), min-max per "
+        "input, no CLAHE (lungwin-minmax-clahe-v1, CLAHE off)",
+        "preprocessing": {
+            "lung_features": f"lung network encoder (4 levels) on the whole slice at {info['lung_size']} px",
+            "infection_features": f"infection network (all 8 levels) on the lung box + 10 % margin at "
+            f"{info['infection_size']} px, with the lung mask channel (all ones for lung-region crops)",
+            "pooling": f"{', '.join(STATS)} of every map over the image",
+            "lung_mask": "volumes: the analysis' lung mask; 2-D images: the lung network's 2-D mask",
+            "test_time_augmentation": "none",
+        },
+        "feature_sources": info["sources"],
+        "output": "sigmoid(logit) = probability of a COVID-19 pneumonia pattern (Platt-calibrated)",
+        "pooling": {
+            "scan_probability": "mean over lung-containing slices",
+            "top_k_mean": f"mean of the top {int(TOP_K_FRACTION * 100)} % slices (k >= 1)",
+            "lung_containing_slice": f"lung area >= {MIN_SLICE_LUNG_FRACTION:.0%} of the slice and >= "
+            f"{MIN_SLICE_OF_MAX:.0%} of the largest lung slice",
+        },
+        "calibration": {**calibration, "fitted_on": "out-of-fold logits of the grouped 5-fold cross-validation"},
+        "metrics": {"grouped_5fold_cv": metrics},
+        "training": {"command": command, "seed": seed, "views": views, "n_images": n_images},
+        "intended_use": "Research on COVID-19 chest CT; not a medical device; not for diagnosis.",
+        "disclaimer": DISCLAIMER,
+    }
+
+
 _CACHE: dict[tuple[str, str, float], LoadedClassifier] = {}
 
 
@@ -168,6 +222,10 @@ def load_classifier(
         return _CACHE[key]
     loaded = load_model(folder.name, device=str(dev), root=folder.parent)
     arch = loaded.manifest["architecture"].get("kwargs", {})
+    if is_seg_feature_manifest(loaded.manifest):
+        result = LoadedClassifier(loaded.module, ClassifierConfig(SEG_ARCH, loaded.input_size, 1), loaded.manifest, dev)
+        _CACHE[key] = result
+        return result
     config = ClassifierConfig(
         arch=arch.get("model_name", "efficientnet-b0"),
         input_size=loaded.input_size,
@@ -293,20 +351,28 @@ def classify_scan(
         )
     probs: dict[int, float] = {}
     cams: dict[int, np.ndarray] = {}
+    boxes: dict[int, tuple[int, int, int, int]] = {}
+    seg = loaded.config.arch == SEG_ARCH
     for start in range(0, len(zs), batch_size):
         chunk = zs[start : start + batch_size]
+        if seg:
+            grays = [quantize_8bit(to_unit(arr[z], ct.intensity)) for z in chunk]
+            scored = score_slices(
+                loaded.model, loaded.manifest, loaded.device, grays, [lungs[z] > 0 for z in chunk], explain
+            )
+            calibrated = apply_calibration(scored.probabilities, loaded.manifest.get("calibration"))
+            probs.update(zip(chunk, (float(p) for p in calibrated), strict=True))
+            cams.update(zip(chunk, scored.cams, strict=False))
+            boxes.update(zip(chunk, scored.boxes, strict=False))
+            _report(reporter, start + len(chunk), len(zs))
+            continue
         crops = [crop_to_lungs(quantize_8bit(to_unit(arr[z], ct.intensity)), lungs[z] > 0, CROP_SIZE)[0] for z in chunk]
         chunk_cams: list[np.ndarray] | None = [] if explain else None
         for z, p in zip(chunk, _score_crops(loaded, crops, chunk_cams), strict=True):
             probs[z] = float(p)
         if chunk_cams is not None:
             cams.update(zip(chunk, chunk_cams, strict=True))
-        if reporter is not None:
-            reporter.update(
-                "classify",
-                min(1.0, (start + len(chunk)) / len(zs)),
-                f"classified {start + len(chunk)} / {len(zs)} lung slices",
-            )
+        _report(reporter, start + len(chunk), len(zs))
     mean, top, k = pool_probabilities(list(probs.values()))
     return ScanClassification(
         mean,
@@ -317,7 +383,13 @@ def classify_scan(
         str(loaded.manifest.get("version", MODEL_VERSION)),
         top_k=k,
         cams=cams,
+        cam_boxes=boxes,
     )
+
+
+def _report(reporter: Reporter | None, done: int, total: int) -> None:
+    if reporter is not None:
+        reporter.update("classify", min(1.0, done / total), f"classified {done} / {total} lung slices")
 
 
 def classify_images(
@@ -333,6 +405,8 @@ def classify_images(
     from CovidCTLib.models.data.classifier_data import read_image
 
     loaded = loaded or load_classifier(model_dir, device)
+    if loaded.config.arch == SEG_ARCH:
+        return _classify_images_seg(loaded, paths_or_arrays, device)
     out: list[float] = []
     batch: list[np.ndarray] = []
     for item in paths_or_arrays:
@@ -342,6 +416,22 @@ def classify_images(
             out += [float(p) for p in _score_crops(loaded, batch)]
             batch = []
     out += [float(p) for p in _score_crops(loaded, batch)]
+    return out
+
+
+def _classify_images_seg(
+    loaded: LoadedClassifier, paths_or_arrays: list[str | Path | np.ndarray], device: str
+) -> list[float]:
+    """2-D images with the segmentation-feature classifier: the lung network's 2-D masks, as in training."""
+    from CovidCTLib.models.data.classifier_data import read_image
+    from CovidCTLib.models.runtime.inference import slice_lungs
+
+    out: list[float] = []
+    for start in range(0, len(paths_or_arrays), 32):
+        chunk = paths_or_arrays[start : start + 32]
+        grays = [to_gray(i).astype(np.float32) if isinstance(i, np.ndarray) else read_image(i) for i in chunk]
+        scored = score_slices(loaded.model, loaded.manifest, loaded.device, grays, slice_lungs(grays, device))
+        out += [float(p) for p in apply_calibration(scored.probabilities, loaded.manifest.get("calibration"))]
     return out
 
 

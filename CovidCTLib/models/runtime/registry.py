@@ -198,8 +198,11 @@ def save_model(
     manifest: dict[str, Any],
     weights_name: str = "weights.pt",
     overwrite: bool = True,
+    float32_prefixes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Write ``module``'s weights in fp16 plus ``manifest.json`` (checksum filled in) into ``folder``.
+
+    Parameters whose names start with one of ``float32_prefixes`` (e.g. a linear head) stay float32.
 
     ``manifest`` must hold at least name, version, task, architecture, input and normalization; weights,
     sha256 and the research-only statement are added here. Returns the manifest as written.
@@ -208,15 +211,18 @@ def save_model(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: (v.detach().half() if v.is_floating_point() else v.detach()).cpu() for k, v in module.state_dict().items()
-    }
+
+    def stored(name: str, v: Any) -> Any:
+        keep = not v.is_floating_point() or name.startswith(float32_prefixes)
+        return (v.detach().float() if v.is_floating_point() else v.detach()) if keep else v.detach().half()
+
+    state = {k: stored(k, v).cpu() for k, v in module.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
     write_bytes_atomic(folder / weights_name, buf.getvalue(), overwrite=overwrite)
     out = dict(manifest)
     out["weights"] = weights_name
-    out["weights_dtype"] = "float16"
+    out["weights_dtype"] = "float16" + (f" ({', '.join(float32_prefixes)} float32)" if float32_prefixes else "")
     out["sha256"] = sha256_file(folder / weights_name)
     out.setdefault("research_only", DISCLAIMER)
     missing = [k for k in REQUIRED_KEYS if k not in out]

@@ -406,7 +406,15 @@ def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def main_train(args: argparse.Namespace) -> dict[str, Any]:
-    """``covidct train classifier``: train from scratch (grouped split), export to ``<out>/model``."""
+    """``covidct train classifier``: train from scratch (grouped split), export to ``<out>/model``.
+
+    ``--arch seg-features``: the classifier on the segmentation networks' features
+    (:mod:`CovidCTLib.models.training.seg_feature_train`, the shipped 2.x recipe).
+    """
+    if getattr(args, "arch", None) == "seg-features":
+        from CovidCTLib.models.training.seg_feature_train import train_seg_feature_classifier
+
+        return train_seg_feature_classifier(args)
     return train_classifier(args)
 
 
@@ -415,6 +423,11 @@ def main_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from CovidCTLib.models.runtime.classifier_inference import load_classifier
 
     loaded = load_classifier(getattr(args, "model", None), device="cpu")
+    if loaded.config.arch == "seg-features":
+        raise InputError(
+            "the installed classifier is a segmentation-feature classifier: it is not fine-tuned but retrained "
+            "(a few minutes): `covidct train classifier --arch seg-features --data DIR --out OUT`."
+        )
     if getattr(args, "lr", None) is None:
         args.lr = 3e-4
     return train_classifier(args, init_state=loaded.model.state_dict(), config=loaded.config)
@@ -502,6 +515,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--drop-real-covid", action="store_true")
+    p.add_argument("--views", type=int, default=None)
+    p.add_argument("--aux-weight", type=float, default=None)
     return p
 
 

@@ -1,0 +1,166 @@
+"""COVID slice classifier on the features of the segmentation networks (issue 13.4: encoder transfer).
+
+The shipped lung Attention U-Net and infection U-Net were trained on CT slices (HU volumes and 8-bit
+images) to find lungs, ground glass and consolidation. Their feature maps describe exactly what the slice
+classifier needs, so :class:`SegFeatureClassifier` holds frozen copies of both networks and a linear head on
+pooled statistics (mean, max, standard deviation over the map) of
+
+* the four encoder levels of the lung network (its decoder is not needed: the slice's lung mask is given),
+* all eight encoder and decoder levels of the infection network, run on the lung-box crop with the mask.
+
+The copies make the classifier self-contained: retraining a segmentation model later does not change it.
+The inputs are built by :func:`slice_inputs` for training images and CT slices alike (8-bit display range).
+Grad-CAM (:meth:`SegFeatureClassifier.logits_and_cams`) explains the logit on the last infection-decoder
+map, which lies on the infection crop. Research software, not a diagnosis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.networks.layers import SkipConnection
+from torch import nn
+
+from CovidCTLib.models.runtime.networks import attention_unet, unet
+
+#: Pooled statistics of every tapped map, in this order.
+STATS = ("mean", "max", "std")
+#: Share of the image a lung box must cover to be treated as a lung-region crop (as the 2-D infection path).
+CROP_IMAGE_FRACTION = 0.75
+
+
+def pool_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, sum of 3 x channels): mean, max and standard deviation of each (B, C, H, W) map over H, W."""
+    parts = []
+    for m in maps:
+        flat = m.flatten(2)
+        parts += [flat.mean(-1), flat.amax(-1), flat.std(-1)]
+    return torch.cat(parts, dim=1)
+
+
+def lung_encoder_maps(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every encoder level of a MONAI AttentionUnet (the decoder is not run)."""
+    seq = net.model
+    h = seq[0](x)
+    maps = [h]
+    layer = seq[1]
+    while True:
+        sub = layer.submodule
+        if isinstance(sub, nn.Sequential):
+            h = sub[0](h)
+            maps.append(h)
+            layer = sub[1]
+        else:
+            maps.append(sub(h))
+            return maps
+
+
+def infection_taps(net: nn.Module) -> list[nn.Module]:
+    """Encoder levels, bottom and decoder levels (deep to shallow) of a MONAI UNet, without the output layer."""
+    seq = net.model
+    taps, ups = [seq[0]], []
+    node = seq[1]
+    while isinstance(node, SkipConnection):
+        inner = node.submodule
+        if isinstance(inner, nn.Sequential) and len(inner) == 3:
+            taps.append(inner[0])
+            ups.append(inner[2])
+            node = inner[1]
+        else:
+            taps.append(inner)
+            break
+    return taps + ups[::-1]
+
+
+class SegFeatureClassifier(nn.Module):
+    """Frozen lung / infection segmentation networks + a linear head on their pooled feature maps."""
+
+    def __init__(
+        self,
+        lung_channels: Sequence[int] = (16, 32, 64, 128),
+        infection_channels: Sequence[int] = (16, 32, 64, 128, 256),
+        infection_res_units: int = 1,
+        n_features: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.lung = attention_unet(1, 2, lung_channels)
+        self.infection = unet(2, 3, infection_channels, infection_res_units)
+        self._taps = infection_taps(self.infection)
+        count = self.feature_count()
+        if n_features is not None and n_features != count:
+            raise ValueError(f"the networks give {count} features, the head expects {n_features}")
+        self.head = nn.Linear(count, 1)
+
+    def feature_count(self) -> int:
+        """Length of the pooled feature vector of these networks (one small forward pass)."""
+        with torch.no_grad():
+            return int(self.features(torch.zeros(1, 1, 32, 32), torch.zeros(1, 2, 32, 32)).shape[1])
+
+    def infection_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped maps of one infection-network forward pass (its output itself is not used)."""
+        kept: list[torch.Tensor] = []
+        handles = [t.register_forward_hook(lambda _m, _i, out: kept.append(out)) for t in self._taps]
+        try:
+            self.infection(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return kept  # hooks fire in execution order: encoder, bottom, decoder (deep to shallow) = tap order
+
+    def features(self, lung_in: torch.Tensor, infection_in: torch.Tensor) -> torch.Tensor:
+        """(B, n_features) pooled features of (B, 1, S, S) lung inputs and (B, 2, s, s) infection inputs."""
+        return torch.cat(
+            [pool_maps(lung_encoder_maps(self.lung, lung_in)), pool_maps(self.infection_maps(infection_in))], 1
+        )
+
+    def forward(self, lung_in: torch.Tensor, infection_in: torch.Tensor) -> torch.Tensor:
+        """(B,) logits of a COVID-19 pattern."""
+        return self.head(self.features(lung_in, infection_in))[:, 0]
+
+    def logits_and_cams(self, lung_in: torch.Tensor, infection_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B,) and Grad-CAM maps (B, s, s) >= 0 on the last infection-decoder map (the crop's grid)."""
+        with torch.no_grad():
+            lung = pool_maps(lung_encoder_maps(self.lung, lung_in))
+        with torch.enable_grad():
+            maps = self.infection_maps(infection_in)
+            logits = self.head(torch.cat([lung, pool_maps(maps)], 1))[:, 0]
+            (grad,) = torch.autograd.grad(logits.sum(), maps[-1])
+        cams = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * maps[-1]).sum(dim=1))
+        return logits.detach(), cams.detach()
+
+
+@dataclass
+class SliceInputs:
+    """Network inputs of one slice and the infection crop box (rows, columns) in the slice."""
+
+    lung: np.ndarray  # (1, S, S) float32 0..1
+    infection: np.ndarray  # (2, s, s) float32: normalised crop, lung mask
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1
+
+
+def slice_inputs(gray: np.ndarray, lung_mask: np.ndarray, lung_size: int, infection_size: int) -> SliceInputs:
+    """Inputs of one slice in the 8-bit display range (any scale: each input is min-max normalised).
+
+    ``lung_mask`` (bool, the slice's shape): the lungs of that slice. The infection input is the lung box
+    (10 % margin) of the normalised slice and of the mask; when the box covers most of the image (a
+    lung-region crop) the mask channel is all ones, as in the 2-D infection path.
+    """
+    from CovidCTLib.models.runtime.normalization import fit as fit_to
+    from CovidCTLib.models.runtime.normalization import lung_box, normalize_slice, resize_mask
+
+    gray = np.asarray(gray, dtype=np.float32)
+    norm = normalize_slice(gray, "8bit", False, None)
+    full = (slice(0, gray.shape[0]), slice(0, gray.shape[1]))
+    box = lung_box(lung_mask) or full
+    area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    mask = (
+        np.ones_like(lung_mask, dtype=np.uint8)
+        if area >= CROP_IMAGE_FRACTION * gray.size
+        else lung_mask.astype(np.uint8)
+    )
+    infection = np.stack([fit_to(norm[box], infection_size), resize_mask(mask[box], infection_size).astype(np.float32)])
+    lung = normalize_slice(gray, "8bit", False, lung_size)[None]
+    return SliceInputs(lung, infection.astype(np.float32), (box[0].start, box[0].stop, box[1].start, box[1].stop))
