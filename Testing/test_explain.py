@@ -17,7 +17,7 @@ from CovidCTLib.cli import build_parser, main
 from CovidCTLib.explain.heatmap import heatmap_volume, view_index
 from CovidCTLib.explain.summary import explain_scan, slice_z_mm
 from CovidCTLib.io.writers import write_image
-from CovidCTLib.models.runtime.classifier import predict_crops, standardize
+from CovidCTLib.models.runtime.classifier import build_efficientnet, predict_crops, standardize
 from CovidCTLib.models.runtime.classifier_inference import (
     default_model_dir,
     load_classifier,
@@ -35,6 +35,15 @@ def _classifier():
     return load_classifier(None, "cpu")
 
 
+class _EfficientNet:
+    """A seeded, untrained EfficientNet-b0 (the 1.x classifier architecture) for the staged Grad-CAM path."""
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = build_efficientnet("efficientnet-b0", 1).eval()
+        self.device = torch.device("cpu")
+
+
 def _crops(n: int = 4, size: int = 96) -> torch.Tensor:
     """Smooth random crops in 0..1 (deterministic)."""
     rng = np.random.default_rng(3)
@@ -44,7 +53,7 @@ def _crops(n: int = 4, size: int = 96) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ Grad-CAM
 def test_staged_forward_gives_the_networks_own_logits():
-    loaded = _classifier()
+    loaded = _EfficientNet()
     x = standardize(_crops())
     logits, features = staged_logits(loaded.model.eval(), x)
     with torch.no_grad():
@@ -55,7 +64,7 @@ def test_staged_forward_gives_the_networks_own_logits():
 
 def test_gradcam_matches_an_independent_hook_and_autograd_computation():
     """Grad-CAM from a forward hook on the same stage of the *unmodified* network and torch.autograd."""
-    loaded = _classifier()
+    loaded = _EfficientNet()
     model = loaded.model.eval()
     x = standardize(_crops(2))
     kept: list[torch.Tensor] = []
@@ -75,7 +84,7 @@ def test_gradcam_matches_an_independent_hook_and_autograd_computation():
 
 
 def test_scores_with_gradcam_equal_the_plain_scores():
-    loaded = _classifier()
+    loaded = _EfficientNet()
     crops = _crops(5)
     plain = predict_crops(loaded.model, crops, loaded.device, tta=True)
     batch = predict_with_cams(loaded.model, crops, loaded.device, tta=True)

@@ -112,16 +112,33 @@ def features_of(
 
 
 def extract(
-    items: list[Item], net: SegFeatureClassifier, info: dict[str, Any], views: int, seed: int, batch: int = 16
+    items: list[Item],
+    net: SegFeatureClassifier,
+    info: dict[str, Any],
+    views: int,
+    seed: int,
+    cache_dir: Path | None = None,
+    batch: int = 16,
 ) -> np.ndarray:
-    """(views, N, n_features) features of every image and view."""
+    """(views, N, n_features) features of every image and view; each view cached in ``cache_dir`` once done
+    (a view depends only on the images, the networks, the seed and its index, so a rerun resumes)."""
     out = np.zeros((views, len(items), info["kwargs"]["n_features"]), dtype=np.float32)
+    key = _feature_key(items, info, seed)
     t0 = time.time()
     for v in range(views):
+        cache = cache_dir / f"features_{key}_view{v}.npy" if cache_dir else None
+        if cache is not None and cache.exists():
+            out[v] = np.load(cache)
+            _log(f"features: view {v + 1}/{views} reused from {cache}")
+            continue
         for start in range(0, len(items), batch):
             idx = range(start, min(len(items), start + batch))
             grays = [view_of(read_image(items[i].path), v, seed, i) for i in idx]
             out[v, start : start + len(grays)] = features_of(net, grays, image_lung_masks(grays), info)
+        if cache is not None:
+            tmp = cache.with_suffix(".tmp.npy")
+            np.save(tmp, out[v])
+            tmp.replace(cache)
         _log(f"features: view {v + 1}/{views} done ({time.time() - t0:.0f} s)")
     return out
 
@@ -326,8 +343,8 @@ def cross_validate(
 
 
 # ------------------------------------------------------------------------------ the command
-def _feature_key(items: list[Item], info: dict[str, Any], views: int, seed: int) -> str:
-    text = json.dumps([[str(i.path), i.label] for i in items] + [info["sources"], views, seed, FEATURE_VERSION])
+def _feature_key(items: list[Item], info: dict[str, Any], seed: int) -> str:
+    text = json.dumps([[str(i.path), i.label] for i in items] + [info["sources"], seed, FEATURE_VERSION])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -343,13 +360,7 @@ def train_seg_feature_classifier(args: argparse.Namespace) -> dict[str, Any]:
     items = list_dataset(data)
     labels = np.array([it.label for it in items])
     net, info = build_network("cpu")
-    cache = out / f"features_{_feature_key(items, info, views, seed)}.npz"
-    if cache.exists():
-        feats = np.load(cache)["features"]
-        _log(f"features reused from {cache}")
-    else:
-        feats = extract(items, net, info, views, seed)
-        np.savez_compressed(cache, features=feats)
+    feats = extract(items, net, info, views, seed, cache_dir=out)
     aux_spec = getattr(args, "aux_data", None)
     aux_weight = float(getattr(args, "aux_weight", None) or 1.0)
     aux = NO_AUX
