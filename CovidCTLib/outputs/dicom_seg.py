@@ -88,9 +88,11 @@ def _model_string(result) -> str:
 def cielab_dicom(rgb: tuple[float, float, float]) -> list[int]:
     """An sRGB colour (components 0..1) as DICOM CIELab (L*, a*, b* scaled to 0..65535; PS3.3 C.10.7.1.1).
 
-    sRGB is linearised, taken to CIE XYZ with the D65 white point and from there to CIE L*a*b*.
+    The colour is taken to 8 bits per component first (as it is shown), linearised, taken to CIE XYZ with
+    the D65 white point and from there to CIE L*a*b*.
     """
-    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (float(v) for v in rgb)]
+    channels = (round(255 * float(v)) / 255 for v in rgb)
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
     matrix = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
     xyz = matrix @ np.array(linear) / np.array([0.9505, 1.0, 1.089])
 
@@ -196,8 +198,10 @@ def _check_sources(sources: list[pydicom.Dataset], shape: tuple[int, int, int]) 
 
 
 def _normal(first: pydicom.Dataset) -> np.ndarray:
+    """The frame-order axis: column direction x row direction (highdicom's volume convention: the
+    slice, row and column axes form a right-handed system; head first for a standard axial series)."""
     cosines = np.array([float(v) for v in first.ImageOrientationPatient])
-    return np.cross(cosines[:3], cosines[3:])
+    return np.cross(cosines[3:], cosines[:3])
 
 
 def _raw(dataset: Dataset, tag: int, vr: str, value: bytes) -> None:

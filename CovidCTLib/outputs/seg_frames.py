@@ -4,7 +4,8 @@ per-frame functional groups, encoded directly (:mod:`CovidCTLib.outputs.dicom_en
 Layout (the same as highdicom's, so that highdicom and DCMQI read it as their own):
 
 * frames run segment by segment (segment number 1, 2, ...), and within a segment along the slice normal
-  (increasing distance of ImagePositionPatient along the cross product of the row and column directions);
+  (increasing distance of ImagePositionPatient along the column x row direction, head first for a standard
+  axial series);
   a frame where the segment has no voxel is omitted, and so is a slice no segment touches;
 * Dimension Index Values = (segment number, 1-based index of the slice among the slices kept);
 * each frame references its source CT slice (Derivation Image Sequence, spatial locations preserved) and
