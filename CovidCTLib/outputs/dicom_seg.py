@@ -174,9 +174,21 @@ def segment_sources(result) -> list[tuple[SegmentSpec, np.ndarray, int]]:
     return [(spec, sources[spec.source], spec.label) for spec in specs]
 
 
-def _read_sources(files: list[str]) -> list[pydicom.Dataset]:
+#: what the SEG needs of every source slice (the first slice is read whole)
+_SLICE_TAGS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+)
+
+
+def _read_sources(files: list[str], tags: tuple[str, ...] | None = _SLICE_TAGS) -> list[pydicom.Dataset]:
     try:
-        return [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        return [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags) for f in files]
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise InputError(
             f"Cannot re-read the source DICOM files for the DICOM SEG ({exc}); keep them in place."
@@ -258,7 +270,7 @@ def build_dicom_seg(result, include_identifiers: bool = False) -> Dataset:
     segments = segment_sources(result)
     shape = segments[0][1].shape
     _check_sources(sources, shape)
-    first = sources[0]
+    first = _read_sources([sources[0].filename], None)[0]  # patient, study, frame of reference, measures
     normal = _normal(first)
     slices = [
         SourceSlice(
