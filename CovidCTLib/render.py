@@ -34,6 +34,8 @@ from CovidCTLib.errors import CovidCTError
 from CovidCTLib.labels import SEGMENTS
 
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width in HU
+#: depth-peeling passes of the 3-D picture (see-through lungs over opaque lesions)
+DEPTH_PEELS = 12
 
 _PROBE = """
 import vtk
@@ -123,7 +125,7 @@ def render_surfaces_png(
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(*background)
     renderer.SetUseDepthPeeling(1)
-    renderer.SetMaximumNumberOfPeels(12)
+    renderer.SetMaximumNumberOfPeels(DEPTH_PEELS)
     renderer.SetOcclusionRatio(0.0)
     shown = 0
     order = {spec.key: spec for spec in SEGMENTS}
