@@ -93,8 +93,13 @@ def main() -> None:
             parser.error("--save needs --input")
         save_result(args.input, args.method, args.result)
         return
+    import importlib
+
     import CovidCTLib
-    import CovidCTLib.pipeline  # noqa: F401  (imported by any analysis before it writes)
+
+    # what an analysis has imported by the time it writes (so that "cold" counts the writers' own imports)
+    for module in ("CovidCTLib.pipeline", "matplotlib.figure", "pydicom", "PIL.Image", "scipy.ndimage"):
+        importlib.import_module(module)
 
     with open(args.result, "rb") as handle:
         result = pickle.load(handle)
