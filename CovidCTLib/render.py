@@ -17,12 +17,12 @@ flipped scans are shown the right way.
 
 from __future__ import annotations
 
-import functools
 import io
 import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,9 +58,52 @@ class RenderUnavailableError(CovidCTError):
     """No offscreen OpenGL context can be made on this machine."""
 
 
-@functools.lru_cache(maxsize=1)
+_PROBE_LOCK = threading.Lock()
+_PROBED: list = []  # the one outcome of this process: the window class name, or the RenderUnavailableError
+
+
 def offscreen_backend() -> str:
-    """Check (once, in a child process) that offscreen VTK rendering works; return the window class used.
+    """Check (once per process, in a child process) that offscreen VTK rendering works; return the window
+    class used. Raises :class:`RenderUnavailableError` when it does not (every time, without re-checking).
+    """
+    with _PROBE_LOCK:
+        _check_once()
+    outcome = _PROBED[0]
+    if isinstance(outcome, RenderUnavailableError):
+        raise outcome
+    return outcome
+
+
+def _check_once() -> None:
+    """Run the check unless it ran (the caller holds :data:`_PROBE_LOCK`)."""
+    if not _PROBED:
+        try:
+            _PROBED.append(_probe_backend())
+        except RenderUnavailableError as exc:
+            _PROBED.append(exc)
+
+
+def prefetch_offscreen_backend() -> None:
+    """Start the check of :func:`offscreen_backend` in a background thread, so that its child process (a
+    second or so: a Python with VTK drawing one frame) runs while the other outputs are written; a later
+    :func:`offscreen_backend` waits for it."""
+    if not _PROBE_LOCK.acquire(blocking=False):
+        return  # a check is running
+    if _PROBED:
+        _PROBE_LOCK.release()
+        return
+
+    def probe() -> None:
+        try:
+            _check_once()
+        finally:
+            _PROBE_LOCK.release()
+
+    threading.Thread(target=probe, name="covidct-render-probe", daemon=True).start()
+
+
+def _probe_backend() -> str:
+    """:func:`offscreen_backend` without the lock.
 
     Without an X display, EGL is tried first (``VTK_DEFAULT_OPENGL_WINDOW=vtkEGLRenderWindow``, which also
     avoids VTK's "bad X server connection" warning), then VTK's default choice.

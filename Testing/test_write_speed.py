@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from CovidCTLib.io.seg_nrrd import read_seg_nrrd, write_label_seg_nrrd, write_seg_nrrd
@@ -72,3 +73,63 @@ def test_pdf_embeds_the_report_pictures_as_jpeg_close_to_the_png(tmp_path) -> No
     shown = np.asarray(Image.open(io.BytesIO(data[start : data.index(b"\xff\xd9", start) + 2])).convert("RGB"))
     assert shown.shape == picture.shape
     assert np.abs(shown.astype(int) - picture).mean() < 3
+
+
+def test_render_check_runs_once_in_the_background_and_its_outcome_is_kept(monkeypatch) -> None:
+    import threading
+
+    from CovidCTLib import render
+
+    calls: list[str] = []
+
+    def works() -> str:
+        calls.append(threading.current_thread().name)
+        return "vtkFakeWindow"
+
+    monkeypatch.setattr(render, "_PROBED", [])
+    monkeypatch.setattr(render, "_probe_backend", works)
+    render.prefetch_offscreen_backend()
+    assert render.offscreen_backend() == "vtkFakeWindow"  # waits for the background check
+    render.prefetch_offscreen_backend()  # already known: nothing runs
+    assert render.offscreen_backend() == "vtkFakeWindow"
+    assert calls == ["covidct-render-probe"]
+
+    def fails() -> str:
+        calls.append("failing check")
+        raise render.RenderUnavailableError("no OpenGL here")
+
+    monkeypatch.setattr(render, "_PROBED", [])
+    monkeypatch.setattr(render, "_probe_backend", fails)
+    render.prefetch_offscreen_backend()
+    for _ in range(2):
+        with pytest.raises(render.RenderUnavailableError, match="no OpenGL"):
+            render.offscreen_backend()
+    assert calls.count("failing check") == 1
+
+
+def test_writers_prepare_before_the_first_file_is_written(monkeypatch, tmp_path) -> None:
+    from CovidCTLib.outputs import registry
+    from CovidCTLib.phantom import make_phantom
+    from CovidCTLib.results import AnalysisResult
+
+    events: list[str] = []
+
+    def write(name: str):
+        def run(result, folder, options) -> None:
+            events.append(f"write {name}")
+            (folder / f"{name}.txt").write_text(name)
+
+        return run
+
+    writers = (
+        registry.FileWriter("first", (("first", "first.txt"),), write("first")),
+        registry.FileWriter(
+            "second", (("second", "second.txt"),), write("second"), prepare=lambda: events.append("prepare")
+        ),
+    )
+    monkeypatch.setattr(registry, "WRITERS", writers)
+    phantom = make_phantom(shape=(12, 32, 32))
+    result = AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection)
+    paths = registry.write_outputs(result, tmp_path / "out")
+    assert events == ["prepare", "write first", "write second"]
+    assert paths["second"].read_text() == "second"
