@@ -116,7 +116,7 @@ def _highdicom_seg(result: AnalysisResult, include_identifiers: bool) -> pydicom
         family=family,
         version=__version__,
         source="CovidCT research software (not for diagnosis)",
-        parameters={"method": result.method, "models": models[:64]},  # as CovidCT always wrote it
+        parameters={"method": result.method, "models": models},
     )
     descriptions = []
     for number, (spec, _, _) in enumerate(segments, start=1):

@@ -66,13 +66,24 @@ def test_pdf_embeds_the_report_pictures_as_jpeg_close_to_the_png(tmp_path) -> No
         buffer = io.BytesIO()
         Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
         pngs.append(buffer.getvalue())
-    images = ReportImages(axial_png=pngs[0], coronal_png=pngs[1], surface_note="not asked")
+    transparent = np.dstack([picture, np.full(picture.shape[:2], 255, np.uint8)])
+    transparent[:, :60, 3] = 0  # the left half see-through: the page (white) shows there
+    buffer = io.BytesIO()
+    Image.fromarray(transparent, "RGBA").save(buffer, format="PNG")
+    images = ReportImages(axial_png=pngs[0], coronal_png=pngs[1], explanation_png=buffer.getvalue())
     data = write_pdf_report(result, tmp_path / "r.pdf", images=images).read_bytes()
-    assert len(re.findall(rb"/DCTDecode", data)) == 2 and b"/FlateDecode" in data  # pictures JPEG, text Flate
-    start = data.index(b"\xff\xd8\xff")  # the first embedded JPEG, as reportlab stored it
-    shown = np.asarray(Image.open(io.BytesIO(data[start : data.index(b"\xff\xd9", start) + 2])).convert("RGB"))
-    assert shown.shape == picture.shape
-    assert np.abs(shown.astype(int) - picture).mean() < 3
+    assert len(re.findall(rb"/DCTDecode", data)) == 3 and b"/FlateDecode" in data  # pictures JPEG, text Flate
+    jpegs = []
+    start = data.find(b"\xff\xd8\xff")
+    while start >= 0:  # the embedded JPEGs, as reportlab stored them
+        end = data.index(b"\xff\xd9", start) + 2
+        jpegs.append(np.asarray(Image.open(io.BytesIO(data[start:end])).convert("RGB")).astype(int))
+        start = data.find(b"\xff\xd8\xff", end)
+    assert len(jpegs) == 3 and all(j.shape == picture.shape for j in jpegs)
+    assert sum(bool(np.abs(j - picture).mean() < 3) for j in jpegs) == 1
+    assert any(np.abs(j - picture[::-1]).mean() < 3 for j in jpegs)
+    see_through = [j for j in jpegs if j[:, :50].min() > 240]  # transparent half white, the rest the picture
+    assert len(see_through) == 1 and np.abs(see_through[0][:, 70:] - picture[:, 70:]).mean() < 3
 
 
 def test_render_check_runs_once_in_the_background_and_its_outcome_is_kept(monkeypatch) -> None:

@@ -111,7 +111,7 @@ def _algorithm(result) -> Dataset:
     algorithm.AlgorithmName = "CovidCT"
     algorithm.AlgorithmVersion = __version__
     algorithm.AlgorithmSource = "CovidCT research software (not for diagnosis)"
-    algorithm.AlgorithmParameters = f"method={result.method},models={_model_string(result)[:64]}"
+    algorithm.AlgorithmParameters = f"method={result.method},models={_model_string(result)}"
     return algorithm
 
 

@@ -229,7 +229,12 @@ def _jpeg(png: bytes) -> tuple[bytes, tuple[int, int]]:
     from PIL import Image as PILImage
 
     with PILImage.open(io.BytesIO(png)) as image:
-        rgb = image.convert("RGB")
+        if image.mode in ("RGBA", "LA", "P"):  # transparent parts onto white, as the page shows them
+            rgba = image.convert("RGBA")
+            rgb = PILImage.new("RGB", rgba.size, "white")
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = image.convert("RGB")
     buffer = io.BytesIO()
     rgb.save(buffer, format="JPEG", quality=PDF_JPEG_QUALITY)
     return buffer.getvalue(), rgb.size
