@@ -81,25 +81,6 @@ def _check_once() -> None:
             _PROBED.append(exc)
 
 
-def prefetch_offscreen_backend() -> None:
-    """Start the check of :func:`offscreen_backend` in a background thread, so that its child process (a
-    second or so: a Python with VTK drawing one frame) runs while the other outputs are written; a later
-    :func:`offscreen_backend` waits for it."""
-    if not _PROBE_LOCK.acquire(blocking=False):
-        return  # a check is running
-    if _PROBED:
-        _PROBE_LOCK.release()
-        return
-
-    def probe() -> None:
-        try:
-            _check_once()
-        finally:
-            _PROBE_LOCK.release()
-
-    threading.Thread(target=probe, name="covidct-render-probe", daemon=True).start()
-
-
 def _probe_backend() -> str:
     """:func:`offscreen_backend` without the lock.
 

@@ -86,24 +86,19 @@ def test_pdf_embeds_the_report_pictures_as_jpeg_close_to_the_png(tmp_path) -> No
     assert len(see_through) == 1 and np.abs(see_through[0][:, 70:] - picture[:, 70:]).mean() < 3
 
 
-def test_render_check_runs_once_in_the_background_and_its_outcome_is_kept(monkeypatch) -> None:
-    import threading
-
+def test_render_check_runs_once_per_process_and_a_failure_is_kept(monkeypatch) -> None:
     from CovidCTLib import render
 
     calls: list[str] = []
 
     def works() -> str:
-        calls.append(threading.current_thread().name)
+        calls.append("check")
         return "vtkFakeWindow"
 
     monkeypatch.setattr(render, "_PROBED", [])
     monkeypatch.setattr(render, "_probe_backend", works)
-    render.prefetch_offscreen_backend()
-    assert render.offscreen_backend() == "vtkFakeWindow"  # waits for the background check
-    render.prefetch_offscreen_backend()  # already known: nothing runs
-    assert render.offscreen_backend() == "vtkFakeWindow"
-    assert calls == ["covidct-render-probe"]
+    assert render.offscreen_backend() == render.offscreen_backend() == "vtkFakeWindow"
+    assert calls == ["check"]
 
     def fails() -> str:
         calls.append("failing check")
@@ -111,36 +106,7 @@ def test_render_check_runs_once_in_the_background_and_its_outcome_is_kept(monkey
 
     monkeypatch.setattr(render, "_PROBED", [])
     monkeypatch.setattr(render, "_probe_backend", fails)
-    render.prefetch_offscreen_backend()
-    for _ in range(2):
+    for _ in range(2):  # the report and the renderer both ask: the child process runs once
         with pytest.raises(render.RenderUnavailableError, match="no OpenGL"):
             render.offscreen_backend()
     assert calls.count("failing check") == 1
-
-
-def test_writers_prepare_before_the_first_file_is_written(monkeypatch, tmp_path) -> None:
-    from CovidCTLib.outputs import registry
-    from CovidCTLib.phantom import make_phantom
-    from CovidCTLib.results import AnalysisResult
-
-    events: list[str] = []
-
-    def write(name: str):
-        def run(result, folder, options) -> None:
-            events.append(f"write {name}")
-            (folder / f"{name}.txt").write_text(name)
-
-        return run
-
-    writers = (
-        registry.FileWriter("first", (("first", "first.txt"),), write("first")),
-        registry.FileWriter(
-            "second", (("second", "second.txt"),), write("second"), prepare=lambda: events.append("prepare")
-        ),
-    )
-    monkeypatch.setattr(registry, "WRITERS", writers)
-    phantom = make_phantom(shape=(12, 32, 32))
-    result = AnalysisResult(ct=phantom.ct, lungs=phantom.lungs, infection=phantom.infection)
-    paths = registry.write_outputs(result, tmp_path / "out")
-    assert events == ["prepare", "write first", "write second"]
-    assert paths["second"].read_text() == "second"

@@ -54,7 +54,6 @@ class FileWriter:
     files: tuple[tuple[str, str], ...]
     run: Callable[[Any, Path, OutputOptions], list[Path] | None]
     when: Callable[[Any, OutputOptions], bool] = lambda result, options: True
-    prepare: Callable[[], None] | None = None  # started before the first writer runs (background work)
 
     def applies(self, result: Any, options: OutputOptions) -> bool:
         return bool(self.when(result, options))
@@ -150,12 +149,6 @@ def _report_csv(result: Any, folder: Path, options: OutputOptions) -> None:
     write_report_csv(_written_report(result, options), folder / "report.csv", overwrite=True)
 
 
-def _prefetch_renderer() -> None:
-    from CovidCTLib.render import prefetch_offscreen_backend
-
-    prefetch_offscreen_backend()
-
-
 def _report_html(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.outputs.html_pdf import write_html_report
 
@@ -197,13 +190,7 @@ WRITERS: tuple[FileWriter, ...] = (
     FileWriter("points_csv", (("points_csv", "points.csv"),), _points, lambda result, options: options.points_csv),
     FileWriter("report_json", (("report_json", "report.json"),), _report_json),
     FileWriter("report_csv", (("report_csv", "report.csv"),), _report_csv),
-    FileWriter(
-        "report_html",
-        (("report_html", "report.html"),),
-        _report_html,
-        lambda result, options: options.reports,
-        _prefetch_renderer,  # the offscreen-OpenGL check runs while the other files are written
-    ),
+    FileWriter("report_html", (("report_html", "report.html"),), _report_html, lambda result, options: options.reports),
     FileWriter("report_pdf", (("report_pdf", "report.pdf"),), _report_pdf, lambda result, options: options.reports),
 )
 
@@ -279,10 +266,6 @@ def write_outputs(
     if snapshot is None:
         snapshot = check_output_dir(outdir, overwrite, known_output_names(tuple(extra_files or ())))
     paths: dict[str, Path] = {}
-    for writer, _ in plan:
-        prepare = getattr(writer, "prepare", None)
-        if prepare is not None:
-            prepare()
     with output_set(outdir, overwrite, snapshot) as staging:
         for name, write in (extra_files or {}).items():
             write(staging / name)
