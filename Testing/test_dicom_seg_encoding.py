@@ -236,6 +236,8 @@ def test_dicom_seg_reads_back_in_highdicom_voxel_for_voxel_on_the_oblique_grid(t
     np.testing.assert_allclose(affine[:3, 1], index_to_lps[:, 1], atol=1e-5)  # rows follow the CT's y
     np.testing.assert_allclose(affine[:3, 2], index_to_lps[:, 0], atol=1e-5)  # columns follow the CT's x
     assert abs(abs(step) - 1) < 1e-6
+    corner = image.TransformIndexToPhysicalPoint((0, 0, first_slice))  # the volume starts on a CT voxel
+    np.testing.assert_allclose(affine[:3, 3], corner, atol=1e-4)
     array = volume.array
     for number, (spec, labelmap, label) in enumerate(segments, start=1):
         expected = labelmap == label
