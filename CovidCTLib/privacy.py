@@ -112,6 +112,11 @@ def _module_keywords(sop_class_uid: str) -> set[str]:
         return set(_FALLBACK)
 
 
+def patient_and_study_keywords(sop_class_uid: str) -> set[str]:
+    """The root-level keywords of the patient and study modules (what ``--include-identifiers`` copies)."""
+    return _module_keywords(sop_class_uid)
+
+
 def strip_patient_and_study(dataset: Any) -> list[str]:
     """Remove (or empty, where DICOM requires presence) the patient and study attributes of ``dataset`` in
     place, keeping StudyInstanceUID. Returns the keywords that held a value."""

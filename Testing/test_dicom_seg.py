@@ -98,7 +98,7 @@ def test_dicom_seg_round_trip_voxels_geometry_and_terms(tmp_path, dicom_result):
         assert item.SegmentAlgorithmType == "AUTOMATIC"
         algorithm = item.SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmName == "CovidCT" and algorithm.AlgorithmVersion == __version__
-        assert "unet-2.1" in algorithm.AlgorithmParameters
+        assert algorithm.AlgorithmParameters == "method=model,models=infection=unet-2.1;lungs=unet-1.0"
         rgb = hd.color.CIELabColor.from_dicom_value(item.RecommendedDisplayCIELabValue).to_rgb()
         np.testing.assert_allclose(rgb, [255 * c for c in spec.color], atol=3)
 

@@ -184,7 +184,8 @@ def test_html_and_pdf_reports_hold_the_numbers_pictures_and_disclaimer(tmp_path,
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', document)
     assert len(images) == (3 if _can_render() else 2)
     assert all(base64.b64decode(data).startswith(PNG_SIGNATURE) for data in images)
-    assert "<link" not in document and "http" not in document.lower().replace("http-equiv", "")
+    markup = re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,", document)  # random base64 may spell "http"
+    assert "<link" not in markup and "http" not in markup.lower().replace("http-equiv", "")
 
     pages = _pdf_pages(paths["report_pdf"])
     assert len(pages) >= 2

@@ -7,6 +7,7 @@ import io
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from CovidCTLib.models.runtime.classifier_inference import radiological_view
 
@@ -39,7 +40,7 @@ def explanation_png(
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    array = ct.array.reshape(ct.shape)
+    array = sitk.GetArrayViewFromImage(ct.image).reshape(ct.shape)  # a view: no copy of the CT
     spacing = ct.image.GetSpacing()
     picks = slices[:n]
     figure = Figure(figsize=(3.2 * len(picks), 3.5), dpi=dpi, facecolor="black")
@@ -67,5 +68,5 @@ def explanation_png(
         ax.set_title(f"slice {k}  z {top['z_mm']:.1f} mm  score {top['score']:.2f}", color="white", fontsize=8)
     figure.subplots_adjust(left=0.01, right=0.99, top=0.92, bottom=0.01, wspace=0.03)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
+    figure.savefig(buffer, format="png", facecolor=figure.get_facecolor(), pil_kwargs={"compress_level": 1})
     return buffer.getvalue()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,16 +113,34 @@ def _reference_geometry_string(reference: sitk.Image) -> str:
     return "".join(f"{_num(v)};" for v in values)
 
 
-def _extent(mask: np.ndarray) -> str:
-    """``i0 i1 j0 j1 k0 k1`` bounding box of a (z, y, x) mask, or Slicer's empty extent."""
-    if not mask.any():
+def _extent(labels: np.ndarray) -> str:
+    """``i0 i1 j0 j1 k0 k1`` bounding box of the nonzero voxels of a (z, y, x) array, or Slicer's empty extent.
+
+    Two passes over the volume: the slices that hold a voxel, and the (y, x) footprint of all slices.
+    """
+    slices = np.flatnonzero(labels.any(axis=(1, 2)))
+    if slices.size == 0:
         return "0 -1 0 -1 0 -1"
-    bounds = []
-    for axis in (2, 1, 0):  # i (x), j (y), k (z)
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.nonzero(mask.any(axis=other))[0]
-        bounds += [int(idx[0]), int(idx[-1])]
-    return " ".join(str(b) for b in bounds)
+    footprint = labels[slices[0] : slices[-1] + 1].any(axis=0)
+    rows = np.flatnonzero(footprint.any(axis=1))
+    columns = np.flatnonzero(footprint.any(axis=0))
+    bounds = [columns[0], columns[-1], rows[0], rows[-1], slices[0], slices[-1]]  # i (x), j (y), k (z)
+    return " ".join(str(int(b)) for b in bounds)
+
+
+#: slices of the labelmaps compressed at a time (bounds the interleaving copy to a few MB)
+_SLAB = 16
+
+
+def _write_gzip(fh, layers: list[np.ndarray], level: int) -> None:
+    """Write the voxel data gzip-compressed: the layers interleaved (layer fastest), slab by slab."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip stream (header, CRC, size)
+    depth = layers[0].shape[0]
+    for start in range(0, depth, _SLAB):
+        part = [layer[start : start + _SLAB] for layer in layers]
+        data = np.stack(part, axis=-1) if len(part) > 1 else np.ascontiguousarray(part[0])
+        fh.write(compressor.compress(memoryview(data).cast("B")))
+    fh.write(compressor.flush())
 
 
 def _clean(text: Any) -> str:
@@ -181,7 +200,7 @@ def build_layered_header(
     """
     nx, ny, nz = reference.GetSize()
     axes, origin = _geometry_lps(reference)
-    layer_extent = [_extent(arr > 0) for arr in layers]
+    layer_extent = [_extent(arr) for arr in layers]
     spatial = " ".join(_vector(axes[:, i]) for i in range(3))
     layered = len(layers) > 1
     lines = [
@@ -253,12 +272,10 @@ def write_layered_seg_nrrd(
     names = layer_names or [f"layer {i}" for i in range(len(layers))]
     checked = [_check_labels(arr, reference, name) for arr, name in zip(layers, names, strict=True)]
     header = build_layered_header(checked, segments, reference, extra_metadata, show_3d).encode("utf-8")
-    # (z, y, x, layer): the layer is the fastest NRRD axis
-    data = np.stack(checked, axis=-1) if len(checked) > 1 else checked[0]
     target = Path(path)
     with atomic_path(target, overwrite) as tmp, open(tmp, "wb") as fh:
         fh.write(header)
-        fh.write(gzip.compress(data.tobytes(), compresslevel=GZIP_LEVEL))
+        _write_gzip(fh, checked, GZIP_LEVEL)  # (z, y, x, layer): the layer is the fastest NRRD axis
     return target
 
 

@@ -1,4 +1,5 @@
-"""report.html (one self-contained file, pictures embedded as base64 PNG) and report.pdf (reportlab).
+"""report.html (one self-contained file, pictures embedded as base64 PNG) and report.pdf (reportlab; the
+pictures as JPEG, which reportlab embeds without decoding).
 
 Both show the same content (:mod:`CovidCTLib.report.content`): identifiers only when asked for, scan and
 software/model versions, the COVID-19 probability and what it means (or that no classifier ran), volumes per
@@ -150,11 +151,9 @@ def _pdf_story(content: ReportContent) -> list:
         return out
 
     def picture(data: bytes, max_w: float, max_h: float) -> Image:
-        from reportlab.lib.utils import ImageReader
-
-        w, h = ImageReader(io.BytesIO(data)).getSize()
+        jpeg, (w, h) = _jpeg(data)
         scale = min(max_w / w, max_h / h)
-        return Image(io.BytesIO(data), width=w * scale, height=h * scale)
+        return Image(io.BytesIO(jpeg), width=w * scale, height=h * scale)
 
     story: list = [
         Paragraph(esc(content.title), styles["Title"]),
@@ -219,6 +218,26 @@ def _pdf_story(content: ReportContent) -> list:
         story.append(Paragraph("Notes", styles["Heading3"]))
         story += [Paragraph("- " + esc(n), small) for n in content.notes]
     return story
+
+
+#: JPEG quality of the PDF's pictures (reportlab embeds JPEG as it is; a PNG it decodes and re-compresses)
+PDF_JPEG_QUALITY = 90
+
+
+def _jpeg(png: bytes) -> tuple[bytes, tuple[int, int]]:
+    """A report picture as JPEG bytes for the PDF, and its size in pixels."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(png)) as image:
+        if image.mode in ("RGBA", "LA", "P"):  # transparent parts onto white, as the page shows them
+            rgba = image.convert("RGBA")
+            rgb = PILImage.new("RGB", rgba.size, "white")
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = image.convert("RGB")
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="JPEG", quality=PDF_JPEG_QUALITY)
+    return buffer.getvalue(), rgb.size
 
 
 def render_pdf(content: ReportContent) -> bytes:
