@@ -20,5 +20,7 @@ def explain_classification(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``(heat, explanation)`` for a :class:`ScanClassification` made with ``explain=True``."""
     heat = heatmap_volume(ct.image, lungs, scan.cams, scan.cam_boxes)
-    explanation = explain_scan(ct.image, lungs, infection, heat, scan.slice_probabilities, ct.voxel_volume_ml, top_k)
+    explanation = explain_scan(
+        ct.image, lungs, infection, heat, scan.slice_probabilities, ct.voxel_volume_ml, top_k, bool(scan.cam_boxes)
+    )
     return heat, explanation.to_dict()

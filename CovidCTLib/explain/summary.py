@@ -38,6 +38,21 @@ METHOD = (
     "with the left-right flip like the score, mapped back from each lung crop into its slice, restricted "
     "to the lungs and scaled to 0..1 by the scan's maximum"
 )
+#: the method of the 2.x classifier (segmentation-feature head): Grad-CAM on its infection network
+METHOD_SEG_FEATURES = (
+    "Grad-CAM (Selvaraju et al. 2017) of the slice classifier's COVID logit on the last decoder map of its "
+    "infection network (80 x 80 over each slice's infection crop: the lung box with a 10 % margin), computed in "
+    "the classification's own forward pass, mapped back from each crop into its slice, restricted to the lungs "
+    "and scaled to 0..1 by the scan's maximum"
+)
+LIMITS_SEG_FEATURES = (
+    "The map shows where the network's evidence for its COVID score lies, not where disease is: it is not a "
+    "segmentation and not a diagnosis. It is relative (0..1 per scan, so a low-probability scan also has a "
+    "hottest region), positive evidence only (ReLU), weighted by the gradient averaged over the crop, and "
+    "computed per axial slice on the slices the classifier scored. The head also uses the lung network's "
+    "features of the whole slice, which the map does not show. Grad-CAM can highlight image features unrelated "
+    "to pathology (borders, vessels, the crop edge)."
+)
 LIMITS = (
     "The map shows where the network's evidence for its COVID score lies, not where disease is: it is not a "
     "segmentation and not a diagnosis. It is coarse (a 6 x 6 grid over each slice's lung box, about 1/6 of the "
@@ -203,8 +218,11 @@ def explain_scan(
     slice_scores: dict[int, float],
     voxel_ml: float,
     k: int = DEFAULT_TOP_K,
+    seg_features: bool = False,
 ) -> Explanation:
-    """The explanation of one scan from its heat volume, segmentation and slice scores."""
+    """The explanation of one scan from its heat volume, segmentation and slice scores.
+
+    ``seg_features``: the maps come from the 2.x segmentation-feature classifier (its method and limits)."""
     lung, lesion = np.asarray(lungs) > 0, np.asarray(infection) > 0
     share = float(lesion.sum()) / max(1, int(lung.sum()))
     inside = heat_in_mask(heat, lesion)
@@ -220,5 +238,7 @@ def explain_scan(
         heat_enrichment=enrichment,
         n_slices=len(slice_scores),
         top_k=int(k),
+        method=METHOD_SEG_FEATURES if seg_features else METHOD,
+        limits=LIMITS_SEG_FEATURES if seg_features else LIMITS,
         notes=notes,
     )
