@@ -137,7 +137,7 @@ def test_gradcam_matches_an_independent_hook_and_autograd_computation():
             (grad,) = torch.autograd.grad(out.sum(), kept[0])
     finally:
         handle.remove()
-    expected = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * kept[0]).sum(1))
+    expected = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * kept[0]).sum(1)).detach()
     assert float(expected.max()) > 0
     assert torch.allclose(cams, expected, atol=1e-6, rtol=1e-4)
 
