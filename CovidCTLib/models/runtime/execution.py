@@ -8,11 +8,17 @@ One :class:`ExecutionPlan` per (device, network), chosen by :func:`plan_for` fro
   (:data:`CHANNELS_LAST_NETWORKS`: the attention U-Net about 1.3x; the plain U-Net was not faster).
 * CUDA: float16 autocast, batches copied from pinned host memory without blocking; the same memory layout
   table as on the CPU (no CUDA measurement says otherwise).
+* Batch norm folded into the convolution before it (:mod:`.fusion`) on the CPU, where batch norm was a fifth
+  of the lung network's time; the network run is a folded copy (:func:`network`), the loaded model is unchanged.
+* Batch size: :data:`CPU_BATCH` slices per forward pass on the CPU (32 measured about 1.2x faster per slice
+  than 16 for the attention U-Net on 2 cores), :data:`CUDA_BATCH` on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +27,8 @@ import numpy as np
 
 #: networks (manifest ``architecture.network``) run channels-last on the CPU because it measured faster there
 CHANNELS_LAST_NETWORKS = frozenset({"attention-unet"})
+#: slices per forward pass
+CPU_BATCH, CUDA_BATCH = 32, 16
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class ExecutionPlan:
     channels_last: bool
     autocast: bool  # float16 autocast (CUDA only)
     pin_memory: bool  # copy batches from pinned host memory, non-blocking (CUDA only)
+    fold_batchnorm: bool = False  # run a copy with batch norm folded into the convolutions
+    batch: int = 16  # slices per forward pass
 
 
 def plan_for(device: str, network: str) -> ExecutionPlan:
@@ -41,6 +51,8 @@ def plan_for(device: str, network: str) -> ExecutionPlan:
         channels_last=network in CHANNELS_LAST_NETWORKS,
         autocast=cuda,
         pin_memory=cuda,
+        fold_batchnorm=not cuda,
+        batch=CUDA_BATCH if cuda else CPU_BATCH,
     )
 
 
@@ -56,6 +68,24 @@ def prepare_module(module: Any, plan: ExecutionPlan) -> Any:
     if plan.channels_last:
         module.to(memory_format=torch.channels_last)
     return module
+
+
+_NETWORKS: weakref.WeakKeyDictionary[Any, dict[ExecutionPlan, Any]] = weakref.WeakKeyDictionary()
+_NETWORKS_LOCK = threading.Lock()
+
+
+def network(module: Any, plan: ExecutionPlan) -> Any:
+    """The module to run under ``plan``: ``module`` itself, or (once per module and plan) its batch-norm-folded
+    copy; either way in the plan's memory layout. The loaded ``module`` keeps its batch norms."""
+    if not plan.fold_batchnorm:
+        return prepare_module(module, plan)
+    with _NETWORKS_LOCK:
+        cached = _NETWORKS.setdefault(module, {})
+        if plan not in cached:
+            from CovidCTLib.models.runtime.fusion import fold_batchnorm
+
+            cached[plan] = prepare_module(fold_batchnorm(module)[0], plan)
+        return cached[plan]
 
 
 def to_batch(chunk: np.ndarray, plan: ExecutionPlan) -> Any:
