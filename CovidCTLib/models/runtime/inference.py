@@ -163,7 +163,7 @@ def _predict_probs(
     import torch.nn.functional as F  # noqa: N812
 
     plan = execution.plan_for(model.device, execution.network_of(model))
-    net = execution.network(model.module, plan)
+    net = execution.network(model, plan)
     flips = test_time_flips(model)
     results: list[np.ndarray] = []
     n = len(inputs)
