@@ -12,7 +12,10 @@
   to the lungs.
 * Test-time flips: a model whose manifest lists ``postprocess.test_time_flips`` (for example ``["h", "v",
   "hv"]``) is also run on the horizontally / vertically / doubly mirrored inputs and the probabilities,
-  mirrored back, are averaged (the flips the network was trained with; about one forward pass more each).
+  mirrored back, are averaged (the flips the network was trained with; the mirrored copies share the forward
+  pass of the batch, which costs about as much as one more batch each).
+* How each network runs (batch size, batch norm folded, channels-last, ONNX Runtime) is
+  :mod:`CovidCTLib.models.runtime.execution`'s plan.
 * Progress via ``reporter.update`` (which also checks cancellation) after every batch.
 """
 
