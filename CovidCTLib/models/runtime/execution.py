@@ -8,8 +8,8 @@ One :class:`ExecutionPlan` per (device, network), chosen by :func:`plan_for` fro
   (:data:`CHANNELS_LAST_NETWORKS`: the attention U-Net about 1.3x; the plain U-Net was not faster).
 * CUDA: float16 autocast, batches copied from pinned host memory without blocking; the same memory layout
   table as on the CPU (no CUDA measurement says otherwise).
-* Batch norm folded into the convolution before it (:mod:`.fusion`) on the CPU, where batch norm was a fifth
-  of the lung network's time; the network run is a folded copy (:func:`network`), the loaded model is unchanged.
+* Batch norm folded into the convolution before it (:mod:`.fusion`) on the CPU, where batch norm was 22 % of
+  the lung network's profile; the network run is a folded copy (:func:`network`), the loaded model is unchanged.
 * Batch size: :data:`CPU_BATCH` slices per forward pass on the CPU (32 measured about 1.2x faster per slice
   than 16 for the attention U-Net on 2 cores), :data:`CUDA_BATCH` on CUDA; test-time flips share the pass.
 * ONNX Runtime (optional extra ``onnx``, :mod:`.onnx_backend`) for the networks of :data:`ONNX_NETWORKS` on
