@@ -47,10 +47,13 @@ def run_case(name: str, method: str, device: str, write: bool) -> dict:
     from CovidCTLib import pipeline
 
     peaks: dict[str, float] = {"start": _rss_mb()}
+    cpu: dict[str, float] = {}
 
     def measured(stage):
         def run(state):
+            started_cpu = time.process_time()
             stage.run(state)
+            cpu[stage.name] = time.process_time() - started_cpu  # all threads of this process
             peaks[stage.name] = _rss_mb()
 
         return pipeline.Stage(stage.name, stage.weight, stage.message, run)
@@ -85,12 +88,14 @@ def run_case(name: str, method: str, device: str, write: bool) -> dict:
             timings["write"] = time.perf_counter() - t0
         peaks["write"] = _rss_mb()
     timings["wall"] = time.perf_counter() - started
+    cpu["analysis"] = sum(cpu.values())
     return {
         "case": name,
         "size": "x".join(str(s) for s in result.ct.image.GetSize()),
         "method": result.method,
         "timings": timings,
         "writers": writers,
+        "cpu_s": cpu,
         "peaks_mb": peaks,
         "infection_percent": result.report["infection"]["percent_of_lungs"],
         "lungs_ml": result.report["lungs"]["total_ml"],
@@ -181,6 +186,9 @@ def main() -> None:
             f"| {row['case']} | {row['size']} | {row['method']} | {' | '.join(cells)} | {row['peak_mb']:.0f} | "
             f"{row['lungs_ml']:.0f} | {row['infection_percent']:.1f} | {row['load']:.1f}-{row['load_after']:.1f} |"
         )
+    print("\n| case | method | CPU seconds per stage (all threads of the process) |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['case']} | {row['method']} | {', '.join(f'{k} {v:.2f}' for k, v in row['cpu_s'].items())} |")
     print("\n| case | method | seconds per writer | peak MB after each stage |\n|---|---|---|---|")
     for row in rows:
         writers = ", ".join(f"{k} {v:.2f}" for k, v in row["writers"].items()) or "-"

@@ -74,10 +74,10 @@ def clean_lung_mask(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarra
     the liver or spleen, enclosed by lung in its top slices but joined to the abdomen below, stays out.
     Works inside the mask's bounding box (one voxel of margin), which gives the same result faster.
     """
-    found = ndi.find_objects(mask.astype(np.uint8))
-    if not found:
+    found = bounding_box(mask)
+    if found is None:
         return np.zeros(mask.shape, bool)
-    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, dim)) for b, dim in zip(found[0], mask.shape, strict=True))
+    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, dim)) for b, dim in zip(found, mask.shape, strict=True))
     out = np.zeros(mask.shape, bool)
     out[box] = _clean_lung_mask_in_box(mask[box], None if hu is None else hu[box])
     return out
@@ -91,7 +91,7 @@ def _clean_lung_mask_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarr
     lab, n = ndi.label(mask)
     if n == 0:
         return mask
-    sizes = ndi.sum(mask, lab, range(1, n + 1))
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]  # voxels per component (as ndimage.sum, faster)
     order = np.argsort(sizes)[::-1][:2]
     keep = np.zeros(n + 1, bool)
     keep[[i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]] = True
@@ -112,16 +112,40 @@ def _solid_slice_components(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
         return np.zeros(mask.shape, bool)
     labels = lab[mask]
     values = hu[mask]
-    order = np.lexsort((values, labels))  # by component, then by HU
     counts = np.bincount(labels, minlength=n + 1)[1:]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    sorted_values = values[order].astype(np.float64)
+    sorted_values = _sorted_by_component(labels, values)
     # median as ndimage.median: the middle value, or the mean of the two middle values
     low = sorted_values[starts + (counts - 1) // 2]
     high = sorted_values[starts + counts // 2]
     solid = np.zeros(n + 1, bool)
     solid[1:] = (low + high) / 2.0 > SOLID_COMPONENT_HU
     return solid[lab]
+
+
+def _sorted_by_component(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (float64) ordered by component label, then by value.
+
+    Integer HU within 16 bits are sorted as one int64 key (label, HU), which is faster than a two-key
+    lexsort and gives the same order of values; other values use the lexsort.
+    """
+    if values.dtype.kind in "iu" and values.size and int(values.min()) >= -(2**15) and int(values.max()) < 2**15:
+        key = (labels.astype(np.int64) << 16) | (values.astype(np.int64) + 2**15)
+        key.sort()
+        return ((key & 0xFFFF) - 2**15).astype(np.float64)
+    return values[np.lexsort((values, labels))].astype(np.float64)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of the non-zero voxels of ``mask`` (as ``ndimage.find_objects``), None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 def clean_lung_mask_2d(mask: np.ndarray) -> np.ndarray:
