@@ -89,19 +89,23 @@ def sheet_response(
     """Sheet responses of ``hu`` (canonical ``(s, p, l)``) at the ``interior`` voxels."""
     sp = np.asarray(spacing, dtype=float)
     sm = ndimage.gaussian_filter(np.asarray(hu, dtype=np.float32), sigma=sigma_mm / sp, mode="nearest")
-    gs, gp, gl = (np.gradient(sm, sp[a], axis=a) for a in range(3))
-    cand = interior & (sm >= hu_window[0]) & (sm <= hu_window[1])
-    idx = np.flatnonzero(cand)
+    idx = np.flatnonzero(interior & (sm >= hu_window[0]) & (sm <= hu_window[1]))
+    if idx.size == 0:
+        return FissureResponse(np.zeros(hu.shape, dtype=np.float32), np.zeros(hu.shape, dtype=np.float32))
+    # one full-size gradient at a time, only its values at the candidate voxels kept (peak memory: issue 15)
+    h: dict[tuple[int, int], np.ndarray] = {}
+    g_at: list[np.ndarray] = []
+    for i in range(3):
+        g = np.gradient(sm, sp[i], axis=i)
+        g_at.append(g.ravel()[idx])
+        for j in range(i, 3):
+            d = _second(sm, i, sp[i]) if i == j else np.gradient(g, sp[j], axis=j)
+            h[i, j] = d.ravel()[idx] * np.float32(sigma_mm**2)
+            del d
+        del g
+    del sm
     oblique = np.zeros(hu.shape, dtype=np.float32)
     horizontal = np.zeros(hu.shape, dtype=np.float32)
-    if idx.size == 0:
-        return FissureResponse(oblique, horizontal)
-    grads = (gs, gp, gl)
-    h = {}
-    for i in range(3):
-        for j in range(i, 3):
-            d = _second(sm, i, sp[i]) if i == j else np.gradient(grads[i], sp[j], axis=j)
-            h[i, j] = d.ravel()[idx] * np.float32(sigma_mm**2)
     # Gershgorin: the smallest eigenvalue is at least min_i(a_ii - sum_j |a_ij|); skip voxels that cannot respond
     r0 = np.abs(h[0, 1]) + np.abs(h[0, 2])
     r1 = np.abs(h[0, 1]) + np.abs(h[1, 2])
@@ -113,7 +117,8 @@ def sheet_response(
     l0, l1, vec = _smallest_eigen(h)
     neg = l0 < -1e-3
     l0s = np.where(neg, l0, -1e-3)
-    grad = np.sqrt(gs.ravel()[idx] ** 2 + gp.ravel()[idx] ** 2 + gl.ravel()[idx] ** 2) * sigma_mm**2
+    gs, gp, gl = (g[keep] for g in g_at)
+    grad = np.sqrt(gs**2 + gp**2 + gl**2) * sigma_mm**2
     ratio = l1 / l0s
     edge = grad / (-l0s * sigma_mm)
     s = -l0s * np.exp(-(ratio**2) / 0.5) * np.exp(-(edge**2) / (2.0 * edge_tolerance**2))

@@ -115,13 +115,16 @@ def _label_side(
     fine_heights = [
         ndimage.map_coordinates(h.astype(np.float32), grid, order=1, mode="nearest")[None] for h in surfaces
     ]
+    lab8 = [np.uint8(v) for v in labels]  # uint8 scalars keep every full-resolution temporary at one byte
     below_first = zc < fine_heights[0]
     if len(surfaces) == 1:
-        lab = np.where(below_first, labels[0], labels[1])
+        lab = np.where(below_first, lab8[0], lab8[1])
     else:
         below_second = zc < fine_heights[1]
-        lab = np.where(below_first, labels[0], np.where(below_second, labels[1], labels[2]))
-    out[box] = np.where(sub, lab, 0).astype(np.uint8)
+        lab = np.where(below_first, lab8[0], np.where(below_second, lab8[1], lab8[2]))
+        del below_second
+    del below_first
+    out[box] = np.where(sub, lab, np.uint8(0))
     return out
 
 
