@@ -48,7 +48,8 @@ DICOM_FOLDER = "DICOM folder"
 
 #: modules whose attributes the default SEG does not copy (except StudyInstanceUID)
 _MODULES = ("patient", "clinical-trial-subject", "general-study", "patient-study", "clinical-trial-study")
-_TYPE2 = (
+#: Type 2 attributes of the patient and study modules: present in a SEG, empty unless identifiers are asked for
+TYPE2_KEYWORDS = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
@@ -61,7 +62,7 @@ _TYPE2 = (
 )
 #: used when highdicom's module tables cannot be read (the common identifying attributes)
 _FALLBACK = (
-    *_TYPE2,
+    *TYPE2_KEYWORDS,
     "IssuerOfPatientID",
     "OtherPatientIDsSequence",
     "OtherPatientNames",
@@ -121,13 +122,13 @@ def strip_patient_and_study(dataset: Any) -> list[str]:
     """Remove (or empty, where DICOM requires presence) the patient and study attributes of ``dataset`` in
     place, keeping StudyInstanceUID. Returns the keywords that held a value."""
     had_value: list[str] = []
-    keywords = _module_keywords(str(getattr(dataset, "SOPClassUID", ""))) | set(_TYPE2)
+    keywords = _module_keywords(str(getattr(dataset, "SOPClassUID", ""))) | set(TYPE2_KEYWORDS)
     for keyword in sorted(keywords - KEEP):
         if keyword not in dataset:
             continue
         if dataset.data_element(keyword).value not in (None, "", b"", []):
             had_value.append(keyword)
-        if keyword in _TYPE2:
+        if keyword in TYPE2_KEYWORDS:
             setattr(dataset, keyword, "")
         else:
             delattr(dataset, keyword)

@@ -45,7 +45,7 @@ from CovidCTLib.errors import CovidCTError, InputError
 from CovidCTLib.labels import LOBE_SEGMENTS, SEGMENTS, CodedTerm, SegmentSpec
 from CovidCTLib.outputs import dicom_encoding as enc
 from CovidCTLib.outputs.seg_frames import SourceSlice, encode_frames
-from CovidCTLib.privacy import patient_and_study_keywords
+from CovidCTLib.privacy import TYPE2_KEYWORDS, patient_and_study_keywords
 from CovidCTLib.version import __version__
 
 SERIES_DESCRIPTION = "CovidCT segmentation - research, not for diagnosis"
@@ -57,19 +57,6 @@ _FAMILY = {
     "classical": CodedTerm("123105", "DCM", "Histogram Analysis"),
 }
 _LUNG_REGION = CodedTerm("39607008", "SCT", "Lung")
-
-# Type 2 attributes of the patient and study modules: present, empty unless identifiers are asked for
-_TYPE2_KEYWORDS = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-)
 
 
 def _code(term: CodedTerm) -> Dataset:
@@ -246,7 +233,7 @@ def _ds_number(value: float) -> str:
 
 
 def _copy_patient_and_study(seg: Dataset, first: pydicom.Dataset, include_identifiers: bool) -> None:
-    for keyword in _TYPE2_KEYWORDS:
+    for keyword in TYPE2_KEYWORDS:
         setattr(seg, keyword, "")
     if include_identifiers:  # the source's patient and study modules, as a PACS expects them
         for keyword in sorted(patient_and_study_keywords(SEGMENTATION_STORAGE)):
