@@ -113,3 +113,17 @@ def write_series(
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return sorted(paths)
+
+
+def banded_lobes(lungs: np.ndarray) -> np.ndarray:
+    """Five lobes cut from a two-lung labelmap along z (right: three bands, left: two), for the SEG tests."""
+    from CovidCTLib.labels import LLL, LUL, RLL, RML, RUL
+
+    lobes = np.zeros_like(lungs)
+    z = np.arange(lungs.shape[0])[:, None, None]
+    lobes[(lungs == 1) & (z >= 7)] = RUL
+    lobes[(lungs == 1) & (z >= 5) & (z < 7)] = RML
+    lobes[(lungs == 1) & (z < 5)] = RLL
+    lobes[(lungs == 2) & (z >= 6)] = LUL
+    lobes[(lungs == 2) & (z < 6)] = LLL
+    return lobes

@@ -6,7 +6,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import hu_phantom, rotation, write_series
+from dicom_factory import banded_lobes, hu_phantom, rotation, write_series
 
 from CovidCTLib.errors import CovidCTError, OutputExistsError
 from CovidCTLib.io.loader import load_ct
@@ -148,16 +148,8 @@ def test_dicom_seg_of_the_real_ricord_series(tmp_path, shared_data):
 
 def _with_lobes(result: AnalysisResult) -> AnalysisResult:
     """The fixture's lungs cut into five lobes (right: three bands along z, left: two)."""
-    from CovidCTLib.labels import LLL, LUL, RLL, RML, RUL
-
     lungs = result.lungs
-    lobes = np.zeros_like(lungs)
-    z = np.arange(lungs.shape[0])[:, None, None]
-    lobes[(lungs == 1) & (z >= 7)] = RUL
-    lobes[(lungs == 1) & (z >= 5) & (z < 7)] = RML
-    lobes[(lungs == 1) & (z < 5)] = RLL
-    lobes[(lungs == 2) & (z >= 6)] = LUL
-    lobes[(lungs == 2) & (z < 6)] = LLL
+    lobes = banded_lobes(lungs)
     return AnalysisResult(
         ct=result.ct,
         lungs=lungs,

@@ -13,10 +13,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from dicom_factory import hu_phantom, rotation, write_series
+from dicom_factory import banded_lobes, hu_phantom, rotation, write_series
 
 from CovidCTLib.io.loader import load_ct
-from CovidCTLib.labels import LLL, LUL, RLL, RML, RUL
 from CovidCTLib.outputs import dicom_encoding as enc
 from CovidCTLib.outputs.dicom_seg import (
     CONTENT_DESCRIPTION,
@@ -72,15 +71,7 @@ def _result(ct, lobes=True, empty=False) -> AnalysisResult:
         infection[4:7, y // 3 : y // 2, 4 : x // 3] = 1
         infection[5:6, y // 3 + 1 : y // 2 - 1, 5 : x // 3 - 1] = 2
         infection[3:5, y // 2 : 2 * y // 3, x // 2 + 3 : x - 4] = 1
-    lobe_map = None
-    if lobes:
-        k = np.arange(z)[:, None, None]
-        lobe_map = np.zeros_like(lungs)
-        lobe_map[(lungs == 1) & (k >= 7)] = RUL
-        lobe_map[(lungs == 1) & (k >= 5) & (k < 7)] = RML
-        lobe_map[(lungs == 1) & (k < 5)] = RLL
-        lobe_map[(lungs == 2) & (k >= 6)] = LUL
-        lobe_map[(lungs == 2) & (k < 6)] = LLL
+    lobe_map = banded_lobes(lungs) if lobes else None
     return AnalysisResult(
         ct=ct,
         lungs=lungs,
