@@ -32,7 +32,13 @@ import numpy as np
 from CovidCTLib.errors import InputError, ModelError
 from CovidCTLib.models.runtime import execution, registry
 from CovidCTLib.models.runtime.device import device_name
-from CovidCTLib.models.runtime.normalization import fit, lung_box, normalize_slice, resize_mask
+from CovidCTLib.models.runtime.normalization import (
+    fit,
+    infection_input,
+    is_lung_region_crop,
+    lung_box,
+    normalize_slice,
+)
 from CovidCTLib.models.runtime.slice_inferer import SliceInferer
 from CovidCTLib.progress import Reporter
 from CovidCTLib.segmentation.postprocess import clean_lung_mask, clean_lung_mask_2d
@@ -273,7 +279,7 @@ def segment_infection_model(
     zs = [z for z in range(arr.shape[0]) if lung_o[z].any()]
     boxes = [lung_box(lung_o[z]) for z in zs]
     size = model.input_size
-    inputs = [_infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
+    inputs = [infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     thr = infection_threshold(device)
     # labels as each slice leaves the network: the class probabilities of the scan are never held at once
@@ -363,27 +369,14 @@ def slice_infection_probabilities(
     # an image whose lung box fills most of it is a lung-region crop (like the MedSeg training images):
     # the lung network is unreliable there, so the infection network gets "lung unknown" (all ones) and
     # its output is not restricted to the lung mask
-    crops = [_box_area(b) >= CROP_IMAGE_FRACTION * g.size for b, g in zip(boxes, grays, strict=True)]
+    crops = [is_lung_region_crop(b, g.shape) for b, g in zip(boxes, grays, strict=True)]
     iin = [
-        _infection_input(normalize_slice(g, "8bit", False, None), np.ones_like(m) if c else m, box, size)
+        infection_input(normalize_slice(g, "8bit", False, None), np.ones_like(m) if c else m, box, size)
         for g, m, box, c in zip(grays, lungs, boxes, crops, strict=True)
     ]
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     return [SliceInfection(p, box, m, c) for p, box, m, c in zip(iprobs, boxes, lungs, crops, strict=True)]
-
-
-CROP_IMAGE_FRACTION = 0.75
-
-
-def _box_area(box: tuple[slice, slice]) -> int:
-    return (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
-
-
-def _infection_input(norm: np.ndarray, lung: np.ndarray, box: tuple[slice, slice], size: int) -> np.ndarray:
-    """Two-channel infection-network input: the lung-box crop of the normalised slice and of the lung mask."""
-    lm = resize_mask(lung[box].astype(np.uint8), size).astype(np.float32)
-    return np.stack([_fit(norm[box], size), lm])
 
 
 def model_info() -> dict[str, Any]:

@@ -110,6 +110,23 @@ def lung_box(lung: np.ndarray, margin: float = 0.1) -> tuple[slice, slice] | Non
     return slice(max(0, y0 - my), min(h, y1 + my)), slice(max(0, x0 - mx), min(w, x1 + mx))
 
 
+#: An 8-bit image whose lung box covers at least this share of it is a lung-region crop (like the MedSeg
+#: training images): the lung network is unreliable there, so the infection network gets "lung unknown".
+LUNG_REGION_CROP_FRACTION = 0.75
+
+
+def is_lung_region_crop(box: tuple[slice, slice], shape: tuple[int, ...]) -> bool:
+    """True when ``box`` covers at least :data:`LUNG_REGION_CROP_FRACTION` of an image of ``shape``."""
+    area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+    return area >= LUNG_REGION_CROP_FRACTION * shape[0] * shape[1]
+
+
+def infection_input(norm: np.ndarray, lung: np.ndarray, box: tuple[slice, slice], size: int) -> np.ndarray:
+    """Two-channel infection-network input: the lung-box crop of the normalised slice and of the lung mask."""
+    lm = resize_mask(lung[box].astype(np.uint8), size).astype(np.float32)
+    return np.stack([fit(norm[box], size), lm])
+
+
 def fit(img01: np.ndarray, size: int) -> np.ndarray:
     """Resize a normalised ``[0, 1]`` slice to ``(size, size)`` (bilinear, anti-aliased)."""
     if img01.shape == (size, size):

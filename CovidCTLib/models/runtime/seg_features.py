@@ -28,8 +28,6 @@ from CovidCTLib.models.runtime.networks import attention_unet, unet
 
 #: Pooled statistics of every tapped map, in this order.
 STATS = ("mean", "max", "std")
-#: Share of the image a lung box must cover to be treated as a lung-region crop (as the 2-D infection path).
-CROP_IMAGE_FRACTION = 0.75
 
 
 def pool_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -148,19 +146,17 @@ def slice_inputs(gray: np.ndarray, lung_mask: np.ndarray, lung_size: int, infect
     (10 % margin) of the normalised slice and of the mask; when the box covers most of the image (a
     lung-region crop) the mask channel is all ones, as in the 2-D infection path.
     """
-    from CovidCTLib.models.runtime.normalization import fit as fit_to
-    from CovidCTLib.models.runtime.normalization import lung_box, normalize_slice, resize_mask
+    from CovidCTLib.models.runtime.normalization import (
+        infection_input,
+        is_lung_region_crop,
+        lung_box,
+        normalize_slice,
+    )
 
     gray = np.asarray(gray, dtype=np.float32)
     norm = normalize_slice(gray, "8bit", False, None)
-    full = (slice(0, gray.shape[0]), slice(0, gray.shape[1]))
-    box = lung_box(lung_mask) or full
-    area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
-    mask = (
-        np.ones_like(lung_mask, dtype=np.uint8)
-        if area >= CROP_IMAGE_FRACTION * gray.size
-        else lung_mask.astype(np.uint8)
-    )
-    infection = np.stack([fit_to(norm[box], infection_size), resize_mask(mask[box], infection_size).astype(np.float32)])
+    box = lung_box(lung_mask) or (slice(0, gray.shape[0]), slice(0, gray.shape[1]))
+    mask = np.ones_like(lung_mask) if is_lung_region_crop(box, gray.shape) else lung_mask
+    infection = infection_input(norm, mask, box, infection_size)
     lung = normalize_slice(gray, "8bit", False, lung_size)[None]
-    return SliceInputs(lung, infection.astype(np.float32), (box[0].start, box[0].stop, box[1].start, box[1].stop))
+    return SliceInputs(lung, infection, (box[0].start, box[0].stop, box[1].start, box[1].stop))
