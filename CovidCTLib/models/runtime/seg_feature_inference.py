@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, slice_inputs
+from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, batch_inputs
 
 ARCH = "seg-features"
 NETWORK = "seg-feature-classifier"
@@ -52,9 +52,8 @@ def score_slices(
     if not grays:
         return SliceScores(np.zeros(0))
     lung_size, infection_size = input_sizes(manifest)
-    inputs = [slice_inputs(g, m, lung_size, infection_size) for g, m in zip(grays, masks, strict=True)]
-    lung = torch.from_numpy(np.stack([i.lung for i in inputs])).to(device)
-    infection = torch.from_numpy(np.stack([i.infection for i in inputs])).to(device)
+    batch = batch_inputs(grays, masks, lung_size, infection_size, device)
+    lung, infection = batch.lung, batch.infection
     model.eval()
     cams: list[np.ndarray] = []
     if explain:
@@ -64,4 +63,4 @@ def score_slices(
         with torch.no_grad():
             logits = model(lung, infection)
     probabilities = torch.sigmoid(logits.float()).cpu().numpy()
-    return SliceScores(probabilities, cams, [i.box for i in inputs] if explain else [])
+    return SliceScores(probabilities, cams, batch.boxes if explain else [])

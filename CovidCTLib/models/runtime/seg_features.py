@@ -160,3 +160,26 @@ def slice_inputs(gray: np.ndarray, lung_mask: np.ndarray, lung_size: int, infect
     infection = infection_input(norm, mask, box, infection_size)
     lung = normalize_slice(gray, "8bit", False, lung_size)[None]
     return SliceInputs(lung, infection, (box[0].start, box[0].stop, box[1].start, box[1].stop))
+
+
+@dataclass
+class BatchInputs:
+    """Stacked network inputs of several slices (on one device) and each slice's infection crop box."""
+
+    lung: torch.Tensor  # (B, 1, S, S)
+    infection: torch.Tensor  # (B, 2, s, s)
+    boxes: list[tuple[int, int, int, int]]
+
+
+def batch_inputs(
+    grays: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    lung_size: int,
+    infection_size: int,
+    device: torch.device | str = "cpu",
+) -> BatchInputs:
+    """:func:`slice_inputs` of every slice, stacked: the one input path of training and scoring."""
+    inputs = [slice_inputs(g, m, lung_size, infection_size) for g, m in zip(grays, masks, strict=True)]
+    lung = torch.from_numpy(np.stack([i.lung for i in inputs])).to(device)
+    infection = torch.from_numpy(np.stack([i.infection for i in inputs])).to(device)
+    return BatchInputs(lung, infection, [i.box for i in inputs])

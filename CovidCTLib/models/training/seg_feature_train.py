@@ -30,7 +30,7 @@ from scipy import ndimage
 from CovidCTLib.models.data.classifier_data import Item, grouped_kfold, list_dataset, read_image
 from CovidCTLib.models.evaluation.calibrate import fit_platt
 from CovidCTLib.models.evaluation.metrics import binary_metrics, roc_auc
-from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, slice_inputs
+from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, batch_inputs
 
 #: L2 strengths tried by the inner cross-validation (sklearn's C: loss sum + ||w||^2 / (2 C)).
 C_GRID = (0.01, 0.03, 0.1)
@@ -102,13 +102,9 @@ def features_of(
     net: SegFeatureClassifier, grays: list[np.ndarray], masks: list[np.ndarray], sizes: dict[str, Any]
 ) -> np.ndarray:
     """(N, n_features) float32 features of 8-bit images with their lung masks."""
-    inputs = [
-        slice_inputs(g, m, sizes["lung_size"], sizes["infection_size"]) for g, m in zip(grays, masks, strict=True)
-    ]
-    lung = torch.from_numpy(np.stack([i.lung for i in inputs]))
-    infection = torch.from_numpy(np.stack([i.infection for i in inputs]))
     device = next(net.parameters()).device
-    return net.features(lung.to(device), infection.to(device)).float().cpu().numpy()
+    batch = batch_inputs(grays, masks, sizes["lung_size"], sizes["infection_size"], device)
+    return net.features(batch.lung, batch.infection).float().cpu().numpy()
 
 
 def extract(
