@@ -213,8 +213,9 @@ def save_model(
     folder.mkdir(parents=True, exist_ok=True)
 
     def stored(name: str, v: Any) -> Any:
-        keep = not v.is_floating_point() or name.startswith(float32_prefixes)
-        return (v.detach().float() if v.is_floating_point() else v.detach()) if keep else v.detach().half()
+        if not v.is_floating_point():
+            return v.detach()
+        return v.detach().float() if name.startswith(float32_prefixes) else v.detach().half()
 
     state = {k: stored(k, v).cpu() for k, v in module.state_dict().items()}
     buf = io.BytesIO()
