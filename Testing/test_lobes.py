@@ -232,3 +232,20 @@ def test_lobe_change_between_two_time_points(phantom):
     assert all(change[k]["change_score"] == 0 for k in ("RUL", "RML", "LUL", "LLL"))
     with pytest.raises(InputError):
         lobe_change(before[:2], after)
+
+
+def test_fissure_response_in_small_chunks_equals_one_chunk(phantom, segmented, monkeypatch):
+    """Issue 15: the eigen-analysis runs in chunks of candidate voxels (memory); the chunking changes nothing."""
+    from CovidCTLib.lobes import fissures
+    from CovidCTLib.lobes.segment import LobeParameters
+
+    whole = segment_lobes_detailed(phantom.ct, phantom.lungs, params=LobeParameters(keep_debug=True))
+    monkeypatch.setattr(fissures, "EIGEN_CHUNK", 257)  # many chunks, the last one partial
+    chunked = segment_lobes_detailed(phantom.ct, phantom.lungs, params=LobeParameters(keep_debug=True))
+    response = whole.debug["response"]
+    responding = np.count_nonzero(response.oblique) + np.count_nonzero(response.horizontal)
+    assert responding > 3 * 257  # the sheet voxels span several chunks
+    for kind in ("oblique", "horizontal"):
+        np.testing.assert_array_equal(getattr(chunked.debug["response"], kind), getattr(whole.debug["response"], kind))
+    np.testing.assert_array_equal(chunked.lobes, segmented.lobes)
+    assert chunked.fissures == segmented.fissures

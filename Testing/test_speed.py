@@ -59,6 +59,32 @@ def test_fill_holes_3d_fills_enclosed_pockets_only() -> None:
     np.testing.assert_array_equal(out[mask], True)
 
 
+def _fill_by_background_labelling(mask: np.ndarray) -> np.ndarray:
+    """The reference: background components (face-connected) that touch no face of the volume are holes."""
+    background, n = ndi.label(~mask)
+    border = np.zeros(n + 1, bool)
+    for axis in range(3):
+        for end in (0, -1):
+            border[np.take(background, end, axis=axis).ravel()] = True
+    return mask | ~border[background]
+
+
+def test_simpleitk_labelling_and_hole_filling_equal_scipy() -> None:
+    rng = np.random.default_rng(3)
+    holes = 0
+    for k in range(6):
+        mask = ndi.binary_opening(rng.random((12, 30, 34)) > (0.35 + 0.05 * k))
+        labels, count = postprocess.label_components(mask)
+        expected, expected_count = ndi.label(mask)
+        assert count == expected_count > 1
+        np.testing.assert_array_equal(labels, expected)  # the same numbering, so ties break the same way
+        np.testing.assert_array_equal(postprocess.component_sizes(labels, count), np.bincount(expected.ravel()))
+        filled = postprocess.fill_holes_3d(mask)
+        np.testing.assert_array_equal(filled, _fill_by_background_labelling(mask))
+        holes += int(filled.sum() - mask.sum())
+    assert holes > 0  # the masks had enclosed pockets to fill
+
+
 def test_execution_plans_per_device_and_network() -> None:
     cpu_attention = execution.plan_for("cpu", "attention-unet")
     cpu_unet = execution.plan_for("cpu", "unet")

@@ -114,10 +114,39 @@ def sheet_response(
     keep = bound <= -min_response
     idx = idx[keep]
     h = {k: v[keep] for k, v in h.items()}
+    gs, gp, gl = (g[keep] for g in g_at)
+    del g_at, r0, r1, r2, bound, keep
+    for start in range(0, idx.size, EIGEN_CHUNK):  # the eigen-analysis in chunks: its float64 temporaries stay small
+        part = slice(start, start + EIGEN_CHUNK)
+        s, obl, horiz = _sheet_values(
+            {k: v[part] for k, v in h.items()}, (gs[part], gp[part], gl[part]), sigma_mm, min_response, edge_tolerance
+        )
+        oblique.ravel()[idx[part]] = np.where(obl, s, 0.0)
+        horizontal.ravel()[idx[part]] = np.where(horiz, s, 0.0)
+    # vessels: the fissures are vessel-free; responses on and next to bright tubes are vessel walls
+    vessel = ndimage.maximum_filter(np.asarray(hu), size=3) > vessel_hu
+    for r in (oblique, horizontal):
+        r[vessel] = 0.0
+        _keep_large_sheets(r, min_sheet_voxels)
+    return FissureResponse(oblique, horizontal)
+
+
+#: candidate voxels per chunk of the eigen-analysis (bounds its float64 temporaries to a few tens of MB)
+EIGEN_CHUNK = 1 << 17
+
+
+def _sheet_values(
+    h: dict[tuple[int, int], np.ndarray],
+    grads: tuple[np.ndarray, np.ndarray, np.ndarray],
+    sigma_mm: float,
+    min_response: float,
+    edge_tolerance: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sheet response (float32) and oblique / horizontal orientation masks of candidate voxels."""
     l0, l1, vec = _smallest_eigen(h)
     neg = l0 < -1e-3
     l0s = np.where(neg, l0, -1e-3)
-    gs, gp, gl = (g[keep] for g in g_at)
+    gs, gp, gl = grads
     grad = np.sqrt(gs**2 + gp**2 + gl**2) * sigma_mm**2
     ratio = l1 / l0s
     edge = grad / (-l0s * sigma_mm)
@@ -126,14 +155,7 @@ def sheet_response(
     normal = np.abs(vec)  # components (s, p, l)
     horiz = normal[:, 0] > 0.85
     obl = (normal[:, 2] < 0.7) & (normal[:, 0] < 0.95) & (normal[:, 1] > 0.3)
-    oblique.ravel()[idx] = np.where(obl, s, 0.0)
-    horizontal.ravel()[idx] = np.where(horiz, s, 0.0)
-    # vessels: the fissures are vessel-free; responses on and next to bright tubes are vessel walls
-    vessel = ndimage.maximum_filter(np.asarray(hu), size=3) > vessel_hu
-    for r in (oblique, horizontal):
-        r[vessel] = 0.0
-        _keep_large_sheets(r, min_sheet_voxels)
-    return FissureResponse(oblique, horizontal)
+    return s, obl, horiz
 
 
 def _keep_large_sheets(response: np.ndarray, min_voxels: int) -> None:

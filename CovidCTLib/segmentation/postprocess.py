@@ -6,6 +6,7 @@ Arrays are LPS-oriented ``(z, y, x)`` (z grows to the head) where the function s
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 SOLID_COMPONENT_HU = -200.0
@@ -17,6 +18,26 @@ GAS_HU = -600.0
 GAS_MAX_SHARE = 0.25
 
 
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Face-connected components of a 3-D mask: ``(labels, count)`` as ``scipy.ndimage.label`` gives them.
+
+    SimpleITK's multi-threaded labelling numbers the components in the same raster order (uint32 labels);
+    several times faster than scipy on a CT volume.
+    """
+    labeller = sitk.ConnectedComponentImageFilter()
+    labeller.FullyConnectedOff()
+    labelled = labeller.Execute(sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8)))
+    return sitk.GetArrayFromImage(labelled), int(labeller.GetObjectCount())
+
+
+def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels of each label ``0 .. count`` (``np.bincount`` slab by slab: no 8-byte copy of the volume)."""
+    sizes = np.zeros(count + 1, np.int64)
+    for start in range(0, labels.shape[0], 8):
+        sizes += np.bincount(labels[start : start + 8].ravel(), minlength=count + 1)
+    return sizes
+
+
 def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """Remove air pockets under the lungs (stomach / bowel gas below the diaphragm) from a lung mask.
 
@@ -26,14 +47,15 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     under the diaphragm: it is removed with a 2-voxel in-plane rim (the stomach or bowel wall).
     """
     air = mask & (hu < GAS_HU)
-    lab, n = ndi.label(air)
+    lab, n = label_components(air)
+    del air
     if n < 2:
         return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    sizes = component_sizes(lab, n)[1:]
     boxes = ndi.find_objects(lab)
     lungs = sizes >= GAS_MAX_SHARE * sizes.max()
     floor = min(boxes[i][0].start for i in np.nonzero(lungs)[0])
-    below = np.bincount(lab[:floor].ravel(), minlength=n + 1)[1:] / np.maximum(sizes, 1)
+    below = component_sizes(lab[:floor], n)[1:] / np.maximum(sizes, 1)
     gas = np.nonzero(~lungs & (below > 0.5))[0]
     if len(gas) == 0:
         return mask
@@ -47,21 +69,13 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
 
 
 def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
-    """Fill the background pockets of ``mask`` that do not reach the volume's border (one labelling pass)."""
-    background, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    faces = [
-        background[0],
-        background[-1],
-        background[:, 0],
-        background[:, -1],
-        background[:, :, 0],
-        background[:, :, -1],
-    ]
-    enclosed = np.ones(n + 1, bool)  # lookup table by label: a pocket that touches no face
-    enclosed[np.concatenate([f.ravel() for f in faces])] = False
-    return mask | enclosed[background]
+    """Fill the background pockets of ``mask`` (face-connected) that do not reach the volume's border.
+
+    SimpleITK's hole filling (morphological reconstruction from the border): the pockets a labelling of the
+    background finds, without a label volume.
+    """
+    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8)), False, 1)
+    return sitk.GetArrayFromImage(filled).astype(bool)
 
 
 def clean_lung_mask(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
@@ -88,25 +102,41 @@ def _clean_lung_mask_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarr
     if hu is not None:
         mask = drop_gas_below_lungs(mask, hu)
         mask &= ~_solid_slice_components(mask, hu)
-    lab, n = ndi.label(mask)
+    lab, n = label_components(mask)
     if n == 0:
         return mask
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]  # voxels per component (as ndimage.sum, faster)
+    del mask
+    sizes = component_sizes(lab, n)[1:]  # voxels per component (as ndimage.sum, faster)
     order = np.argsort(sizes)[::-1][:2]
     keep = np.zeros(n + 1, bool)
     keep[[i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]] = True
-    return fill_holes_3d(keep[lab])
+    kept = keep[lab]
+    del lab
+    return fill_holes_3d(kept)
 
 
 #: in-plane 4-connectivity only: one 3-D labelling gives every slice its own 2-D components
 _PLANAR = np.array([np.zeros((3, 3)), ndi.generate_binary_structure(2, 1), np.zeros((3, 3))], bool)
 
 
+#: slices whose 2-D components are labelled together (bounds the label volume of the solid-component test)
+SOLID_SLAB = 16
+
+
 def _solid_slice_components(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """The 2-D components of every slice of ``mask`` whose median HU is above ``SOLID_COMPONENT_HU``.
 
-    Same components as labelling each slice on its own (4-connected), in one pass over the volume.
+    Same components as labelling each slice on its own (4-connected), a slab of :data:`SOLID_SLAB` slices
+    per labelling pass.
     """
+    out = np.zeros(mask.shape, bool)
+    for start in range(0, mask.shape[0], SOLID_SLAB):
+        slab = slice(start, start + SOLID_SLAB)
+        out[slab] = _solid_components_of_slab(mask[slab], hu[slab])
+    return out
+
+
+def _solid_components_of_slab(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     lab, n = ndi.label(mask, structure=_PLANAR)
     if n == 0:
         return np.zeros(mask.shape, bool)
