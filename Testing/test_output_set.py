@@ -150,3 +150,64 @@ def test_unwritable_outdir_is_refused_before_any_analysis(tmp_path, monkeypatch,
     finally:
         parent.chmod(0o700)
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_a_failing_background_writer_fails_the_run_and_keeps_the_old_set(tmp_path, result, monkeypatch) -> None:
+    """Issue 15: the image writers run in a second thread; their failure is the run's failure."""
+    out = tmp_path / "out"
+    registry.write_outputs(result, out, options=registry.OutputOptions(reports=False))
+    before = _contents(out)
+    assert "heatmap" in registry.BACKGROUND_WRITERS
+    writers = (
+        *registry.WRITERS[:2],
+        _failing_writer("heatmap", RuntimeError("encoder crashed")),
+        *registry.WRITERS[7:],
+    )
+    monkeypatch.setattr(registry, "WRITERS", writers)
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        registry.write_outputs(result, out, overwrite=True)
+    assert _contents(out) == before and is_complete(out)
+    assert not list(tmp_path.glob(".out.covidct-*"))
+
+
+def test_cancel_while_the_background_writers_run_leaves_the_old_set(tmp_path, result, monkeypatch) -> None:
+    """A cancel in the report thread waits for the running image writer, skips the queued ones, and leaves
+    the old set; both threads really wrote at the same time."""
+    import threading
+
+    from CovidCTLib.errors import CancelledError
+    from CovidCTLib.progress import CancelToken, Reporter
+
+    out = tmp_path / "out"
+    registry.write_outputs(result, out, options=registry.OutputOptions(reports=False))
+    before = _contents(out)
+    started, ran = threading.Event(), []
+
+    def slow_image(result, folder, options):
+        started.set()
+        ran.append("slow")
+        (folder / "slow.bin").write_bytes(b"x")
+        threading.Event().wait(0.3)
+
+    def queued(result, folder, options):
+        ran.append("queued")
+
+    token = CancelToken()
+
+    def report_then_cancel(result, folder, options):
+        assert started.wait(5)  # the background writer is running while this one runs
+        ran.append("report")
+        token.cancel()
+
+    writers = (
+        registry.FileWriter("labelmaps", (("slow", "slow.bin"),), slow_image),
+        registry.FileWriter("heatmap", (("queued", "queued.bin"),), queued),
+        registry.FileWriter("report_json", (("report_json", "report.json"),), report_then_cancel),
+        registry.FileWriter("report_csv", (("report_csv", "report.csv"),), report_then_cancel),
+    )
+    monkeypatch.setattr(registry, "WRITERS", writers)
+    with pytest.raises(CancelledError):
+        registry.write_outputs(result, out, overwrite=True, reporter=Reporter(cancel=token))
+    assert ran == ["slow", "report"]  # the queued image writer never ran
+    assert _contents(out) == before and is_complete(out)
+    assert not list(tmp_path.glob(".out.covidct-*"))

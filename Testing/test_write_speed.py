@@ -110,3 +110,30 @@ def test_render_check_runs_once_per_process_and_a_failure_is_kept(monkeypatch) -
         with pytest.raises(render.RenderUnavailableError, match="no OpenGL"):
             render.offscreen_backend()
     assert calls.count("failing check") == 1
+
+
+def test_render_check_started_in_background_is_the_one_check(monkeypatch) -> None:
+    """``check_in_background`` (started when an analysis begins) runs the check once, in another thread;
+    the report's later ``offscreen_backend`` waits for it and does not check again."""
+    import threading
+
+    from CovidCTLib import render
+
+    threads: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_check() -> str:
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(5)
+        return "vtkFakeWindow"
+
+    monkeypatch.setattr(render, "_PROBED", [])
+    monkeypatch.setattr(render, "_PROBE_STARTED", [])
+    monkeypatch.setattr(render, "_probe_backend", slow_check)
+    render.check_in_background()
+    render.check_in_background()  # a second analysis in the same process starts nothing
+    assert entered.wait(5)
+    release.set()
+    assert render.offscreen_backend() == "vtkFakeWindow"
+    assert threads == ["covidct-render-check"]

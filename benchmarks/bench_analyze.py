@@ -67,6 +67,10 @@ def run_case(name: str, method: str, device: str, write: bool) -> dict:
         source = make_phantom().ct
     else:
         source = CASES[name]
+    if write:
+        from CovidCTLib.render import check_in_background
+
+        check_in_background()  # as covidct analyze does when it will write the reports
     started = time.perf_counter()
     result = pipeline.analyze(source, method=method, device=device)
     timings = dict(result.report["timing_s"])

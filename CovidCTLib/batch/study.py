@@ -95,6 +95,10 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
     from CovidCTLib.outputs.registry import write_outputs
     from CovidCTLib.pipeline import analyze
 
+    if options.reports:
+        from CovidCTLib.render import check_in_background
+
+        check_in_background()  # once per worker process, while the first analysis runs
     ct = load_study(study, reporter)
     result = analyze(
         ct,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,18 +266,40 @@ def write_outputs(
     plan = planned_outputs(result, options, only)
     if snapshot is None:
         snapshot = check_output_dir(outdir, overwrite, known_output_names(tuple(extra_files or ())))
-    paths: dict[str, Path] = {}
+    written: dict[str, list[Path]] = {}
+    background_lane = [w for w, _ in plan if w.name in BACKGROUND_WRITERS]
     with output_set(outdir, overwrite, snapshot) as staging:
         for name, write in (extra_files or {}).items():
             write(staging / name)
-        for index, (writer, _) in enumerate(plan):
-            reporter.update("write", index / max(len(plan), 1), f"Writing {writer.name.replace('_', ' ')}")
+        # the image writers (compression and encoding in C, outside the GIL) run in a second thread while this
+        # one renders and writes the reports; the executor is left only when that thread is done
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-write") as pool:
+            background = {w.name: pool.submit(w.write, result, staging, options) for w in background_lane}
+            try:
+                # this thread's writers first, then the background results (so that both threads work at once)
+                ordered = [w for w, _ in plan if w.name not in background] + background_lane
+                for index, writer in enumerate(ordered):
+                    reporter.update("write", index / max(len(plan), 1), f"Writing {writer.name.replace('_', ' ')}")
+                    if writer.name in background:
+                        written[writer.name] = background[writer.name].result()
+                    else:
+                        written[writer.name] = writer.write(result, staging, options)
+            except BaseException:
+                for future in background.values():
+                    future.cancel()  # a cancelled or failed run writes nothing more
+                raise
+        paths: dict[str, Path] = {}
+        for writer, _ in plan:
             keys = {name: key for key, name in writer.files}
-            for index_in_folder, path in enumerate(writer.write(result, staging, options)):
+            for index_in_folder, path in enumerate(written[writer.name]):
                 rel = Path(path).relative_to(staging)
                 key = keys.get(str(rel)) or f"{keys[rel.parts[0]]}_{index_in_folder}"  # a file of a folder
                 paths[key] = outdir / rel
     return paths
+
+
+#: writers of image files that run in a second thread beside the reports (no VTK, no shared state: one file each)
+BACKGROUND_WRITERS = ("labelmaps", "segmentation", "lobes", "heatmap", "dicom_seg", "points_csv")
 
 
 def seg_metadata(result: Any) -> dict[str, str]:
