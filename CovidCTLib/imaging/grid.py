@@ -1,4 +1,4 @@
-"""Block down-sampling and nearest up-sampling used to run heavy morphology on a coarse grid."""
+"""Block down-sampling and nearest up-sampling used to run heavy morphology on a coarse grid; label counts."""
 
 from __future__ import annotations
 
@@ -67,3 +67,18 @@ def fine_box_of(coarse_box: tuple[slice, ...], factors: tuple[int, ...], fine_sh
     return tuple(
         slice(s.start * f, min(s.stop * f, n)) for s, f, n in zip(coarse_box, factors, fine_shape, strict=True)
     )
+
+
+#: slices counted at a time by :func:`label_counts` (bounds the 8-byte copy ``np.bincount`` makes)
+COUNT_SLAB = 8
+
+
+def label_counts(labels: np.ndarray, minlength: int) -> np.ndarray:
+    """``np.bincount`` of a label volume (int64 counts), slab by slab: no 8-byte copy of the whole volume."""
+    counts = np.zeros(minlength, np.int64)
+    for start in range(0, labels.shape[0], COUNT_SLAB):
+        part = np.bincount(labels[start : start + COUNT_SLAB].ravel(), minlength=minlength)
+        if part.size > counts.size:
+            counts = np.concatenate([counts, np.zeros(part.size - counts.size, np.int64)])
+        counts[: part.size] += part
+    return counts

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from CovidCTLib.errors import InputError
+from CovidCTLib.imaging.grid import COUNT_SLAB
 from CovidCTLib.labels import CONSOLIDATION, GGO, LOBE_NAMES, LOBE_SEGMENTS, LOBES_OF_LUNG
 from CovidCTLib.quantify import SEVERITY_BINS, severity_from_percent
 from CovidCTLib.volume import CTVolume
@@ -34,13 +35,18 @@ def lobe_statistics(
         if np.shape(arr) != ct.shape:
             raise InputError(f"{name} labelmap shape {np.shape(arr)} does not match the CT {ct.shape} (z, y, x)")
     voxel_ml = ct.voxel_volume_ml
-    in_lung = np.asarray(lungs) > 0
-    lob = np.where(in_lung, np.asarray(lobes), 0).astype(np.int64).ravel()
-    inf = np.asarray(infection).ravel()
     n = len(LOBE_NAMES) + 1
-    total = np.bincount(lob, minlength=n)
-    ggo = np.bincount(lob, weights=(inf == GGO), minlength=n)
-    con = np.bincount(lob, weights=(inf == CONSOLIDATION), minlength=n)
+    # one code per voxel, lobe (0 outside the lungs) x infection class, counted slab by slab (memory)
+    classes = max(GGO, CONSOLIDATION) + 1
+    lungs, lobes, infection = np.asarray(lungs), np.asarray(lobes), np.asarray(infection)
+    counts = np.zeros((n, classes), np.float64)
+    for start in range(0, lungs.shape[0], COUNT_SLAB):
+        part = slice(start, start + COUNT_SLAB)
+        lob = np.where(lungs[part] > 0, lobes[part], 0).astype(np.intp)
+        inf = infection[part]
+        code = lob * classes + np.where(inf < classes, inf, 0)
+        counts += np.bincount(code.ravel(), minlength=n * classes)[: n * classes].reshape(n, classes)
+    total, ggo, con = counts.sum(axis=1), counts[:, GGO], counts[:, CONSOLIDATION]
     out = []
     for spec in LOBE_SEGMENTS:
         k = spec.label

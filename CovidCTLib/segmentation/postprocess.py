@@ -9,6 +9,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
+from CovidCTLib.imaging.grid import label_counts
+
 SOLID_COMPONENT_HU = -200.0
 
 
@@ -30,14 +32,6 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return sitk.GetArrayFromImage(labelled), int(labeller.GetObjectCount())
 
 
-def component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
-    """Voxels of each label ``0 .. count`` (``np.bincount`` slab by slab: no 8-byte copy of the volume)."""
-    sizes = np.zeros(count + 1, np.int64)
-    for start in range(0, labels.shape[0], 8):
-        sizes += np.bincount(labels[start : start + 8].ravel(), minlength=count + 1)
-    return sizes
-
-
 def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     """Remove air pockets under the lungs (stomach / bowel gas below the diaphragm) from a lung mask.
 
@@ -51,11 +45,11 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     del air
     if n < 2:
         return mask
-    sizes = component_sizes(lab, n)[1:]
+    sizes = label_counts(lab, n + 1)[1:]
     boxes = ndi.find_objects(lab)
     lungs = sizes >= GAS_MAX_SHARE * sizes.max()
     floor = min(boxes[i][0].start for i in np.nonzero(lungs)[0])
-    below = component_sizes(lab[:floor], n)[1:] / np.maximum(sizes, 1)
+    below = label_counts(lab[:floor], n + 1)[1:] / np.maximum(sizes, 1)
     gas = np.nonzero(~lungs & (below > 0.5))[0]
     if len(gas) == 0:
         return mask
@@ -106,7 +100,7 @@ def _clean_lung_mask_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarr
     if n == 0:
         return mask
     del mask
-    sizes = component_sizes(lab, n)[1:]  # voxels per component (as ndimage.sum, faster)
+    sizes = label_counts(lab, n + 1)[1:]  # voxels per component (as ndimage.sum, faster)
     order = np.argsort(sizes)[::-1][:2]
     keep = np.zeros(n + 1, bool)
     keep[[i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]] = True
