@@ -223,3 +223,46 @@ def test_shipped_classifier_scores_a_phantom_and_explains_it_on_the_infection_cr
     assert 0 <= y0 < y1 <= 96 and 0 <= x0 < x1 <= 96 and scan.cams[z].ndim == 2
     plain = classify_scan(ph.ct, ph.lungs, "cpu")
     assert abs(plain.probability - scan.probability) < 1e-5  # the explained pass gives the same score
+
+
+def test_scan_score_uses_the_manifests_scored_slice_rule(trained: Path, tmp_path: Path):
+    """2.0.1: slices with under a quarter of the largest lung cross-section (apex / base slivers) are not
+    scored; a manifest without the rule keeps 2.0.0's 10 %; a broken value is refused."""
+    import json
+    import shutil
+
+    from CovidCTLib.errors import ModelError
+    from CovidCTLib.models.runtime import integrity
+    from CovidCTLib.models.runtime.classifier_inference import (
+        MIN_SLICE_OF_MAX,
+        SCORED_SLICE_OF_MAX,
+        lung_slices,
+    )
+
+    folder = trained / "model" / "covid-classifier"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["pooling"]["min_slice_of_max"] == SCORED_SLICE_OF_MAX == 0.25
+    ph = make_phantom(shape=(24, 96, 96), lesions=True, seed=4)
+    lungs = ph.lungs.copy()
+    largest = int(np.argmax((lungs > 0).sum(axis=(1, 2))))
+    sliver = (largest + 6) % lungs.shape[0]
+    lungs[sliver] = 0
+    lungs[sliver, 40:52, 20:35] = 1  # a small lung cross-section: 10-25 % of the largest
+    share = (lungs[sliver] > 0).sum() / (lungs[largest] > 0).sum()
+    assert MIN_SLICE_OF_MAX <= share < SCORED_SLICE_OF_MAX
+    scan = classify_scan(ph.ct, lungs, "cpu", model_dir=folder)
+    assert set(scan.slice_probabilities) == set(lung_slices(lungs, SCORED_SLICE_OF_MAX))
+    assert sliver not in scan.slice_probabilities and "25%" in scan.scored_slices
+
+    older = tmp_path / "older" / "covid-classifier"
+    shutil.copytree(folder, older)
+    without = {**manifest, "pooling": {k: v for k, v in manifest["pooling"].items() if k != "min_slice_of_max"}}
+    (older / "manifest.json").write_text(json.dumps(integrity.seal(without)))
+    old_rule = classify_scan(ph.ct, lungs, "cpu", model_dir=older)
+    assert sliver in old_rule.slice_probabilities  # 2.0.0's rule scores the sliver too
+    assert set(old_rule.slice_probabilities) == set(lung_slices(lungs, MIN_SLICE_OF_MAX))
+
+    broken = {**manifest, "pooling": {**manifest["pooling"], "min_slice_of_max": 1.5}}
+    (older / "manifest.json").write_text(json.dumps(integrity.seal(broken)))
+    with pytest.raises(ModelError, match="min_slice_of_max"):
+        classify_scan(ph.ct, lungs, "cpu", model_dir=older)
