@@ -15,7 +15,7 @@ from CovidCTLib.evaluate_volumes import find_scans, kernel_pairs, scan_row
 from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
 from CovidCTLib.phantom import make_phantom
-from CovidCTLib.postprocess.infection_hu import HUGating, gate_infection_hu
+from CovidCTLib.postprocess.infection_hu import HUGating, dome_lesions, gate_infection_hu
 from CovidCTLib.postprocess.stages import clean_infection
 from CovidCTLib.quantify import quantify
 from CovidCTLib.volume import CTVolume
@@ -259,3 +259,48 @@ def test_statistics_rows_show_the_assessment(tmp_path, phantom):
         ("negative", "atypical", "indeterminate", "typical").index(report["covid_assessment"]["category"])
     )
     assert rows["noise_floor.min_lesion_ml"][1] == NoiseFloor().min_lesion_ml
+
+
+def _cap(lung: np.ndarray, centre_yx: tuple[int, int], radius: int, floor: int) -> np.ndarray:
+    """A dome-shaped region of ``lung`` rising from slice ``floor`` (z grows to the head), radius in voxels."""
+    z, y, x = np.ogrid[: lung.shape[0], : lung.shape[1], : lung.shape[2]]
+    r2 = (y - centre_yx[0]) ** 2 + (x - centre_yx[1]) ** 2 + (4 * (z - floor)) ** 2  # flat: 2.5 mm slices
+    return lung & (z >= floor) & (r2 <= radius**2)
+
+
+def test_gate_removes_the_dome_of_the_liver_but_not_basal_disease(clean_phantom):
+    """Issue 13: soft tissue bulging up into the lung from below (the liver / spleen dome seen through partial
+    volume) is not infection; a basal lesion that also rests on the chest wall, and a lesion higher up, are."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    hu = ct.array.astype(np.int16)
+    right = lungs == 1
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    floor = int(zs[0])
+    bottom = right[floor + 1]
+    ys, xs = np.nonzero(bottom)
+    centre = (int(ys.mean()), int(xs.mean()))
+    assert floor > 0 and np.mean(hu[floor - 1][bottom] >= -300) > 0.9  # soft tissue under the lung base
+    front_y, back_y = int(ys.min()), int(ys.max())  # the anterior / posterior lung border on that slice
+    dome = _cap(right, centre, 9, floor)  # the middle of the lung base, surrounded by lung
+    basal = right.copy()  # dependent consolidation: the lowest 6 slices of the posterior quarter, on the
+    basal[floor + 6 :] = False  # diaphragm and on the back wall
+    basal[:, : back_y - (back_y - front_y) // 4] = False
+    high = np.zeros(hu.shape, bool)
+    mid = int(zs[len(zs) // 2])
+    high[mid - 2 : mid + 2] = _cap(ndimage.binary_erosion(right, iterations=2), centre, 6, mid - 2)[mid - 2 : mid + 2]
+    assert dome.sum() > 200 and basal.sum() > 300 and high.sum() > 50
+    assert not (ndimage.binary_dilation(dome, np.ones((3, 3, 3), bool)) & basal).any()  # separate lesions
+    for region in (dome, basal, high):
+        hu[region] = 40
+    ct2 = _with_hu(ct, hu)
+    lab = np.zeros(hu.shape, np.int32)
+    for label, region in enumerate((dome, basal, high), start=1):
+        lab[region] = label
+    box = tuple(slice(0, n) for n in hu.shape)
+    np.testing.assert_array_equal(dome_lesions(lab, 3, ct2, lungs, box, HUGating()), [False, True, False, False])
+    # through the whole gate: the dome is removed and reported (the other rules judge the rest)
+    fake = np.where(dome | high, 2, 0).astype(np.uint8)  # the network calls them consolidation
+    gated, summary = gate_infection_hu(ct2, lungs, fake)
+    assert np.count_nonzero(gated[dome]) == 0
+    assert np.count_nonzero(gated[high]) >= 0.8 * high.sum()
+    assert summary["removed_ml"]["dome_of_liver_or_spleen"] == pytest.approx(dome.sum() * ct.voxel_volume_ml, rel=0.05)

@@ -15,7 +15,13 @@ only when all of these hold:
    fake ground glass. A connected lesion is kept (with its border part, so subpleural disease reaches the
    pleura) only when at least ``min_core_ml`` and ``min_core_share`` of it lie deeper than the band
    (a long thin band along the border with one deeper spot is still a band).
-3. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
+3. **Not fat.** A lesion mostly of fat density (pericardial fat) is dropped.
+4. **Not the dome of the liver or spleen.** Where the diaphragm bulges up into the lung, the top of the liver
+   or spleen shows, through partial volume, as a round soft-tissue area inside the lung on a few axial slices.
+   A connected lesion whose contact with soft tissue outside the lung lies (``dome_caudal_share`` or more) on
+   its caudal face, with that face touching it at ``dome_min_contact`` or more of its voxels, is such a dome
+   and is dropped. Real basal disease also touches the chest wall or the mediastinum around it.
+5. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
 
 Used only for HU volumes (8-bit slices are not in HU; their results do not change). The numbers that
 chose these defaults are in ``Resources/Models/infection-unet/MODEL_CARD.md``.
@@ -32,12 +38,13 @@ from scipy import ndimage
 
 from CovidCTLib.errors import InputError
 from CovidCTLib.imaging.grid import block_mean, upsample_nearest
+from CovidCTLib.imaging.orientation import superior_axis
 from CovidCTLib.volume import CTVolume
 
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
-GATE_VERSION = "1.0.0"
+GATE_VERSION = "1.1.0"
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class HUGating:
     fat_min_hu: float = -200.0
     fat_max_hu: float = -40.0
     max_fat_share: float = 0.5
+    dome_caudal_share: float = 0.9
+    dome_min_contact: float = 0.1
     grid_mm: float = 1.4
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +99,44 @@ def border_band(hu: np.ndarray, lung: np.ndarray, spacing_zyx: tuple[float, ...]
     tissue = ~lung & (np.asarray(hu) >= params.soft_tissue_hu)
     size = tuple(2 * int(round(params.border_mm / s)) + 1 for s in spacing_zyx)
     return lung & ndimage.maximum_filter(tissue, size=size)
+
+
+def dome_lesions(
+    lab: np.ndarray, n: int, ct: CTVolume, lungs: np.ndarray, box: tuple[slice, ...], params: HUGating
+) -> np.ndarray:
+    """Per label ``0 .. n`` of ``lab`` (lesions in ``box`` of the CT): True for a dome of the liver or spleen.
+
+    Contacts are face neighbours outside the lung with HU >= ``soft_tissue_hu``; the caudal one is the
+    neighbour one slice towards the feet (along the image's cranio-caudal axis). A lesion voxel with a caudal
+    contact counts for the caudal face only.
+    """
+    axis, sign = superior_axis(ct.image)
+    grown = tuple(slice(max(0, b.start - 1), min(dim, b.stop + 1)) for b, dim in zip(box, ct.shape, strict=True))
+    hu = sitk.GetArrayViewFromImage(ct.image)[grown]
+    tissue = ~(np.asarray(lungs)[grown] > 0) & (hu >= params.soft_tissue_hu)
+    # one voxel around the box on every side (no tissue beyond the volume's edge)
+    pads = [(1 - (b.start - g.start), 1 - (g.stop - b.stop)) for b, g in zip(box, grown, strict=True)]
+    tissue = np.pad(tissue, pads)
+    caudal = np.zeros(lab.shape, dtype=bool)
+    other = np.zeros(lab.shape, dtype=bool)
+    for ax in range(3):
+        for step in (-1, 1):
+            view = tuple(
+                slice(1 + step, 1 + step + lab.shape[a]) if a == ax else slice(1, 1 + lab.shape[a]) for a in range(3)
+            )
+            if ax == axis and step == -sign:
+                caudal |= tissue[view]
+            else:
+                other |= tissue[view]
+    inside = lab > 0
+    size = np.bincount(lab[inside], minlength=n + 1).astype(float)
+    n_caudal = np.bincount(lab[inside & caudal], minlength=n + 1).astype(float)
+    # a voxel that touches tissue below and beside (the rim of the dome's base) belongs to the caudal face
+    n_other = np.bincount(lab[inside & other & ~caudal], minlength=n + 1).astype(float)
+    share = n_caudal / np.maximum(n_caudal + n_other, 1.0)
+    out = (share >= params.dome_caudal_share) & (n_caudal >= params.dome_min_contact * np.maximum(size, 1.0))
+    out[0] = False
+    return out
 
 
 def _in_plane_factor(spacing_zyx: tuple[float, ...], params: HUGating) -> int:
@@ -157,6 +204,12 @@ def gate_infection_hu(
 
     lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
     if n:
+        domes = dome_lesions(lab, n, ct, lungs, box, params)
+        gated[domes[lab]] = 0
+    after_dome = float(np.count_nonzero(gated)) * voxel_ml
+
+    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    if n:
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
         small = size < params.min_lesion_ml
         small[0] = False
@@ -174,7 +227,8 @@ def gate_infection_hu(
                 "density_after_thin_structure_removal": round(before - after_density, 3),
                 "border_band_only": round(after_density - after_border, 3),
                 "fat_density": round(after_border - after_fat, 3),
-                "below_min_lesion_size": round(after_fat - after_size, 3),
+                "dome_of_liver_or_spleen": round(after_fat - after_dome, 3),
+                "below_min_lesion_size": round(after_dome - after_size, 3),
             },
         }
     )
