@@ -102,10 +102,9 @@ def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
 
     outdir = Path(args.output)
     snapshot = check_outputs(outdir, args.overwrite)  # refuse at once, not after the analysis
-    if options_from_args(args).reports:
-        from CovidCTLib.render import check_in_background
+    from CovidCTLib.outputs.warmup import start_warmup
 
-        check_in_background()  # the report's 3-D picture needs it; checked while the analysis runs
+    start_warmup(options_from_args(args).reports)  # the writers get ready while the analysis runs
     reporter, display = _reporter(args, cancel)
     try:
         result = analyze(
@@ -153,9 +152,9 @@ def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     phantom = make_phantom(seed=args.seed)
     ct_path = outdir / "phantom_ct.nii.gz"
     phantom.ct.source = str(ct_path)
-    from CovidCTLib.render import check_in_background
+    from CovidCTLib.outputs.warmup import start_warmup
 
-    check_in_background()  # the report's 3-D picture needs it; checked while the analysis runs
+    start_warmup()  # the writers get ready while the analysis runs
     reporter, display = _reporter(args, cancel)
     try:
         result = analyze(phantom.ct, method=args.method, device=args.device, reporter=reporter)

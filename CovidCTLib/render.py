@@ -72,26 +72,6 @@ def offscreen_backend() -> str:
     return outcome
 
 
-def check_in_background() -> None:
-    """Start :func:`offscreen_backend`'s check in a daemon thread (once per process) and return at once.
-
-    The check runs a child process for about a second; started when an analysis begins, it is done by the
-    time the report's 3-D picture needs it (:func:`offscreen_backend` waits for it otherwise).
-    """
-    if _PROBED or _PROBE_STARTED:
-        return
-    _PROBE_STARTED.append(True)
-
-    def check() -> None:
-        with _PROBE_LOCK:
-            _check_once()
-
-    threading.Thread(target=check, name="covidct-render-check", daemon=True).start()
-
-
-_PROBE_STARTED: list = []  # set once check_in_background started its thread
-
-
 def _check_once() -> None:
     """Run the check unless it ran (the caller holds :data:`_PROBE_LOCK`)."""
     if not _PROBED:

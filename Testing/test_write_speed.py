@@ -112,12 +112,15 @@ def test_render_check_runs_once_per_process_and_a_failure_is_kept(monkeypatch) -
     assert calls.count("failing check") == 1
 
 
-def test_render_check_started_in_background_is_the_one_check(monkeypatch) -> None:
-    """``check_in_background`` (started when an analysis begins) runs the check once, in another thread;
-    the report's later ``offscreen_backend`` waits for it and does not check again."""
+def test_writer_warmup_runs_the_render_check_once_and_imports_the_writers(monkeypatch) -> None:
+    """``start_warmup`` (started when an analysis begins) runs the offscreen-render check in its own thread and
+    imports the writers' modules; the report's later ``offscreen_backend`` waits for it and does not check
+    again, and a second analysis in the process starts nothing."""
+    import sys
     import threading
 
     from CovidCTLib import render
+    from CovidCTLib.outputs import warmup
 
     threads: list[str] = []
     entered, release = threading.Event(), threading.Event()
@@ -129,11 +132,13 @@ def test_render_check_started_in_background_is_the_one_check(monkeypatch) -> Non
         return "vtkFakeWindow"
 
     monkeypatch.setattr(render, "_PROBED", [])
-    monkeypatch.setattr(render, "_PROBE_STARTED", [])
     monkeypatch.setattr(render, "_probe_backend", slow_check)
-    render.check_in_background()
-    render.check_in_background()  # a second analysis in the same process starts nothing
+    monkeypatch.setattr(warmup, "_STARTED", [])
+    first = warmup.start_warmup()
+    assert warmup.start_warmup() is first  # once per process
     assert entered.wait(5)
     release.set()
     assert render.offscreen_backend() == "vtkFakeWindow"
-    assert threads == ["covidct-render-check"]
+    first.join(60)
+    assert not first.is_alive() and threads == ["covidct-warmup"]
+    assert all(name in sys.modules for name in warmup.WRITER_MODULES)

@@ -68,9 +68,9 @@ def run_case(name: str, method: str, device: str, write: bool) -> dict:
     else:
         source = CASES[name]
     if write:
-        from CovidCTLib.render import check_in_background
+        from CovidCTLib.outputs.warmup import start_warmup
 
-        check_in_background()  # as covidct analyze does when it will write the reports
+        start_warmup()  # as covidct analyze does: the writers get ready while the analysis runs
     started = time.perf_counter()
     result = pipeline.analyze(source, method=method, device=device)
     timings = dict(result.report["timing_s"])

@@ -28,6 +28,8 @@ SCANS = {
     "A0001 kernel L": "lung_pet_ct_dx/A0001/2.000000-5mm-40805",
     "A0001 kernel B": "lung_pet_ct_dx/A0001/3.000000-5mm-41315",
 }
+#: the gate's dome rule switched off (no lesion has a caudal-contact share above 2)
+_NO_DOME = {"dome_caudal_share": 2.0}
 VARIANTS: dict[str, dict | None] = {
     "network + noise floor only": None,
     "+ density after thin-structure opening": {
@@ -35,9 +37,12 @@ VARIANTS: dict[str, dict | None] = {
         "min_core_ml": 0.0,
         "min_core_share": 0.0,
         "max_fat_share": 1.01,
+        **_NO_DOME,
     },
-    "+ border band": {"max_fat_share": 1.01},
-    "+ fat density = shipped": {},
+    "+ border band": {"max_fat_share": 1.01, **_NO_DOME},
+    "+ fat density (gate 1.0.0)": dict(_NO_DOME),
+    "+ liver / spleen dome = shipped (gate 1.1.0)": {},
+    "shipped, dome caudal share 0.8": {"dome_caudal_share": 0.8},
     "shipped, min density -650 HU": {"min_hu": -650.0},
     "shipped, min density -750 HU": {"min_hu": -750.0},
     "shipped, thin structures 3 mm": {"thin_mm": 3.0},

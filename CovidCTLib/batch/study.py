@@ -93,12 +93,10 @@ def run_study(study: Study, options: AnalysisOptions, folder: Path, reporter: Re
     """Analyse one study into ``folder`` with analyze's outputs; the marker is written last."""
     from CovidCTLib.outputs.base import OutputOptions
     from CovidCTLib.outputs.registry import write_outputs
+    from CovidCTLib.outputs.warmup import start_warmup
     from CovidCTLib.pipeline import analyze
 
-    if options.reports:
-        from CovidCTLib.render import check_in_background
-
-        check_in_background()  # once per worker process, while the first analysis runs
+    start_warmup(options.reports)  # once per worker process, while its first analysis runs
     ct = load_study(study, reporter)
     result = analyze(
         ct,

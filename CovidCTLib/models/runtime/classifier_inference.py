@@ -318,9 +318,7 @@ def scored_slice_share(manifest: dict[str, Any]) -> float:
 
 def slice_rule(min_of_max: float) -> str:
     """The scored-slice rule in words (manifests and report.json)."""
-    return (
-        f"lung area >= {MIN_SLICE_LUNG_FRACTION:.0%} of the slice and >= {min_of_max:.0%} of the largest lung slice"
-    )
+    return f"lung area >= {MIN_SLICE_LUNG_FRACTION:.0%} of the slice and >= {min_of_max:.0%} of the largest lung slice"
 
 
 def radiological_view(arr: np.ndarray, lungs: np.ndarray, image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
