@@ -200,6 +200,8 @@ def test_heatmap_file_has_the_ct_geometry_values_0_to_1_and_no_heat_outside_the_
     lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / "lungs.nii.gz")))
     assert heat.min() >= 0.0 and heat.max() == pytest.approx(1.0)
     assert not heat[lungs == 0].any()
+    steps = heat * 255.0  # kept in steps of 1/255 (display precision; the file compresses ten times better)
+    assert np.abs(steps - np.rint(steps)).max() < 1e-3 and len(np.unique(heat)) > 20
 
 
 def test_report_json_explanation(analyzed):

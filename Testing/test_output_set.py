@@ -206,6 +206,7 @@ def test_cancel_while_the_background_writers_run_leaves_the_old_set(tmp_path, re
         registry.FileWriter("report_csv", (("report_csv", "report.csv"),), report_then_cancel),
     )
     monkeypatch.setattr(registry, "WRITERS", writers)
+    monkeypatch.setattr(registry, "BACKGROUND_THREADS", 1)  # so that the second image writer waits in the queue
     with pytest.raises(CancelledError):
         registry.write_outputs(result, out, overwrite=True, reporter=Reporter(cancel=token))
     assert ran == ["slow", "report"]  # the queued image writer never ran

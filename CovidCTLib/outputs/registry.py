@@ -162,7 +162,7 @@ def _report_pdf(result: Any, folder: Path, options: OutputOptions) -> None:
     write_pdf_report(result, folder / "report.pdf", include_identifiers=options.include_identifiers)
 
 
-#: the classifier's Grad-CAM heatmap (float32 0..1 on the CT grid; :mod:`CovidCTLib.explain`)
+#: the classifier's Grad-CAM heatmap (float32 0..1 in steps of 1/255 on the CT grid; :mod:`CovidCTLib.explain`)
 HEATMAP_FILE = "covid_heatmap.nii.gz"
 
 #: every output, in writing order (key = the role in the returned path dictionary)
@@ -271,9 +271,9 @@ def write_outputs(
     with output_set(outdir, overwrite, snapshot) as staging:
         for name, write in (extra_files or {}).items():
             write(staging / name)
-        # the image writers (compression and encoding in C, outside the GIL) run in a second thread while this
-        # one renders and writes the reports; the executor is left only when that thread is done
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-write") as pool:
+        # the image writers (compression and encoding in C, outside the GIL) run in other threads while this
+        # one renders and writes the reports; the executor is left only when those threads are done
+        with ThreadPoolExecutor(max_workers=BACKGROUND_THREADS, thread_name_prefix="covidct-write") as pool:
             background = {w.name: pool.submit(w.write, result, staging, options) for w in background_lane}
             try:
                 # this thread's writers first, then the background results (so that both threads work at once)
@@ -298,8 +298,10 @@ def write_outputs(
     return paths
 
 
-#: writers of image files that run in a second thread beside the reports (no VTK, no shared state: one file each)
+#: writers of image files that run in other threads beside the reports (no VTK, no shared state: one file each)
 BACKGROUND_WRITERS = ("labelmaps", "segmentation", "lobes", "heatmap", "dicom_seg", "points_csv")
+#: threads for them (their compression runs outside the GIL; with the reports' thread, 2 cores are kept busy)
+BACKGROUND_THREADS = 2
 
 
 def seg_metadata(result: Any) -> dict[str, str]:
