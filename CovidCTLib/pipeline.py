@@ -10,6 +10,7 @@ The trained models are used when installed (``method="auto"``), the classical HU
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from CovidCTLib.segmentation.registry import (
     METHODS,
     Segmenters,
     make_segmenters,
+    prepare_in_background,
     trained_segmentation_available,
 )
 from CovidCTLib.volume import CTVolume
@@ -61,6 +63,7 @@ class AnalysisState:
     ct: CTVolume | None = None  # the CT the stages analyse (kernel-harmonised when its kernel is sharp)
     original_ct: CTVolume | None = None  # the CT as loaded: what the result and its pictures show
     segmenters: Segmenters | None = None
+    preparing: threading.Thread | None = None  # the networks loading in the background during the load stage
     lungs: np.ndarray | None = None
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
@@ -89,6 +92,7 @@ class Stage:
 
 
 def _stage_load(state: AnalysisState) -> None:
+    state.preparing = prepare_in_background(state.method, state.device)  # the networks load while the CT is read
     state.ct = _load(state.source, state.reporter)
     if not state.ct.is_3d:
         raise NotCTError(
@@ -297,7 +301,11 @@ def analyze(
         explain=explain,
         top_k=int(top_slices),
     )
-    timings = run_stages(state)
+    try:
+        timings = run_stages(state)
+    finally:
+        if state.preparing is not None:  # no thread of this analysis outlives it, even on an error or a cancel
+            state.preparing.join()
     timings["total"] = time.perf_counter() - started
     ct, scan = state.original_ct or state.ct, state.scan
     model_versions: dict[str, str] = {}
