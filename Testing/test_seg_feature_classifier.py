@@ -246,8 +246,9 @@ def test_scan_score_uses_the_manifests_scored_slice_rule(trained: Path, tmp_path
     lungs = ph.lungs.copy()
     largest = int(np.argmax((lungs > 0).sum(axis=(1, 2))))
     sliver = (largest + 6) % lungs.shape[0]
+    side = int(np.sqrt(0.17 * (lungs[largest] > 0).sum()))  # a small lung cross-section: 17 % of the largest
     lungs[sliver] = 0
-    lungs[sliver, 40:52, 20:35] = 1  # a small lung cross-section: 10-25 % of the largest
+    lungs[sliver, 30 : 30 + side, 20 : 20 + side] = 1
     share = (lungs[sliver] > 0).sum() / (lungs[largest] > 0).sum()
     assert MIN_SLICE_OF_MAX <= share < SCORED_SLICE_OF_MAX
     scan = classify_scan(ph.ct, lungs, "cpu", model_dir=folder)
