@@ -10,7 +10,6 @@ The trained models are used when installed (``method="auto"``), the classical HU
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from CovidCTLib.segmentation.registry import (
     METHODS,
     Segmenters,
     make_segmenters,
-    prepare_in_background,
     trained_segmentation_available,
 )
 from CovidCTLib.volume import CTVolume
@@ -63,7 +61,6 @@ class AnalysisState:
     ct: CTVolume | None = None  # the CT the stages analyse (kernel-harmonised when its kernel is sharp)
     original_ct: CTVolume | None = None  # the CT as loaded: what the result and its pictures show
     segmenters: Segmenters | None = None
-    preparing: threading.Thread | None = None  # the networks loading in the background during the load stage
     lungs: np.ndarray | None = None
     infection: np.ndarray | None = None
     scan: Any | None = None  # the classifier's ScanClassification
@@ -92,7 +89,6 @@ class Stage:
 
 
 def _stage_load(state: AnalysisState) -> None:
-    state.preparing = prepare_in_background(state.method, state.device)  # the networks load while the CT is read
     state.ct = _load(state.source, state.reporter)
     if not state.ct.is_3d:
         raise NotCTError(
@@ -301,11 +297,7 @@ def analyze(
         explain=explain,
         top_k=int(top_slices),
     )
-    try:
-        timings = run_stages(state)
-    finally:
-        if state.preparing is not None:  # no thread of this analysis outlives it, even on an error or a cancel
-            state.preparing.join()
+    timings = run_stages(state)
     timings["total"] = time.perf_counter() - started
     ct, scan = state.original_ct or state.ct, state.scan
     model_versions: dict[str, str] = {}

@@ -114,31 +114,3 @@ def test_analysis_progress_comes_from_the_stage_weights(small_phantom) -> None:
     assert lungs_start == pytest.approx(before_lungs / total, abs=1e-3)
     assert set(result.report["timing_s"]) >= set(names)
     assert sitk.GetArrayFromImage(result.lungs_image()).shape == small_phantom.lungs.shape
-
-
-def test_networks_load_in_the_background_and_no_thread_outlives_the_analysis(small_phantom, monkeypatch) -> None:
-    """Issue 15: with the network method the lung and infection networks are prepared in a thread while the CT
-    is read; the analysis waits for that thread before it returns, also when it fails."""
-    import threading
-
-    from CovidCTLib import pipeline
-    from CovidCTLib.errors import InputError
-    from CovidCTLib.segmentation import model as model_segmenters
-    from CovidCTLib.segmentation.registry import prepare_in_background
-
-    assert prepare_in_background("classical", "cpu") is None
-    prepared: list[str] = []
-    real = model_segmenters.prepare_networks
-
-    def recording(device: str = "auto") -> None:
-        prepared.append(threading.current_thread().name)
-        real(device)
-
-    monkeypatch.setattr(model_segmenters, "prepare_networks", recording)
-    result = pipeline.analyze(small_phantom.ct, method="model", device="cpu", classify=False)
-    assert result.method == "model" and prepared == ["covidct-prepare-networks"]
-    assert not any(t.name == "covidct-prepare-networks" for t in threading.enumerate())
-
-    with pytest.raises(InputError):
-        pipeline.analyze(str(small_phantom.ct.source) + ".missing.nii.gz", method="model", device="cpu")
-    assert not any(t.name == "covidct-prepare-networks" for t in threading.enumerate())

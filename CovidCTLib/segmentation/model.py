@@ -86,14 +86,6 @@ def _version_used(task: str, device: str) -> dict[str, str]:
     return {task: f"{model.name} {model.version}"}
 
 
-def prepare_networks(device: str = "auto") -> None:
-    """Load the lung and infection networks and build their runners (what the first slices would wait for)."""
-    from CovidCTLib.models.runtime import inference
-
-    for task in ("lung", "infection"):
-        inference.prepare_network(task, device)
-
-
 def shared_slices() -> _SharedSlices:
     """A fresh shared slice holder for one lung + infection pair."""
     return _SharedSlices()

@@ -7,16 +7,12 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from CovidCTLib.errors import CovidCTError
 from CovidCTLib.segmentation.base import InfectionSegmenter, LungSegmenter, SliceSegmenter
-
-LOG = logging.getLogger(__name__)
 
 METHODS = ("auto", "classical", "model")
 TASKS = ("lung", "infection", "slices")
@@ -92,30 +88,6 @@ def make_segmenters(method: str = "auto", device: str = "auto", **options: Any) 
 
         options = {**options, "shared": shared_slices()}
     return Segmenters(resolved, factory("lung", device, options), factory("infection", device, options))
-
-
-def prepare_in_background(method: str = "auto", device: str = "auto") -> threading.Thread | None:
-    """For the network method, load the networks in a daemon thread while the CT is read; None otherwise.
-
-    Any problem (no model, a modified file) is left to the segmenters, which raise it where it belongs.
-    """
-    try:
-        if resolve_method(method) != "model":
-            return None
-    except CovidCTError:
-        return None
-
-    def prepare() -> None:
-        from CovidCTLib.segmentation.model import prepare_networks
-
-        try:
-            prepare_networks(device)
-        except Exception as exc:  # noqa: BLE001 - the segmentation step meets the same problem and reports it
-            LOG.debug("network preparation in the background failed: %s", exc)
-
-    thread = threading.Thread(target=prepare, name="covidct-prepare-networks", daemon=True)
-    thread.start()
-    return thread
 
 
 def make_slice_segmenter(method: str = "auto", device: str = "auto") -> SliceSegmenter:

@@ -93,16 +93,6 @@ def get_model(name: str, device: str = "auto") -> registry.LoadedModel:
         return _CACHE[key]
 
 
-def prepare_network(task: str, device: str = "auto") -> None:
-    """Load the model of ``task`` and build what runs it (ONNX Runtime session or folded copy), once per process.
-
-    Both are cached (:func:`get_model`, :func:`CovidCTLib.models.runtime.execution.network`, each behind a lock),
-    so a segmentation that starts meanwhile waits for them instead of doing the work twice.
-    """
-    model = get_model(model_name(task), device)
-    execution.network(model, execution.plan_for(model.device, execution.network_of(model)))
-
-
 def models_available() -> dict[str, str]:
     """``{"lung": "lung-attunet 1.0.0", "infection": ...}`` for the installed models whose checksum verifies."""
     out: dict[str, str] = {}
