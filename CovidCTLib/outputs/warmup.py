@@ -2,9 +2,9 @@
 
 ``covidct analyze`` / ``demo`` and each batch worker call :func:`start_warmup` when an analysis begins. A daemon
 thread runs the offscreen-OpenGL check of the report's 3-D picture (a child process, about a second) and
-imports the modules the writers need (VTK, matplotlib, reportlab, pydicom: about 2 s in a fresh process). The
-analysis keeps one core busy most of the time, so this costs it little, and the writing that follows starts
-warm. Nothing is computed ahead: the outputs are the same with or without it.
+imports the writer-only packages (VTK and reportlab: about a second in a fresh process). The analysis keeps one
+core busy most of the time, so this costs it little, and the writing that follows starts warm. Nothing is
+computed ahead: the outputs are the same with or without it.
 """
 
 from __future__ import annotations
@@ -16,17 +16,12 @@ import threading
 
 LOG = logging.getLogger(__name__)
 
-#: what the writers import on first use (the report pictures, the PDF, the DICOM SEG, the segmentation files)
-WRITER_MODULES = (
-    "CovidCTLib.surfaces",
-    "CovidCTLib.render",
-    "CovidCTLib.explain.figure",
-    "matplotlib.figure",
-    "CovidCTLib.outputs.html_pdf",
-    "reportlab.platypus",
-    "CovidCTLib.outputs.dicom_seg",
-    "CovidCTLib.io.seg_nrrd",
-)
+#: what the writers import on first use that the analysis itself never imports (VTK for the 3-D picture, reportlab
+#: for the PDF). Only such packages are imported here: two threads importing one package whose modules import each
+#: other (MONAI, matplotlib) can get a half-initialised module, so everything the analysis imports is left to it.
+WRITER_MODULES = ("CovidCTLib.surfaces", "reportlab.platypus")
+#: imported in the calling thread before the warm-up starts (shared by the writer packages and the analysis)
+SHARED_FIRST = ("PIL.Image", "CovidCTLib.render")
 
 _STARTED: list[threading.Thread] = []  # the one warm-up thread of this process
 _LOCK = threading.Lock()
@@ -36,6 +31,8 @@ def start_warmup(reports: bool = True) -> threading.Thread:
     """Start the warm-up thread once per process (``reports``: also check offscreen rendering); return it."""
     with _LOCK:
         if not _STARTED:
+            for name in SHARED_FIRST:
+                importlib.import_module(name)
             thread = threading.Thread(target=_warm_up, args=(reports,), name="covidct-warmup", daemon=True)
             _STARTED.append(thread)
             thread.start()
