@@ -35,20 +35,20 @@ class Tile:
     marks: tuple[str, str, str, str]  # left, right, top, bottom edge letters
 
 
-def _font(size: int):
+def font(size: int):
     from PIL import ImageFont
 
     return ImageFont.load_default(size=size)
 
 
-def _fit(shape: tuple[int, int], aspect: float) -> tuple[int, int]:
+def fit_size(shape: tuple[int, int], aspect: float) -> tuple[int, int]:
     """Display (width, height) of a ``(rows, columns)`` slice with pixel ``aspect`` in the :data:`TILE` box."""
     rows, columns = shape
     scale = min(TILE[0] / columns, TILE[1] / (rows * aspect))
     return max(1, int(round(columns * scale))), max(1, int(round(rows * aspect * scale)))
 
 
-def _resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a label slice to ``size`` (width, height) by index lookup."""
     rows, columns = labels.shape
     r = np.minimum((np.arange(size[1]) + 0.5) * rows / size[1], rows - 1).astype(np.intp)
@@ -77,22 +77,22 @@ def render_tile(
 
     low, high = window
     grey = np.clip((np.asarray(tile.grey, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
-    size = _fit(grey.shape, tile.aspect)
+    size = fit_size(grey.shape, tile.aspect)
     shown = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR))
     rgb = np.repeat(shown[:, :, None].astype(np.float32), 3, axis=2)
-    infection = _resize_labels(tile.infection, size)
+    infection = resize_labels(tile.infection, size)
     for value, (color, alpha) in fills.items():
         where = infection == value
         if where.any():
             rgb[where] = rgb[where] * (1 - alpha) + np.asarray(color, np.float32) * (255 * alpha)
-    lungs = _resize_labels(tile.lungs, size)
+    lungs = resize_labels(tile.lungs, size)
     for value, color in outline_colors.items():
         edge = outline(lungs == value)
         rgb[edge] = np.asarray(color, np.float32) * 255
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
-def _text(draw, xy: tuple[int, int], text: str, font, anchor: tuple[float, float]) -> None:
+def draw_text(draw, xy: tuple[int, int], text: str, font, anchor: tuple[float, float]) -> None:
     """White ``text`` placed so that the point ``anchor`` (fractions of its box: 0 left/top .. 1 right/bottom)
     lies at ``xy`` (works for bitmap and TrueType fonts alike)."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
@@ -115,7 +115,7 @@ def montage_png(
     cell_w, cell_h = TILE[0] + 2 * MARGIN, TILE[1] + TITLE_HEIGHT + 2 * MARGIN
     canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "black")
     draw = ImageDraw.Draw(canvas)
-    title_font, mark_font = _font(11), _font(11)
+    title_font, mark_font = font(11), font(11)
     for slot, tile in enumerate(tiles):
         picture = render_tile(tile, window, outline_colors, fills)
         height, width = picture.shape[:2]
@@ -123,12 +123,12 @@ def montage_png(
         y0 = (slot // columns) * cell_h + MARGIN + TITLE_HEIGHT + (TILE[1] - height) // 2
         canvas.paste(Image.fromarray(picture), (x0, y0))
         centre_x = (slot % columns) * cell_w + cell_w // 2
-        _text(draw, (centre_x, y0 - 3), tile.title, title_font, (0.5, 1.0))
+        draw_text(draw, (centre_x, y0 - 3), tile.title, title_font, (0.5, 1.0))
         left, right, top, bottom = tile.marks
-        _text(draw, (x0 + 3, y0 + height // 2), left, mark_font, (0.0, 0.5))
-        _text(draw, (x0 + width - 3, y0 + height // 2), right, mark_font, (1.0, 0.5))
-        _text(draw, (x0 + width // 2, y0 + 2), top, mark_font, (0.5, 0.0))
-        _text(draw, (x0 + width // 2, y0 + height - 2), bottom, mark_font, (0.5, 1.0))
+        draw_text(draw, (x0 + 3, y0 + height // 2), left, mark_font, (0.0, 0.5))
+        draw_text(draw, (x0 + width - 3, y0 + height // 2), right, mark_font, (1.0, 0.5))
+        draw_text(draw, (x0 + width // 2, y0 + 2), top, mark_font, (0.5, 0.0))
+        draw_text(draw, (x0 + width // 2, y0 + height - 2), bottom, mark_font, (0.5, 1.0))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()

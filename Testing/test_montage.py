@@ -73,3 +73,36 @@ def test_outline_is_the_inner_border_only():
     mask[1:6, 1:6] = True
     edge = montage.outline(mask)
     assert edge.sum() == 16 and not edge[2:5, 2:5].any() and not edge[~mask].any()
+
+
+def test_explanation_picture_shows_heat_infection_outline_and_the_hot_box() -> None:
+    """The report's explanation picture (Pillow): one tile per top slice, the heat in warm colours where it is
+    high, the infection outline in cyan and each hot region's box in green."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    from CovidCTLib.explain.figure import BOX_COLOUR, INFECTION_COLOUR, explanation_png
+    from CovidCTLib.montage import MARGIN, TILE
+    from CovidCTLib.phantom import make_phantom
+
+    ph = make_phantom(shape=(16, 96, 96), seed=3)
+    heat = np.zeros(ph.ct.shape, np.float32)
+    heat[8, 30:50, 20:40] = 1.0  # one hot square on slice 8
+    infection = np.zeros(ph.ct.shape, np.uint8)
+    infection[8, 60:75, 60:75] = 1
+    region = {"rank": 1, "index_min": [20, 30, 8], "index_max": [39, 49, 8]}  # (x, y, z)
+    explanation = {
+        "top_slices": [{"index": 8, "z_mm": 0.0, "score": 0.9}, {"index": 4, "z_mm": -10.0, "score": 0.5}],
+        "hot_regions": [region],
+    }
+    picture = np.asarray(Image.open(BytesIO(explanation_png(ph.ct, infection, heat, explanation))).convert("RGB"))
+    assert picture.shape[1] == 2 * (TILE[0] + 2 * MARGIN)
+    first = picture[:, : TILE[0] + 2 * MARGIN]
+    assert (first == INFECTION_COLOUR).all(axis=-1).sum() > 20
+    assert (first == BOX_COLOUR).all(axis=-1).sum() > 40
+    warm = (first[..., 0].astype(int) - first[..., 2].astype(int)) > 30  # yellow-orange over grey: red above blue
+    assert warm.sum() > 1000  # most of the hot square (about 67 x 67 picture pixels)
+    second = picture[:, TILE[0] + 2 * MARGIN :]
+    assert not (second == BOX_COLOUR).all(axis=-1).any()  # the region is on slice 8 only
+    assert explanation_png(ph.ct, infection, heat, {"top_slices": []}) is None
