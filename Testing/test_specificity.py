@@ -290,8 +290,9 @@ def test_gate_removes_the_dome_of_the_liver_but_not_basal_disease(clean_phantom)
     high[mid - 2 : mid + 2] = _cap(ndimage.binary_erosion(right, iterations=2), centre, 6, mid - 2)[mid - 2 : mid + 2]
     assert dome.sum() > 200 and basal.sum() > 300 and high.sum() > 50
     assert not (ndimage.binary_dilation(dome, np.ones((3, 3, 3), bool)) & basal).any()  # separate lesions
-    for region in (dome, basal, high):
+    for region in (dome, basal):
         hu[region] = 40
+    hu[high] = -500  # ground glass higher up
     ct2 = _with_hu(ct, hu)
     lab = np.zeros(hu.shape, np.int32)
     for label, region in enumerate((dome, basal, high), start=1):
@@ -304,3 +305,34 @@ def test_gate_removes_the_dome_of_the_liver_but_not_basal_disease(clean_phantom)
     assert np.count_nonzero(gated[dome]) == 0
     assert np.count_nonzero(gated[high]) >= 0.8 * high.sum()
     assert summary["removed_ml"]["dome_of_liver_or_spleen"] == pytest.approx(dome.sum() * ct.voxel_volume_ml, rel=0.05)
+
+
+def test_gate_drops_small_dense_foci_but_keeps_ground_glass_and_large_consolidation(clean_phantom):
+    """Gate 1.2.0: a small focus of soft-tissue density (a vessel segment, a nodule) is not the infection
+    pattern; a ground-glass lesion of the same size and a consolidation larger than 2 mL are."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    hu = ct.array.astype(np.int16)
+    inner = ndimage.binary_erosion(lungs > 0, iterations=4)
+    zs = np.flatnonzero(inner.any(axis=(1, 2)))
+    ml = ct.voxel_volume_ml
+
+    def ball(z: int, radius: int) -> np.ndarray:
+        ys, xs = np.nonzero(inner[z])
+        centre = (z, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
+        zz, yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+        dist2 = (2.5 * (zz - centre[0])) ** 2 + (1.5 * (yy - centre[1])) ** 2 + (1.5 * (xx - centre[2])) ** 2
+        return (dist2 <= radius**2) & (lungs > 0)
+
+    nodule = ball(int(zs[len(zs) // 4]), 6)  # about 0.9 mL
+    ground_glass = ball(int(zs[len(zs) // 2]), 6)
+    consolidation = ball(int(zs[3 * len(zs) // 4]), 10)  # about 4 mL
+    assert nodule.sum() * ml < 2.0 and consolidation.sum() * ml > 2.0
+    assert not (nodule & ground_glass).any() and not (ground_glass & consolidation).any()
+    hu[nodule], hu[ground_glass], hu[consolidation] = 40, -500, 30
+    fake = np.zeros(hu.shape, np.uint8)
+    fake[nodule | consolidation], fake[ground_glass] = 2, 1
+    gated, summary = gate_infection_hu(_with_hu(ct, hu), lungs, fake)
+    assert np.count_nonzero(gated[nodule]) == 0
+    assert np.count_nonzero(gated[ground_glass]) >= 0.8 * ground_glass.sum()
+    assert np.count_nonzero(gated[consolidation]) >= 0.8 * consolidation.sum()
+    assert summary["removed_ml"]["small_dense_focus"] == pytest.approx(nodule.sum() * ml, rel=0.1)

@@ -21,7 +21,11 @@ only when all of these hold:
    A connected lesion whose contact with soft tissue outside the lung lies (``dome_caudal_share`` or more) on
    its caudal face, with that face touching it at ``dome_min_contact`` or more of its voxels, is such a dome
    and is dropped. Real basal disease also touches the chest wall or the mediastinum around it.
-5. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
+5. **Not a small dense focus.** A connected lesion under ``dense_focus_max_ml`` whose mean HU is above
+   ``dense_focus_min_hu`` (soft tissue) is a vessel segment followed across slices, a nodule or a granuloma, not
+   the ground-glass / consolidation pattern measured here; it is dropped. Consolidation of pneumonia comes in
+   larger areas or with ground glass around it, which lowers its mean.
+6. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
 
 Used only for HU volumes (8-bit slices are not in HU; their results do not change). The numbers that
 chose these defaults are in ``Resources/Models/infection-unet/MODEL_CARD.md``.
@@ -44,7 +48,7 @@ from CovidCTLib.volume import CTVolume
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
-GATE_VERSION = "1.1.0"
+GATE_VERSION = "1.2.0"
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class HUGating:
     max_fat_share: float = 0.5
     dome_caudal_share: float = 0.9
     dome_min_contact: float = 0.1
+    dense_focus_max_ml: float = 2.0
+    dense_focus_min_hu: float = -100.0
     grid_mm: float = 1.4
 
     def as_dict(self) -> dict[str, Any]:
@@ -135,6 +141,19 @@ def dome_lesions(
     n_other = np.bincount(lab[inside & other & ~caudal], minlength=n + 1).astype(float)
     share = n_caudal / np.maximum(n_caudal + n_other, 1.0)
     out = (share >= params.dome_caudal_share) & (n_caudal >= params.dome_min_contact * np.maximum(size, 1.0))
+    out[0] = False
+    return out
+
+
+def small_dense_foci(lab: np.ndarray, n: int, hu: np.ndarray, voxel_ml: float, params: HUGating) -> np.ndarray:
+    """Per label ``0 .. n``: True for a lesion under ``dense_focus_max_ml`` whose mean HU is above
+    ``dense_focus_min_hu``."""
+    inside = lab > 0
+    ids = lab[inside]
+    count = np.bincount(ids, minlength=n + 1).astype(float)
+    total_hu = np.bincount(ids, weights=np.asarray(hu)[inside].astype(np.float64), minlength=n + 1)
+    mean_hu = total_hu / np.maximum(count, 1)
+    out = (count * voxel_ml < params.dense_focus_max_ml) & (mean_hu > params.dense_focus_min_hu)
     out[0] = False
     return out
 
@@ -210,6 +229,11 @@ def gate_infection_hu(
 
     lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
     if n:
+        gated[small_dense_foci(lab, n, hu, voxel_ml, params)[lab]] = 0
+    after_dense = float(np.count_nonzero(gated)) * voxel_ml
+
+    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    if n:
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
         small = size < params.min_lesion_ml
         small[0] = False
@@ -228,7 +252,8 @@ def gate_infection_hu(
                 "border_band_only": round(after_density - after_border, 3),
                 "fat_density": round(after_border - after_fat, 3),
                 "dome_of_liver_or_spleen": round(after_fat - after_dome, 3),
-                "below_min_lesion_size": round(after_dome - after_size, 3),
+                "small_dense_focus": round(after_dome - after_dense, 3),
+                "below_min_lesion_size": round(after_dense - after_size, 3),
             },
         }
     )
