@@ -28,8 +28,9 @@ SCANS = {
     "A0001 kernel L": "lung_pet_ct_dx/A0001/2.000000-5mm-40805",
     "A0001 kernel B": "lung_pet_ct_dx/A0001/3.000000-5mm-41315",
 }
-#: the gate's dome rule switched off (no lesion has a caudal-contact share above 2)
+#: the gate's later rules switched off (no lesion has a caudal-contact share above 2; none is under 0 mL)
 _NO_DOME = {"dome_caudal_share": 2.0}
+_NO_DENSE = {"dense_focus_max_ml": 0.0}
 VARIANTS: dict[str, dict | None] = {
     "network + noise floor only": None,
     "+ density after thin-structure opening": {
@@ -38,17 +39,20 @@ VARIANTS: dict[str, dict | None] = {
         "min_core_share": 0.0,
         "max_fat_share": 1.01,
         **_NO_DOME,
+        **_NO_DENSE,
     },
-    "+ border band": {"max_fat_share": 1.01, **_NO_DOME},
-    "+ fat density (gate 1.0.0)": dict(_NO_DOME),
-    "+ liver / spleen dome = shipped (gate 1.1.0)": {},
+    "+ border band": {"max_fat_share": 1.01, **_NO_DOME, **_NO_DENSE},
+    "+ fat density (gate 1.0.0)": {**_NO_DOME, **_NO_DENSE},
+    "+ liver / spleen dome (gate 1.1.0)": dict(_NO_DENSE),
+    "+ small dense focus = shipped (gate 1.2.0)": {},
+    "shipped, dense focus up to 1 mL": {"dense_focus_max_ml": 1.0},
+    "shipped, dense focus up to 3 mL": {"dense_focus_max_ml": 3.0},
+    "shipped, dense focus above -200 HU": {"dense_focus_min_hu": -200.0},
     "shipped, dome caudal share 0.8": {"dome_caudal_share": 0.8},
     "shipped, min density -650 HU": {"min_hu": -650.0},
     "shipped, min density -750 HU": {"min_hu": -750.0},
-    "shipped, thin structures 3 mm": {"thin_mm": 3.0},
     "shipped, thin structures 7 mm": {"thin_mm": 7.0},
     "shipped, border 6 mm": {"border_mm": 6.0},
-    "shipped, border core share 25 %": {"min_core_share": 0.25},
 }
 
 
