@@ -200,45 +200,35 @@ def gate_infection_hu(
     gated = np.where(dense_enough, inf, 0).astype(np.uint8)
     after_density = float(np.count_nonzero(gated)) * voxel_ml
 
+    # every later rule keeps or drops whole lesions, so one labelling serves them all
     lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+
+    def drop(lesions: np.ndarray) -> float:
+        """Remove the lesions flagged per label (label 0 never) from ``gated`` and ``lab``; mL left."""
+        lesions[0] = False
+        removed = lesions[lab]
+        gated[removed] = 0
+        lab[removed] = 0
+        return float(np.count_nonzero(gated)) * voxel_ml
+
+    after_border = after_fat = after_dome = after_dense = after_size = after_density
     if n:
         band = upsample_nearest(border_band(hu_c, lung_c, coarse_spacing, params), factors, hu.shape)
         core = np.bincount(lab[~band].ravel(), minlength=n + 1).astype(float) * voxel_ml
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
-        keep = core >= np.maximum(params.min_core_ml, params.min_core_share * size)
-        keep[0] = False
-        gated[~keep[lab]] = 0
-    after_border = float(np.count_nonzero(gated)) * voxel_ml
+        after_border = drop(core < np.maximum(params.min_core_ml, params.min_core_share * size))
 
-    if n:
         smooth = ndimage.uniform_filter(hu_c, size=(1, 3, 3))
         fat = upsample_nearest((smooth >= params.fat_min_hu) & (smooth <= params.fat_max_hu), factors, hu.shape)
-        lab = np.where(gated > 0, lab, 0)
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float)
         fat_share = np.bincount(lab[fat].ravel(), minlength=n + 1) / np.maximum(size, 1)
-        fatty = fat_share > params.max_fat_share
-        fatty[0] = False
-        gated[fatty[lab]] = 0
-    after_fat = float(np.count_nonzero(gated)) * voxel_ml
+        after_fat = drop(fat_share > params.max_fat_share)
 
-    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
-    if n:
-        domes = dome_lesions(lab, n, ct, lungs, box, params)
-        gated[domes[lab]] = 0
-    after_dome = float(np.count_nonzero(gated)) * voxel_ml
+        after_dome = drop(dome_lesions(lab, n, ct, lungs, box, params))
+        after_dense = drop(small_dense_foci(lab, n, hu, voxel_ml, params))
 
-    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
-    if n:
-        gated[small_dense_foci(lab, n, hu, voxel_ml, params)[lab]] = 0
-    after_dense = float(np.count_nonzero(gated)) * voxel_ml
-
-    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
-    if n:
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
-        small = size < params.min_lesion_ml
-        small[0] = False
-        gated[small[lab]] = 0
-    after_size = float(np.count_nonzero(gated)) * voxel_ml
+        after_size = drop(size < params.min_lesion_ml)
 
     out = np.zeros(infection.shape, dtype=np.uint8)
     out[box] = gated
