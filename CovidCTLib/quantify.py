@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
+from CovidCTLib.imaging.grid import bounding_box
 from CovidCTLib.labels import CONSOLIDATION, INFECTION_CLASSES, LEFT_LUNG, RIGHT_LUNG, lesion_type
 from CovidCTLib.quantities import Lesion, Quantification, SeverityScore, ZoneStats
 from CovidCTLib.severity import SEVERITY_SCALE
@@ -94,7 +95,7 @@ def quantify_scan(
         )
     voxel_ml = ct.voxel_volume_ml
     # work inside the bounding box of the lungs (infection outside the lungs is ignored anyway)
-    box = _bounding_box(lungs)
+    box = bounding_box(lungs) or tuple(slice(0, n) for n in np.shape(lungs))  # the whole array when empty
     offset = tuple(b.start for b in box)
     full_lungs = lungs
     lungs, infection = lungs[box], infection[box]
@@ -143,16 +144,6 @@ def quantify_scan(
         lesions=_lesions(ct, lungs, infection, lung_flat, zone, min_lesion_ml, box) if full_lungs.any() else [],
         voxel_volume_ml=voxel_ml,
     )
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Bounding box of the non-zero voxels (the whole array when empty)."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(np.any(mask, axis=other))
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, mask.shape[axis]))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def _lesions(

@@ -31,6 +31,7 @@ import SimpleITK as sitk
 import vtk
 from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
+from CovidCTLib.imaging.grid import bounding_box
 from CovidCTLib.labels import SEGMENTS
 
 CoordinateSystem = Literal["LPS", "RAS"]
@@ -46,18 +47,6 @@ def _empty_polydata() -> vtk.vtkPolyData:
     poly.SetPoints(vtk.vtkPoints())
     poly.SetPolys(vtk.vtkCellArray())
     return poly
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the True voxels as slices, or None for an empty mask."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        slices.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(slices)
 
 
 def index_to_physical_matrix(reference: sitk.Image, coordinate_system: CoordinateSystem = "LPS") -> np.ndarray:
@@ -114,7 +103,7 @@ def labelmap_to_polydata(
     if not 0.0 <= decimation < 0.96:
         raise ValueError("decimation is the fraction of triangles to remove and must be in [0, 0.95]")
     matrix = index_to_physical_matrix(reference, coordinate_system)
-    box = _bounding_box(mask.astype(bool, copy=False))
+    box = bounding_box(mask.astype(bool, copy=False))
     if box is None:
         return _empty_polydata()
     cropped = np.pad(mask[box].astype(np.uint8, copy=False) > 0, 1).astype(np.uint8)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from CovidCTLib.imaging.grid import bounding_box
 from CovidCTLib.models.runtime import execution, fusion, inference, onnx_backend
 from CovidCTLib.models.runtime.networks import attention_unet, unet
 from CovidCTLib.models.runtime.registry import LoadedModel
@@ -190,5 +191,5 @@ def test_bounding_box_is_find_objects_box() -> None:
         mask = np.zeros((7, 11, 13), bool)
         count = int(rng.integers(1, 5))
         mask[tuple(rng.integers(0, s, size=count) for s in mask.shape)] = True
-        assert postprocess.bounding_box(mask) == ndi.find_objects(mask.astype(np.uint8))[0]
-    assert postprocess.bounding_box(np.zeros((3, 3, 3), bool)) is None
+        assert bounding_box(mask) == ndi.find_objects(mask.astype(np.uint8))[0]
+    assert bounding_box(np.zeros((3, 3, 3), bool)) is None

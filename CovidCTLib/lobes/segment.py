@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.imaging.grid import block_mean
+from CovidCTLib.imaging.grid import block_mean, bounding_box
 from CovidCTLib.labels import LEFT_LUNG, LLL, LUL, RIGHT_LUNG, RLL, RML, RUL
 from CovidCTLib.lobes.fissures import sheet_response
 from CovidCTLib.lobes.frame import Frame, coarse_factors, coarse_labels
@@ -76,16 +76,6 @@ class LobeSegmentation:
 
 def _surface_info(s: Surface) -> dict[str, Any]:
     return {"coverage": round(s.coverage, 3), "points": s.points}
-
-
-def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
-    """Bounding box of a non-empty mask (from its projections: cheaper than labelling)."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)  # type: ignore[return-value]
 
 
 def _label_side(
@@ -149,7 +139,7 @@ def segment_lobes_detailed(
     step = "lobes"
     if reporter:
         reporter.update(step, 0.0, "Lobes: enhancing the fissures")
-    fine_box = _bbox(lungs_c > 0)
+    fine_box = bounding_box(lungs_c > 0)
     factors = coarse_factors(spacing_c, lungs_c[fine_box].shape, params.coarse_spacing_mm, params.max_coarse_voxels)
     rel_lungs = np.asarray(lungs_c[fine_box])  # coarse voxel k covers box-relative fine k*f .. k*f+f-1
     hu_lr = block_mean(np.asarray(hu_c[fine_box]), factors)
@@ -173,7 +163,7 @@ def segment_lobes_detailed(
             view[fine_side] = labels[-1]
             result.fissures[f"{name}_oblique"] = {"coverage": 0.0, "points": 0, "note": "lung too small"}
             continue
-        cb = _bbox(lung_full)
+        cb = bounding_box(lung_full)
         lung = lung_full[cb]
         box = LungBox.of(lung)
         prior = prior_oblique(lung, box, PRIOR_SHARES[f"{name}_lower"])
@@ -194,7 +184,7 @@ def segment_lobes_detailed(
         if params.keep_debug:
             result.debug[f"{name}_heights"] = heights
             result.debug[f"{name}_prior"] = np.pad(prior + cb[0].start, pads, mode="edge")
-        lab = _label_side(fine_side, factors, _bbox(fine_side), heights, labels)
+        lab = _label_side(fine_side, factors, bounding_box(fine_side), heights, labels)
         view[fine_side] = lab[fine_side]
     result.lobes = frame.back(out_c)
     if reporter:

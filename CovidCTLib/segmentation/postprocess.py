@@ -9,7 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from CovidCTLib.imaging.grid import label_counts
+from CovidCTLib.imaging.grid import bounding_box, label_counts
 
 SOLID_COMPONENT_HU = -200.0
 
@@ -158,18 +158,6 @@ def _sorted_by_component(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
         key.sort()
         return ((key & 0xFFFF) - 2**15).astype(np.float64)
     return values[np.lexsort((values, labels))].astype(np.float64)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of the non-zero voxels of ``mask`` (as ``ndimage.find_objects``), None when empty."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=others))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
 
 
 def clean_lung_mask_2d(mask: np.ndarray) -> np.ndarray:
