@@ -66,6 +66,29 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def grey_picture(grey: np.ndarray, window: tuple[float, float], aspect: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """A slice in the grey ``window``, resized (bilinear) to its physical aspect in the :data:`TILE` box:
+    ``(float32 (height, width, 3) RGB 0..255, (width, height))``."""
+    from PIL import Image
+
+    low, high = window
+    shown = np.clip((np.asarray(grey, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
+    size = fit_size(shown.shape, aspect)
+    resized = np.asarray(Image.fromarray(shown.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR))
+    return np.repeat(resized[:, :, None].astype(np.float32), 3, axis=2), size
+
+
+#: (width, height) of one grid cell: the tile box, its title line and the margins
+CELL = (TILE[0] + 2 * MARGIN, TILE[1] + TITLE_HEIGHT + 2 * MARGIN)
+
+
+def tile_origin(slot: int, columns: int, width: int, height: int) -> tuple[int, int]:
+    """Top-left corner of a ``width x height`` picture centred in the tile box of grid cell ``slot``."""
+    x0 = (slot % columns) * CELL[0] + MARGIN + (TILE[0] - width) // 2
+    y0 = (slot // columns) * CELL[1] + MARGIN + TITLE_HEIGHT + (TILE[1] - height) // 2
+    return x0, y0
+
+
 def render_tile(
     tile: Tile,
     window: tuple[float, float],
@@ -73,13 +96,7 @@ def render_tile(
     fills: dict[int, tuple[tuple[float, float, float], float]],
 ) -> np.ndarray:
     """The tile's picture as ``(height, width, 3)`` uint8 (no title)."""
-    from PIL import Image
-
-    low, high = window
-    grey = np.clip((np.asarray(tile.grey, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
-    size = fit_size(grey.shape, tile.aspect)
-    shown = np.asarray(Image.fromarray(grey.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR))
-    rgb = np.repeat(shown[:, :, None].astype(np.float32), 3, axis=2)
+    rgb, size = grey_picture(tile.grey, window, tile.aspect)
     infection = resize_labels(tile.infection, size)
     for value, (color, alpha) in fills.items():
         where = infection == value
@@ -112,17 +129,15 @@ def montage_png(
     from PIL import Image, ImageDraw
 
     rows = max(1, -(-len(tiles) // columns))
-    cell_w, cell_h = TILE[0] + 2 * MARGIN, TILE[1] + TITLE_HEIGHT + 2 * MARGIN
-    canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), "black")
+    canvas = Image.new("RGB", (columns * CELL[0], rows * CELL[1]), "black")
     draw = ImageDraw.Draw(canvas)
     title_font, mark_font = font(11), font(11)
     for slot, tile in enumerate(tiles):
         picture = render_tile(tile, window, outline_colors, fills)
         height, width = picture.shape[:2]
-        x0 = (slot % columns) * cell_w + MARGIN + (TILE[0] - width) // 2
-        y0 = (slot // columns) * cell_h + MARGIN + TITLE_HEIGHT + (TILE[1] - height) // 2
+        x0, y0 = tile_origin(slot, columns, width, height)
         canvas.paste(Image.fromarray(picture), (x0, y0))
-        centre_x = (slot % columns) * cell_w + cell_w // 2
+        centre_x = (slot % columns) * CELL[0] + CELL[0] // 2
         draw_text(draw, (centre_x, y0 - 3), tile.title, title_font, (0.5, 1.0))
         left, right, top, bottom = tile.marks
         draw_text(draw, (x0 + 3, y0 + height // 2), left, mark_font, (0.0, 0.5))

@@ -47,13 +47,9 @@ def _panel(grey: np.ndarray, heat: np.ndarray, infection: np.ndarray, aspect: fl
     """One slice as an RGB picture fitted in a montage tile: CT, heat blended in, infection outline."""
     from PIL import Image
 
-    from CovidCTLib.montage import fit_size, outline, resize_labels
+    from CovidCTLib.montage import grey_picture, outline, resize_labels
 
-    low, high = window
-    size = fit_size(grey.shape, aspect)
-    shown = np.clip((np.asarray(grey, dtype=np.float32) - low) * (255.0 / (high - low)), 0, 255)
-    ct = np.asarray(Image.fromarray(shown.astype(np.uint8)).resize(size, Image.Resampling.BILINEAR))
-    rgb = np.repeat(ct[:, :, None].astype(np.float32), 3, axis=2)
+    rgb, size = grey_picture(grey, window, aspect)
     hot = np.asarray(
         Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
     )
@@ -73,15 +69,14 @@ def explanation_png(
         return None
     from PIL import Image, ImageDraw
 
-    from CovidCTLib.montage import MARGIN, PNG_LEVEL, TILE, TITLE_HEIGHT, draw_text, font
+    from CovidCTLib.montage import CELL, PNG_LEVEL, draw_text, font, tile_origin
 
     array = sitk.GetArrayViewFromImage(ct.image).reshape(ct.shape)  # a view: no copy of the CT
     spacing = ct.image.GetSpacing()
     level, width = WINDOW
     window = (level - width / 2, level + width / 2) if ct.intensity == "HU" else (0.0, 255.0)
     picks = slices[:n]
-    cell_w, cell_h = TILE[0] + 2 * MARGIN, TILE[1] + TITLE_HEIGHT + 2 * MARGIN
-    canvas = Image.new("RGB", (cell_w * len(picks), cell_h), "black")
+    canvas = Image.new("RGB", (CELL[0] * len(picks), CELL[1]), "black")
     draw = ImageDraw.Draw(canvas)
     text_font = font(11)
     for slot, top in enumerate(picks):
@@ -91,8 +86,7 @@ def explanation_png(
         aspect = spacing[1] / spacing[0] if view_ct.shape[1:] == array.shape[1:] else spacing[0] / spacing[1]
         picture = _panel(view_ct[0], view_heat[0], view_inf[0], aspect, window)
         height, width_px = picture.shape[:2]
-        x0 = slot * cell_w + MARGIN + (TILE[0] - width_px) // 2
-        y0 = MARGIN + TITLE_HEIGHT + (TILE[1] - height) // 2
+        x0, y0 = tile_origin(slot, len(picks), width_px, height)
         canvas.paste(Image.fromarray(picture), (x0, y0))
         sx, sy = width_px / view_ct.shape[2], height / view_ct.shape[1]  # view pixel -> picture pixel
         for region in explanation.get("hot_regions") or []:
@@ -106,7 +100,7 @@ def explanation_png(
                     (round(corners[0]) + 2, round(corners[1]) + 1), str(region["rank"]), fill=BOX_COLOUR, font=text_font
                 )
         title = f"slice {k}  z {top['z_mm']:.1f} mm  score {top['score']:.2f}"
-        draw_text(draw, (slot * cell_w + cell_w // 2, y0 - 3), title, text_font, (0.5, 1.0))
+        draw_text(draw, (slot * CELL[0] + CELL[0] // 2, y0 - 3), title, text_font, (0.5, 1.0))
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
