@@ -310,8 +310,7 @@ def analyze(
         classification = {
             "probability_mean": round(float(scan.probability), 4),
             "probability_top_k_mean": round(float(scan.top_k_mean), 4),
-            "pooling": f"mean over the scored axial slices ({scan.scored_slices or 'lung-containing'}); "
-            "top-k mean also given",
+            "pooling": f"mean over the scored axial slices ({scan.scored_slices}); top-k mean also given",
             "n_slices": int(scan.n_slices),
             "model": scan.model_name,
             "model_version": scan.model_version,
