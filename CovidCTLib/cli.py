@@ -98,12 +98,11 @@ def _thresholds(args: argparse.Namespace) -> Any | None:
 def run_analyze(args: argparse.Namespace, cancel: CancelToken) -> int:
     """``covidct analyze``: analyse one CT and write every output into OUTDIR (one output set)."""
     from CovidCTLib.outputs.registry import check_outputs, options_from_args, write_outputs
+    from CovidCTLib.outputs.warmup import start_warmup
     from CovidCTLib.pipeline import analyze
 
     outdir = Path(args.output)
     snapshot = check_outputs(outdir, args.overwrite)  # refuse at once, not after the analysis
-    from CovidCTLib.outputs.warmup import start_warmup
-
     start_warmup(options_from_args(args).reports)  # the writers get ready while the analysis runs
     reporter, display = _reporter(args, cancel)
     try:
@@ -144,6 +143,7 @@ def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     """``covidct demo``: generate the phantom, analyse it and compare with its known answer."""
     from CovidCTLib.io.writers import write_image
     from CovidCTLib.outputs.registry import check_outputs, write_outputs
+    from CovidCTLib.outputs.warmup import start_warmup
     from CovidCTLib.phantom import make_phantom
     from CovidCTLib.pipeline import analyze
 
@@ -152,8 +152,6 @@ def run_demo(args: argparse.Namespace, cancel: CancelToken) -> int:
     phantom = make_phantom(seed=args.seed)
     ct_path = outdir / "phantom_ct.nii.gz"
     phantom.ct.source = str(ct_path)
-    from CovidCTLib.outputs.warmup import start_warmup
-
     start_warmup()  # the writers get ready while the analysis runs
     reporter, display = _reporter(args, cancel)
     try:
