@@ -10,7 +10,10 @@ significant lesions (at least ``significant_lesion_ml``) and the share of the la
 
 Category (RSNA expert consensus on chest CT of COVID-19, Simpson et al. 2020), as rules:
 
-* ``negative``: no significant infection (burden below ``min_burden_percent``).
+* ``negative``: no significant infection (burden below ``min_burden_percent``) and no mass-like lesion.
+* ``atypical`` also when the HU gate took a mass-like lesion out of the infection
+  (:mod:`CovidCTLib.postprocess.masses`: a tumour, a nodule, a mass-like or lobar consolidation) and what is left
+  is not significant: an isolated solid focus without ground glass is an atypical feature in the consensus.
 * ``typical``: bilateral, not central-predominant (peripheral share >= ``typical_peripheral_share``, 0.5: the
   outer third holds 0.46-0.49 of a lung's volume, so 0.5 means at least as peripheral as a uniform spread;
   diffuse COVID-19 is still typical, perihilar-predominant disease is not),
@@ -45,7 +48,7 @@ from CovidCTLib.volume import CTVolume
 
 CATEGORIES = ("negative", "atypical", "indeterminate", "typical")
 #: Version of the assessment rules and priors (stated in report.json ``covid_assessment.version``).
-ASSESSMENT_VERSION = "1.1.0"  # 1.1: peripheral = outer third (anatomy.peripheral)
+ASSESSMENT_VERSION = "1.2.0"  # 1.1: peripheral = outer third (anatomy.peripheral); 1.2: mass-like lesions
 
 
 @dataclass(frozen=True)
@@ -126,8 +129,10 @@ def assessment_features(
     classifier_probability: float | None,
     rules: AssessmentRules,
     peripheral: PeripheralMap | None = None,
+    masses: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """All features of the assessment (``numbers``: the ``quantify`` result after the noise floor)."""
+    """All features of the assessment (``numbers``: the ``quantify`` result after the noise floor;
+    ``masses``: the gate's ``mass_like_lesions``)."""
     inf = numbers["infection"]
     total = float(inf["total_ml"])
     lesions = numbers.get("lesions") or []
@@ -148,19 +153,40 @@ def assessment_features(
         if lesions
         else 0.0,
         "classifier_probability": None if classifier_probability is None else float(classifier_probability),
+        "mass_like_lesions": len(masses or []),
+        "mass_like_ml": float(sum(float(m["volume_ml"]) for m in masses or [])),
     }
     features.update(spatial_features(ct, lungs, infection, peripheral))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in features.items()}
 
 
+def mass_reason(features: dict[str, Any]) -> str | None:
+    """The sentence naming the mass-like lesions taken out of the infection, or None."""
+    n = int(features.get("mass_like_lesions") or 0)
+    if not n:
+        return None
+    return (
+        f"{n} mass-like solid lesion(s) ({float(features['mass_like_ml']):.0f} mL: a compact solid core with a "
+        "narrow rim) not counted as infection: a mass, a nodule or a lobar consolidation; review it."
+    )
+
+
 def categorise(features: dict[str, Any], rules: AssessmentRules) -> tuple[str, list[str]]:
     """RSNA category and the reasons for it (short sentences)."""
     burden = features["burden_percent"]
+    masses = mass_reason(features)
     if burden < rules.min_burden_percent:
-        return "negative", [
-            f"No significant infection: {burden:.2f} % of the lungs (below {rules.min_burden_percent:g} %)."
+        reasons = [f"No significant infection: {burden:.2f} % of the lungs (below {rules.min_burden_percent:g} %)."]
+        if masses is None:
+            return "negative", reasons
+        reasons += [
+            masses,
+            "Atypical appearance: an isolated solid focus without the ground-glass pattern of COVID-19.",
         ]
+        return "atypical", reasons
     reasons = [f"Infection covers {burden:.1f} % of the lungs ({features['infection_ml']:.0f} mL)."]
+    if masses is not None:
+        reasons.append(masses)
     bilateral, peripheral = features["bilateral"], features["peripheral_share"]
     ggo, n_sig = features["ggo_share"], features["n_significant_lesions"]
     reasons.append("Bilateral." if bilateral else f"Unilateral (or one lung under {rules.side_min_ml:g} mL).")
@@ -207,10 +233,12 @@ def assess(
     classifier_probability: float | None,
     rules: AssessmentRules | None = None,
     peripheral: PeripheralMap | None = None,
+    masses: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``covid_assessment`` block of report.json: category, probability, reasons, features, method."""
+    """The ``covid_assessment`` block of report.json: category, probability, reasons, features, method.
+    ``masses``: the HU gate's ``mass_like_lesions`` (none when the gate did not run)."""
     rules = rules or AssessmentRules()
-    features = assessment_features(ct, lungs, infection, numbers, classifier_probability, rules, peripheral)
+    features = assessment_features(ct, lungs, infection, numbers, classifier_probability, rules, peripheral, masses)
     category, reasons = categorise(features, rules)
     probability = combine_probability(category, classifier_probability, rules)
     if classifier_probability is None:

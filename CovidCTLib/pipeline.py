@@ -171,13 +171,17 @@ def _stage_quantify(state: AnalysisState) -> None:
 def _stage_assessment(state: AnalysisState) -> None:
     """Zone noise floor and the scan-level COVID assessment (its probability is the top-level one)."""
     from CovidCTLib.anatomy.peripheral import peripheral_mask
+    from CovidCTLib.postprocess.masses import mass_note
     from CovidCTLib.postprocess.stages import score_scan
 
     probability = None if state.scan is None else float(state.scan.probability)
     state.peripheral = peripheral_mask(state.ct, state.lungs)
+    masses = state.gating.get("mass_like_lesions") or []
     state.numbers, state.assessment = score_scan(
-        state.ct, state.lungs, state.infection, state.numbers, probability, peripheral=state.peripheral
+        state.ct, state.lungs, state.infection, state.numbers, probability, peripheral=state.peripheral, masses=masses
     )
+    if masses:
+        state.notes.append(mass_note(masses))
     state.numbers["infection_gating"] = state.gating
     state.numbers["kernel_harmonisation"] = state.harmonisation
     state.numbers["covid_assessment"] = state.assessment

@@ -16,7 +16,8 @@ from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
 from CovidCTLib.phantom import make_phantom
 from CovidCTLib.postprocess.infection_hu import HUGating, dome_lesions, gate_infection_hu
-from CovidCTLib.postprocess.stages import clean_infection
+from CovidCTLib.postprocess.masses import mass_note
+from CovidCTLib.postprocess.stages import clean_infection, score_scan
 from CovidCTLib.quantify import quantify
 from CovidCTLib.volume import CTVolume
 
@@ -307,32 +308,102 @@ def test_gate_removes_the_dome_of_the_liver_but_not_basal_disease(clean_phantom)
     assert summary["removed_ml"]["dome_of_liver_or_spleen"] == pytest.approx(dome.sum() * ct.voxel_volume_ml, rel=0.05)
 
 
+def _ball(lungs: np.ndarray, inner: np.ndarray, z: int, radius: float) -> np.ndarray:
+    """A ball of ``radius`` mm (phantom spacing 2.5 x 1.5 x 1.5 mm) around the middle of slice ``z`` of
+    ``inner``, clipped to the lungs."""
+    ys, xs = np.nonzero(inner[z])
+    centre = (z, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
+    zz, yy, xx = np.ogrid[: lungs.shape[0], : lungs.shape[1], : lungs.shape[2]]
+    dist2 = (2.5 * (zz - centre[0])) ** 2 + (1.5 * (yy - centre[1])) ** 2 + (1.5 * (xx - centre[2])) ** 2
+    return (dist2 <= radius**2) & (lungs > 0)
+
+
 def test_gate_drops_small_dense_foci_but_keeps_ground_glass_and_large_consolidation(clean_phantom):
     """Gate 1.2.0: a small focus of soft-tissue density (a vessel segment, a nodule) is not the infection
-    pattern; a ground-glass lesion of the same size and a consolidation larger than 2 mL are."""
+    pattern; a ground-glass lesion of the same size and a consolidation larger than 2 mL in its ground-glass
+    halo are."""
     ct, lungs = clean_phantom.ct, clean_phantom.lungs
     hu = ct.array.astype(np.int16)
     inner = ndimage.binary_erosion(lungs > 0, iterations=4)
     zs = np.flatnonzero(inner.any(axis=(1, 2)))
     ml = ct.voxel_volume_ml
 
-    def ball(z: int, radius: int) -> np.ndarray:
-        ys, xs = np.nonzero(inner[z])
-        centre = (z, int(ys[len(ys) // 2]), int(xs[len(xs) // 2]))
-        zz, yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
-        dist2 = (2.5 * (zz - centre[0])) ** 2 + (1.5 * (yy - centre[1])) ** 2 + (1.5 * (xx - centre[2])) ** 2
-        return (dist2 <= radius**2) & (lungs > 0)
-
-    nodule = ball(int(zs[len(zs) // 4]), 6)  # about 0.9 mL
-    ground_glass = ball(int(zs[len(zs) // 2]), 6)
-    consolidation = ball(int(zs[3 * len(zs) // 4]), 10)  # about 4 mL
+    nodule = _ball(lungs, inner, int(zs[len(zs) // 4]), 6)  # about 0.9 mL
+    ground_glass = _ball(lungs, inner, int(zs[len(zs) // 2]), 6)
+    z_cons = int(zs[3 * len(zs) // 4])
+    consolidation = _ball(lungs, inner, z_cons, 10)  # about 4 mL
+    halo = _ball(lungs, inner, z_cons, 20) & ~consolidation
+    halo[: z_cons - 2], halo[z_cons + 3 :] = False, False  # ground glass around it on five slices
     assert nodule.sum() * ml < 2.0 and consolidation.sum() * ml > 2.0
-    assert not (nodule & ground_glass).any() and not (ground_glass & consolidation).any()
-    hu[nodule], hu[ground_glass], hu[consolidation] = 40, -500, 30
+    assert not (nodule & ground_glass).any() and not (ground_glass & (consolidation | halo)).any()
+    hu[nodule], hu[ground_glass], hu[consolidation], hu[halo] = 40, -500, 30, -500
     fake = np.zeros(hu.shape, np.uint8)
-    fake[nodule | consolidation], fake[ground_glass] = 2, 1
+    fake[nodule | consolidation], fake[ground_glass | halo] = 2, 1
     gated, summary = gate_infection_hu(_with_hu(ct, hu), lungs, fake)
     assert np.count_nonzero(gated[nodule]) == 0
     assert np.count_nonzero(gated[ground_glass]) >= 0.8 * ground_glass.sum()
     assert np.count_nonzero(gated[consolidation]) >= 0.8 * consolidation.sum()
     assert summary["removed_ml"]["small_dense_focus"] == pytest.approx(nodule.sum() * ml, rel=0.1)
+    assert summary["mass_like_lesions"] == []
+
+
+def test_gate_lists_a_mass_but_keeps_bands_and_consolidation_in_ground_glass(clean_phantom):
+    """Gate 1.3.0: a round solid lesion with a narrow rim (a tumour) leaves the infection and is listed with
+    its place and size; an elongated solid band and a consolidation inside a wide ground-glass halo stay."""
+    ct, lungs = clean_phantom.ct, clean_phantom.lungs
+    hu = ct.array.astype(np.int16)
+    inner = ndimage.binary_erosion(lungs > 0, iterations=4)
+    zs = np.flatnonzero(inner.any(axis=(1, 2)))
+    z_mass, z_band = int(zs[len(zs) // 4]), int(zs[3 * len(zs) // 4])
+    mass = _ball(lungs, inner, z_mass, 12)
+    rim = _ball(lungs, inner, z_mass, 15) & ~mass  # a 3 mm partial-volume rim
+    band = np.zeros(hu.shape, bool)  # 7.5 x 7.5 x up to 54 mm: a band of consolidation
+    ys, xs = np.nonzero(inner[z_band])
+    y0, x0 = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+    band[z_band - 1 : z_band + 2, y0 - 2 : y0 + 3, x0 - 18 : x0 + 18] = True
+    band &= lungs > 0
+    assert band.sum() * ct.voxel_volume_ml > 2.0
+    assert not ((mass | rim) & band).any()
+    hu[mass], hu[rim], hu[band] = 30, -450, 30
+    fake = np.zeros(hu.shape, np.uint8)
+    fake[mass | band], fake[rim] = 2, 1
+    gated, summary = gate_infection_hu(_with_hu(ct, hu), lungs, fake)
+    assert np.count_nonzero(gated[mass | rim]) == 0
+    assert np.count_nonzero(gated[band]) >= 0.8 * band.sum()
+    (found,) = summary["mass_like_lesions"]
+    assert found["volume_ml"] == pytest.approx((mass | rim).sum() * ct.voxel_volume_ml, rel=0.05)
+    assert found["solid_core_ml"] == pytest.approx(
+        mass.sum() * ct.voxel_volume_ml, rel=0.25
+    )  # its edge is smoothed away
+    assert 18 <= found["core_diameter_mm"] <= 30
+    side = np.bincount(lungs[mass]).argmax()
+    assert found["lung"] == ("right" if side == 1 else "left")
+    centroid = np.array(ndimage.center_of_mass(mass | rim))
+    assert np.allclose(found["centroid_voxel"], centroid, atol=0.5)
+    assert summary["removed_ml"]["mass_like_lesion"] == pytest.approx(found["volume_ml"], rel=0.01)
+    # what is left (the band, under 1 % of the lungs) is not significant: atypical for the mass, named in the note
+    numbers = quantify(ct, lungs, gated, min_lesion_ml=NoiseFloor().min_lesion_ml)
+    _, block = score_scan(ct, lungs, gated, numbers, 0.5, masses=summary["mass_like_lesions"])
+    assert block["category"] == "atypical" and block["features"]["mass_like_lesions"] == 1
+    assert f"{found['lung']} lung, {found['volume_ml']:.0f} mL" in mass_note(summary["mass_like_lesions"])
+    # the same mass with its core hidden in wide ground glass is a consolidation in a halo: kept
+    halo = _ball(lungs, inner, z_mass, 30) & ~mass & ~band
+    hu[halo] = -450
+    fake[halo] = 1
+    gated, summary = gate_infection_hu(_with_hu(ct, hu), lungs, fake)
+    assert summary["mass_like_lesions"] == []
+    assert np.count_nonzero(gated[mass]) >= 0.8 * mass.sum()
+
+
+def test_assessment_names_a_mass_and_is_atypical_not_negative():
+    rules = AssessmentRules()
+    quiet = {
+        "burden_percent": 0.3,
+        "infection_ml": 10.0,
+        "mass_like_lesions": 0,
+        "mass_like_ml": 0.0,
+    }
+    assert categorise(quiet, rules)[0] == "negative"
+    category, reasons = categorise({**quiet, "mass_like_lesions": 1, "mass_like_ml": 88.0}, rules)
+    assert category == "atypical"
+    assert any("mass-like" in r and "88 mL" in r for r in reasons)

@@ -18,6 +18,7 @@ from CovidCTLib.io.loader import load_ct
 from CovidCTLib.models.runtime.inference import segment_infection_model, segment_lungs_model
 from CovidCTLib.noise_floor import NoiseFloor, apply_noise_floor, remove_small_lesions
 from CovidCTLib.postprocess.infection_hu import HUGating, gate_infection_hu
+from CovidCTLib.postprocess.masses import MassRule
 from CovidCTLib.quantify import quantify
 
 SCANS = {
@@ -31,6 +32,7 @@ SCANS = {
 #: the gate's later rules switched off (no lesion has a caudal-contact share above 2; none is under 0 mL)
 _NO_DOME = {"dome_caudal_share": 2.0}
 _NO_DENSE = {"dense_focus_max_ml": 0.0}
+_NO_MASS = {"masses": MassRule(enabled=False)}
 VARIANTS: dict[str, dict | None] = {
     "network + noise floor only": None,
     "+ density after thin-structure opening": {
@@ -40,11 +42,20 @@ VARIANTS: dict[str, dict | None] = {
         "max_fat_share": 1.01,
         **_NO_DOME,
         **_NO_DENSE,
+        **_NO_MASS,
     },
-    "+ border band": {"max_fat_share": 1.01, **_NO_DOME, **_NO_DENSE},
-    "+ fat density (gate 1.0.0)": {**_NO_DOME, **_NO_DENSE},
-    "+ liver / spleen dome (gate 1.1.0)": dict(_NO_DENSE),
-    "+ small dense focus = shipped (gate 1.2.0)": {},
+    "+ border band": {"max_fat_share": 1.01, **_NO_DOME, **_NO_DENSE, **_NO_MASS},
+    "+ fat density (gate 1.0.0)": {**_NO_DOME, **_NO_DENSE, **_NO_MASS},
+    "+ liver / spleen dome (gate 1.1.0)": {**_NO_DENSE, **_NO_MASS},
+    "+ small dense focus (gate 1.2.0)": dict(_NO_MASS),
+    "+ mass-like lesion = shipped (gate 1.3.0)": {},
+    "shipped, mass core share >= 0.3": {"masses": MassRule(min_core_share=0.3)},
+    "shipped, mass ellipsoid fill >= 0.3": {"masses": MassRule(min_ellipsoid_fill=0.3)},
+    "shipped, mass axis ratio >= 0.4": {"masses": MassRule(min_axis_ratio=0.4)},
+    "shipped, mass rim <= 30 mm": {"masses": MassRule(max_rim_mm=30.0)},
+    "shipped, mass rules all loosened as above": {
+        "masses": MassRule(min_core_share=0.3, min_ellipsoid_fill=0.3, min_axis_ratio=0.4, max_rim_mm=30.0)
+    },
     "shipped, dense focus up to 1 mL": {"dense_focus_max_ml": 1.0},
     "shipped, dense focus up to 3 mL": {"dense_focus_max_ml": 3.0},
     "shipped, dense focus above -200 HU": {"dense_focus_min_hu": -200.0},

@@ -25,7 +25,10 @@ only when all of these hold:
    ``dense_focus_min_hu`` (soft tissue) is a vessel segment followed across slices, a nodule or a granuloma, not
    the ground-glass / consolidation pattern measured here; it is dropped. Consolidation of pneumonia comes in
    larger areas or with ground glass around it, which lowers its mean.
-6. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
+6. **Not a mass.** A compact solid lesion with a narrow rim (a tumour, a nodule, a mass-like or lobar
+   consolidation) is not the pattern measured here: it is taken out of the infection and listed in the summary's
+   ``mass_like_lesions`` (:mod:`CovidCTLib.postprocess.masses`), so that the report names it.
+7. **Minimum lesion size.** Connected lesions (26-connectivity) smaller than ``min_lesion_ml`` are dropped.
 
 Used only for HU volumes (8-bit slices are not in HU; their results do not change). The numbers that
 chose these defaults are in ``Resources/Models/infection-unet/MODEL_CARD.md``.
@@ -33,7 +36,7 @@ chose these defaults are in ``Resources/Models/infection-unet/MODEL_CARD.md``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,12 +46,14 @@ from scipy import ndimage
 from CovidCTLib.errors import InputError
 from CovidCTLib.imaging.grid import block_mean, upsample_nearest
 from CovidCTLib.imaging.orientation import superior_axis
+from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
+from CovidCTLib.postprocess.masses import MassRule, mass_like_lesions
 from CovidCTLib.volume import CTVolume
 
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
-GATE_VERSION = "1.2.0"
+GATE_VERSION = "1.3.0"  # 1.3: mass-like lesions taken out and listed
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class HUGating:
     dense_focus_max_ml: float = 2.0
     dense_focus_min_hu: float = -100.0
     grid_mm: float = 1.4
+    masses: MassRule = field(default_factory=MassRule)
 
     def as_dict(self) -> dict[str, Any]:
         """The parameters as a plain dictionary (for report.json)."""
@@ -158,6 +164,30 @@ def small_dense_foci(lab: np.ndarray, n: int, hu: np.ndarray, voxel_ml: float, p
     return out
 
 
+def locate_masses(
+    found: list[dict[str, Any]], lab: np.ndarray, box: tuple[slice, ...], ct: CTVolume, lungs: np.ndarray
+) -> list[dict[str, Any]]:
+    """The mass-like lesions of ``lab`` (a crop ``box`` of the CT) placed on the CT: voxel box and centroid,
+    centroid in LPS mm, lung. Labels are dropped (they are the crop's)."""
+    placed = []
+    offset = np.array([b.start for b in box])
+    for entry in found:
+        entry = dict(entry)
+        label = entry.pop("label")
+        lesion = lab == label
+        centroid = np.array(ndimage.center_of_mass(lesion)) + offset
+        entry["centroid_voxel"] = [round(float(c), 2) for c in centroid]
+        point = ct.image.TransformContinuousIndexToPhysicalPoint([float(c) for c in centroid[::-1]])
+        entry["centroid_mm"] = [round(float(c), 2) for c in point]
+        corners = entry["bbox_voxel"]
+        entry["bbox_voxel"] = [[int(a + o) for a, o in zip(corner, offset, strict=True)] for corner in corners]
+        sides = np.asarray(lungs)[box][lesion]
+        right, left = int(np.count_nonzero(sides == RIGHT_LUNG)), int(np.count_nonzero(sides == LEFT_LUNG))
+        entry["lung"] = "right" if right >= left else "left"
+        placed.append(entry)
+    return placed
+
+
 def _in_plane_factor(spacing_zyx: tuple[float, ...], params: HUGating) -> int:
     """In-plane block size that brings fine in-plane spacing to about ``grid_mm`` (speed)."""
     return max(1, int(params.grid_mm // max(min(spacing_zyx[1:]), 1e-3)))
@@ -211,7 +241,8 @@ def gate_infection_hu(
         lab[removed] = 0
         return float(np.count_nonzero(gated)) * voxel_ml
 
-    after_border = after_fat = after_dome = after_dense = after_size = after_density
+    after_border = after_fat = after_dome = after_dense = after_mass = after_size = after_density
+    mass_like: list[dict[str, Any]] = []
     if n:
         band = upsample_nearest(border_band(hu_c, lung_c, coarse_spacing, params), factors, hu.shape)
         core = np.bincount(lab[~band].ravel(), minlength=n + 1).astype(float) * voxel_ml
@@ -226,6 +257,10 @@ def gate_infection_hu(
 
         after_dome = drop(dome_lesions(lab, n, ct, lungs, box, params))
         after_dense = drop(small_dense_foci(lab, n, hu, voxel_ml, params))
+
+        masses, found = mass_like_lesions(lab, n, hu, spacing, params.masses)
+        mass_like = locate_masses(found, lab, box, ct, lungs)
+        after_mass = drop(masses)
 
         size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
         after_size = drop(size < params.min_lesion_ml)
@@ -243,8 +278,10 @@ def gate_infection_hu(
                 "fat_density": round(after_border - after_fat, 3),
                 "dome_of_liver_or_spleen": round(after_fat - after_dome, 3),
                 "small_dense_focus": round(after_dome - after_dense, 3),
-                "below_min_lesion_size": round(after_dense - after_size, 3),
+                "mass_like_lesion": round(after_dense - after_mass, 3),
+                "below_min_lesion_size": round(after_mass - after_size, 3),
             },
+            "mass_like_lesions": mass_like,
         }
     )
     return out, summary

@@ -51,8 +51,10 @@ def score_scan(
     floor: NoiseFloor = DEFAULT_FLOOR,
     rules: AssessmentRules | None = None,
     peripheral: Any | None = None,
+    masses: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Apply the zone noise floor to ``numbers`` and assess the scan; returns ``(numbers, covid_assessment)``.
-    ``peripheral``: the :class:`CovidCTLib.anatomy.peripheral.PeripheralMap` when the caller has it."""
+    ``peripheral``: the :class:`CovidCTLib.anatomy.peripheral.PeripheralMap` when the caller has it;
+    ``masses``: the HU gate's ``mass_like_lesions``."""
     numbers = apply_noise_floor(numbers, floor)
-    return numbers, assess(ct, lungs, infection, numbers, classifier_probability, rules, peripheral)
+    return numbers, assess(ct, lungs, infection, numbers, classifier_probability, rules, peripheral, masses)
