@@ -23,3 +23,15 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not available at {root}")
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Run-time caches (the ONNX export cache) go to a folder of this test session, never the user's."""
+    old = os.environ.get("COVIDCT_CACHE_DIR")
+    os.environ["COVIDCT_CACHE_DIR"] = str(tmp_path_factory.mktemp("covidct-cache"))
+    yield
+    if old is None:
+        os.environ.pop("COVIDCT_CACHE_DIR", None)
+    else:
+        os.environ["COVIDCT_CACHE_DIR"] = old

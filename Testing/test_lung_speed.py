@@ -6,6 +6,8 @@ Runtime backend with its fallback to torch, and the exact helpers of the lung cl
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,71 @@ def test_bounding_box_is_find_objects_box() -> None:
         mask[tuple(rng.integers(0, s, size=count) for s in mask.shape)] = True
         assert bounding_box(mask) == ndi.find_objects(mask.astype(np.uint8))[0]
     assert bounding_box(np.zeros((3, 3, 3), bool)) is None
+
+
+def _onnx_probabilities(runner, size: int = 32) -> np.ndarray:
+    x = np.random.default_rng(3).random((3, 1, size, size)).astype(np.float32)
+    return torch.softmax(runner(torch.from_numpy(x)), dim=1).numpy()
+
+
+def _torch_probabilities(module: torch.nn.Module, size: int = 32) -> np.ndarray:
+    x = np.random.default_rng(3).random((3, 1, size, size)).astype(np.float32)
+    with torch.inference_mode():
+        return torch.softmax(module.eval()(torch.from_numpy(x)), dim=1).numpy()
+
+
+def test_onnx_export_is_cached_on_disk_and_probed_before_use(monkeypatch, tmp_path, caplog) -> None:
+    """The second process (here: a second module with the same weights) takes the cached file without
+    exporting; a cached file that disagrees with the weights is exported again and replaced."""
+    require_module("onnxruntime")
+    require_module("onnx")
+    from CovidCTLib.models.runtime import onnx_cache
+
+    monkeypatch.setenv(onnx_cache.ENV_DIR, str(tmp_path))
+    first = _lung_like_model().module
+    runner = onnx_backend.onnx_network(first, 1, 32, weights_sha256="a" * 64)
+    assert runner is not None
+    (cached,) = list((tmp_path / "onnx").glob("*.onnx"))
+    original = cached.read_bytes()
+
+    exports = []
+    real_export = onnx_backend.export_onnx
+    monkeypatch.setattr(onnx_backend, "export_onnx", lambda *a: exports.append(a) or real_export(*a))
+    second = copy.deepcopy(first)  # the same weights in another module
+    again = onnx_backend.onnx_network(second, 1, 32, weights_sha256="a" * 64)
+    assert exports == [] and again is not None
+    np.testing.assert_allclose(_onnx_probabilities(again), _torch_probabilities(second), atol=1e-4)
+
+    # other weights under the same key (a tampered or stale file): the probe refuses it
+    other = _trained_statistics(attention_unet(1, 2, (4, 8, 16, 32)), 1, seed=99)
+    cached.write_bytes(real_export(other, 1, 32))
+    with caplog.at_level("WARNING"):
+        fixed = onnx_backend.onnx_network(second, 1, 32, weights_sha256="a" * 64)
+    assert len(exports) == 1 and "disagrees" in caplog.text
+    np.testing.assert_allclose(_onnx_probabilities(fixed), _torch_probabilities(second), atol=1e-4)
+    assert cached.read_bytes() == original  # the deterministic export of these weights again
+
+    # damaged bytes: exported again as well
+    cached.write_bytes(b"not an onnx model")
+    assert onnx_backend.onnx_network(second, 1, 32, weights_sha256="a" * 64) is not None
+    assert len(exports) == 2
+
+    # new weights get a new key, never the old file
+    assert onnx_cache.cache_key("b" * 64, 1, 32) != onnx_cache.cache_key("a" * 64, 1, 32)
+
+
+def test_onnx_cache_switched_off_or_unwritable_still_runs(monkeypatch, tmp_path) -> None:
+    require_module("onnxruntime")
+    require_module("onnx")
+    from CovidCTLib.models.runtime import onnx_cache
+
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv(onnx_cache.ENV_DIR, str(blocked))
+    module = _lung_like_model().module
+    runner = onnx_backend.onnx_network(module, 1, 32, weights_sha256="c" * 64)
+    np.testing.assert_allclose(_onnx_probabilities(runner), _torch_probabilities(module), atol=1e-4)
+    monkeypatch.setenv(onnx_cache.ENV_SWITCH, "0")
+    monkeypatch.setenv(onnx_cache.ENV_DIR, str(tmp_path / "off"))
+    assert onnx_backend.onnx_network(module, 1, 32, weights_sha256="c" * 64) is not None
+    assert not (tmp_path / "off").exists()

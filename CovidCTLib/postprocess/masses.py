@@ -86,32 +86,39 @@ def describe_lesion(
     if core_ml < rule.min_core_ml:
         return None
     axis_ratio, fill, diameter = core_shape(core, spacing_zyx)
-    rim = lesion & ~core
-    rim_mm = 0.0
-    if rim.any():
-        distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx)
-        rim_mm = float(np.percentile(distance[rim], 90))
     lesion_ml = float(np.count_nonzero(lesion)) * voxel_ml
-    return {
+    description = {
         "volume_ml": lesion_ml,
         "solid_core_ml": core_ml,
         "core_share": core_ml / lesion_ml,
         "axis_ratio": axis_ratio,
         "ellipsoid_fill": fill,
         "core_diameter_mm": diameter,
-        "rim_p90_mm": rim_mm,
+        "rim_p90_mm": float("inf"),  # measured only for a compact core (the distance map is the costly part)
         "mean_hu": float(np.asarray(hu)[lesion].mean()),
     }
+    if compact_core(description, rule):
+        rim = lesion & ~core
+        rim_mm = 0.0
+        if rim.any():
+            distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx)
+            rim_mm = float(np.percentile(distance[rim], 90))
+        description["rim_p90_mm"] = rim_mm
+    return description
+
+
+def compact_core(description: dict[str, float], rule: MassRule) -> bool:
+    """Whether the solid core is large enough a share of the lesion and compact (the rule without the rim)."""
+    return (
+        description["core_share"] >= rule.min_core_share
+        and description["axis_ratio"] >= rule.min_axis_ratio
+        and description["ellipsoid_fill"] >= rule.min_ellipsoid_fill
+    )
 
 
 def is_mass_like(description: dict[str, float] | None, rule: MassRule) -> bool:
     """Whether a lesion's description meets every part of the rule."""
-    return description is not None and (
-        description["core_share"] >= rule.min_core_share
-        and description["axis_ratio"] >= rule.min_axis_ratio
-        and description["ellipsoid_fill"] >= rule.min_ellipsoid_fill
-        and description["rim_p90_mm"] <= rule.max_rim_mm
-    )
+    return description is not None and compact_core(description, rule) and description["rim_p90_mm"] <= rule.max_rim_mm
 
 
 def mass_like_lesions(

@@ -98,7 +98,7 @@ def network(model: Any, plan: ExecutionPlan) -> Any:
                 from CovidCTLib.models.runtime.onnx_backend import onnx_network
 
                 channels = int(model.manifest.get("input", {}).get("channels", 1))
-                runner = onnx_network(module, channels, model.input_size)
+                runner = onnx_network(module, channels, model.input_size, model.manifest.get("sha256"))
             if runner is None and plan.fold_batchnorm:
                 from CovidCTLib.models.runtime.fusion import fold_batchnorm
 

@@ -161,12 +161,15 @@ def _predict_probs(
     reporter: Reporter | None = None,
     step: str = "model",
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
+    channels: tuple[int, ...] | None = None,
 ) -> list[np.ndarray]:
     """Run ``inputs`` (each ``(C, S, S)`` float32) in batches; return class probabilities ``(K, h, w)``.
 
     With ``postprocess.test_time_flips`` in the model's manifest the probabilities are flip-averaged.
     ``reduce``: applied to each slice's ``(K, h, w)`` probabilities as soon as they are computed (e.g. keep
     one class, or threshold), so the full-resolution probabilities of the whole scan are never held at once.
+    ``channels``: only these classes are resized and returned, in this order (bilinear resizing treats each
+    class alone, so their values are the same; the lung network needs only its lung class).
     How the batches run (memory layout, autocast, pinned memory) is :mod:`.execution`'s plan.
     """
     import torch.nn.functional as F  # noqa: N812
@@ -181,6 +184,8 @@ def _predict_probs(
         shapes = out_shapes[start : start + step_n]
         with execution.running(plan):
             probs = _forward(net, execution.to_batch(np.stack(inputs[start : start + step_n]), plan), flips)
+            if channels is not None:
+                probs = probs[:, list(channels)]
             if len(set(shapes)) == 1 and tuple(shapes[0]) != tuple(probs.shape[-2:]):  # one resize for the batch
                 probs = F.interpolate(probs, size=tuple(shapes[0]), mode="bilinear", align_corners=False)
             for j, (h, w) in enumerate(shapes):
@@ -225,19 +230,21 @@ def _lung_slices(
     inferer: SliceInferer,
     reduce: Callable[[np.ndarray], np.ndarray],
 ) -> np.ndarray:
-    """``reduce`` of each slice's lung-network probabilities, stacked ``(z, y, x)`` on the LPS-oriented grid."""
+    """``reduce`` of each slice's lung probability ``(h, w)``, stacked ``(z, y, x)`` on the LPS-oriented grid."""
     model = get_model(model_name("lung"), device)
     arr = inferer.array
     size = model.input_size
     inputs = [_fit(inferer.normalized(z), size)[None] for z in range(arr.shape[0])]
-    return np.stack(_predict_probs(model, inputs, [s.shape for s in arr], reporter, "lungs", reduce))
+    shapes = [s.shape for s in arr]
+    lung_only = _predict_probs(model, inputs, shapes, reporter, "lungs", lambda p: reduce(p[0]), channels=(1,))
+    return np.stack(lung_only)
 
 
 def lung_probability(
     ct: CTVolume, device: str = "auto", reporter: Reporter | None = None, inferer: SliceInferer | None = None
 ) -> np.ndarray:
     """Per-voxel lung probability ``(z, y, x)`` (float32) on the LPS-oriented grid of ``ct``."""
-    return _lung_slices(ct, device, reporter, inferer or SliceInferer(ct), lambda p: p[1].astype(np.float32))
+    return _lung_slices(ct, device, reporter, inferer or SliceInferer(ct), lambda p: p.astype(np.float32))
 
 
 def segment_lungs_model(
@@ -250,7 +257,7 @@ def segment_lungs_model(
     """
     inferer = inferer or SliceInferer(ct)
     thr = lung_threshold(device)
-    lung = _lung_slices(ct, device, reporter, inferer, lambda p: p[1] >= thr)
+    lung = _lung_slices(ct, device, reporter, inferer, lambda p: p >= thr)
     if ct.image.GetDimension() != 3:
         return _split_sides(lung.reshape(ct.shape), ct)
     hu = inferer.array if ct.intensity == "HU" else None
