@@ -171,6 +171,7 @@ def _stage_quantify(state: AnalysisState) -> None:
 def _stage_assessment(state: AnalysisState) -> None:
     """Zone noise floor and the scan-level COVID assessment (its probability is the top-level one)."""
     from CovidCTLib.anatomy.peripheral import peripheral_mask
+    from CovidCTLib.io.notices import warning
     from CovidCTLib.postprocess.masses import mass_note
     from CovidCTLib.postprocess.stages import score_scan
 
@@ -180,8 +181,8 @@ def _stage_assessment(state: AnalysisState) -> None:
     state.numbers, state.assessment = score_scan(
         state.ct, state.lungs, state.infection, state.numbers, probability, peripheral=state.peripheral, masses=masses
     )
-    if masses:
-        state.notes.append(mass_note(masses))
+    if masses:  # a warning: also printed on the console and listed in the done event
+        state.notes.append(warning(mass_note(masses)))
     state.numbers["infection_gating"] = state.gating
     state.numbers["kernel_harmonisation"] = state.harmonisation
     state.numbers["covid_assessment"] = state.assessment
