@@ -171,17 +171,19 @@ def locate_masses(
     centroid in LPS mm, lung. Labels are dropped (they are the crop's)."""
     placed = []
     offset = np.array([b.start for b in box])
+    lungs_in_box = np.asarray(lungs)[box]
     for entry in found:
         entry = dict(entry)
         label = entry.pop("label")
-        lesion = lab == label
-        centroid = np.array(ndimage.center_of_mass(lesion)) + offset
+        low, high = entry["bbox_voxel"]
+        crop = tuple(slice(a, b + 1) for a, b in zip(low, high, strict=True))  # the lesion's own box
+        lesion = lab[crop] == label
+        centroid = np.array(ndimage.center_of_mass(lesion)) + offset + np.array(low)
         entry["centroid_voxel"] = [round(float(c), 2) for c in centroid]
         point = ct.image.TransformContinuousIndexToPhysicalPoint([float(c) for c in centroid[::-1]])
         entry["centroid_mm"] = [round(float(c), 2) for c in point]
-        corners = entry["bbox_voxel"]
-        entry["bbox_voxel"] = [[int(a + o) for a, o in zip(corner, offset, strict=True)] for corner in corners]
-        sides = np.asarray(lungs)[box][lesion]
+        entry["bbox_voxel"] = [[int(a + o) for a, o in zip(corner, offset, strict=True)] for corner in (low, high)]
+        sides = lungs_in_box[crop][lesion]
         right, left = int(np.count_nonzero(sides == RIGHT_LUNG)), int(np.count_nonzero(sides == LEFT_LUNG))
         entry["lung"] = "right" if right >= left else "left"
         placed.append(entry)
