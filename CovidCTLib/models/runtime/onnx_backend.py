@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
-import os
 from typing import Any
+
+from CovidCTLib.models.runtime import onnx_cache
 
 LOG = logging.getLogger(__name__)
 #: environment switch: ``0`` keeps every network on torch even with ONNX Runtime installed
@@ -32,7 +33,7 @@ _EXPORT_BATCH = 2
 
 def onnxruntime_usable() -> bool:
     """True when ONNX Runtime and the ONNX package are importable and not switched off by the environment."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if onnx_cache.switched_off(ENV_SWITCH):
         return False
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
@@ -93,8 +94,6 @@ def make_session(model_bytes: bytes) -> Any:
 
 def cached_session(module: Any, channels: int, size: int, weights_sha256: str) -> Any:
     """A session of the cached export of ``module`` (probed against it), or of a new export (then cached)."""
-    from CovidCTLib.models.runtime import onnx_cache
-
     probed: list[Any] = []
 
     def accept(data: bytes) -> bool:
@@ -115,9 +114,7 @@ def onnx_network(module: Any, channels: int, size: int, weights_sha256: str | No
     if not onnxruntime_usable():
         return None
     try:
-        from CovidCTLib.models.runtime.onnx_cache import cache_enabled
-
-        if weights_sha256 and cache_enabled():
+        if weights_sha256 and onnx_cache.cache_enabled():
             return OnnxNetwork(cached_session(module, channels, size, weights_sha256))
         return OnnxNetwork(make_session(export_onnx(module, channels, size)))
     except Exception as exc:  # noqa: BLE001 - any export/runtime failure means: keep torch

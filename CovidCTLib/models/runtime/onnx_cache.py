@@ -31,9 +31,14 @@ ENV_DIR = "COVIDCT_CACHE_DIR"
 ENV_SWITCH = "COVIDCT_ONNX_CACHE"
 
 
+def switched_off(variable: str) -> bool:
+    """True when the environment switch ``variable`` is 0 / false / no / off (unset means on)."""
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def cache_enabled() -> bool:
-    """False when ``COVIDCT_ONNX_CACHE`` is 0 / false / no / off."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    """False when ``COVIDCT_ONNX_CACHE`` is switched off."""
+    return not switched_off(ENV_SWITCH)
 
 
 def cache_dir() -> Path:
