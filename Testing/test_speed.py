@@ -70,16 +70,22 @@ def _fill_by_background_labelling(mask: np.ndarray) -> np.ndarray:
     return mask | ~border[background]
 
 
-def test_simpleitk_labelling_and_hole_filling_equal_scipy() -> None:
+def test_size_ordered_simpleitk_components_and_hole_filling_equal_scipy() -> None:
     rng = np.random.default_rng(3)
     holes = 0
     for k in range(6):
         mask = ndi.binary_opening(rng.random((12, 30, 34)) > (0.35 + 0.05 * k))
-        labels, count = postprocess.label_components(mask)
+        image, sizes = postprocess.components_by_size(mask)
+        labels = sitk.GetArrayFromImage(image)
         expected, expected_count = ndi.label(mask)
-        assert count == expected_count > 1
-        np.testing.assert_array_equal(labels, expected)  # the same numbering, so ties break the same way
-        np.testing.assert_array_equal(label_counts(labels, count + 1), np.bincount(expected.ravel()))
+        assert len(sizes) == expected_count > 1 and np.all(np.diff(sizes) <= 0)  # numbered by size, largest first
+        np.testing.assert_array_equal(label_counts(labels, len(sizes) + 1)[1:], sizes)
+        for label in range(1, len(sizes) + 1):  # every component is one of scipy's, whole
+            component = labels == label
+            assert (
+                len(np.unique(expected[component])) == 1
+                and (expected == expected[component][0]).sum() == sizes[label - 1]
+            )
         filled = postprocess.fill_holes_3d(mask)
         np.testing.assert_array_equal(filled, _fill_by_background_labelling(mask))
         holes += int(filled.sum() - mask.sum())

@@ -27,14 +27,37 @@ def block_factors(
 
 
 def block_mean(array: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Mean over ``factors``-sized blocks (edge-padded), as float32."""
+    """Mean over ``factors``-sized blocks (edge-padded), as float32.
+
+    Masks and integer volumes (HU) are summed exactly in int32 along one axis at a time (strided views, about
+    three times faster than a 6-D mean; the same float32 values: the float32 sums of these integers are
+    exact too); other dtypes take the mean in float32.
+    """
     if all(f == 1 for f in factors):
         return np.asarray(array, dtype=np.float32)
     pads = [(0, (-n) % f) for n, f in zip(array.shape, factors, strict=True)]
     a = np.pad(array, pads, mode="edge") if any(p[1] for p in pads) else array
+    if a.dtype.kind in "bu" or (a.dtype.kind == "i" and a.dtype.itemsize <= 2):
+        return _block_sum_int32(a, factors).astype(np.float32) / np.float32(np.prod(factors))
     nz, ny, nx = (n // f for n, f in zip(a.shape, factors, strict=True))
     fz, fy, fx = factors
     return a.reshape(nz, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def _block_sum_int32(a: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Block sums of a small-integer 3-D array whose shape is a multiple of ``factors`` (int32)."""
+    total = a
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        step = [slice(None)] * 3
+        step[axis] = slice(0, None, f)
+        acc = np.array(total[tuple(step)], dtype=np.int32)
+        for offset in range(1, f):
+            step[axis] = slice(offset, None, f)
+            acc += total[tuple(step)]
+        total = acc
+    return np.asarray(total, dtype=np.int32)
 
 
 def block_max(mask: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:

@@ -20,16 +20,14 @@ GAS_HU = -600.0
 GAS_MAX_SHARE = 0.25
 
 
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Face-connected components of a 3-D mask: ``(labels, count)`` as ``scipy.ndimage.label`` gives them.
-
-    SimpleITK's multi-threaded labelling numbers the components in the same raster order (uint32 labels);
-    several times faster than scipy on a CT volume.
-    """
-    labeller = sitk.ConnectedComponentImageFilter()
-    labeller.FullyConnectedOff()
-    labelled = labeller.Execute(sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8)))
-    return sitk.GetArrayFromImage(labelled), int(labeller.GetObjectCount())
+def components_by_size(mask: np.ndarray) -> tuple[sitk.Image, np.ndarray]:
+    """Face-connected components of a 3-D mask numbered by size (1 = largest; SimpleITK's order for equal
+    sizes) as a SimpleITK label image, and their voxel counts in that order (int64)."""
+    labelled = sitk.ConnectedComponent(sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8)), False)
+    relabel = sitk.RelabelComponentImageFilter()
+    relabel.SortByObjectSizeOn()
+    ordered = relabel.Execute(labelled)
+    return ordered, np.asarray(relabel.GetSizeOfObjectsInPixels(), dtype=np.int64)
 
 
 def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
@@ -41,13 +39,15 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     under the diaphragm: it is removed with a 2-voxel in-plane rim (the stomach or bowel wall).
     """
     air = mask & (hu < GAS_HU)
-    lab, n = label_components(air)
+    labelled, sizes = components_by_size(air)
     del air
+    n = len(sizes)
     if n < 2:
         return mask
-    sizes = label_counts(lab, n + 1)[1:]
+    lab = sitk.GetArrayFromImage(labelled)
+    del labelled
     boxes = ndi.find_objects(lab)
-    lungs = sizes >= GAS_MAX_SHARE * sizes.max()
+    lungs = sizes >= GAS_MAX_SHARE * sizes[0]  # sizes are sorted: the lungs are the first labels
     floor = min(boxes[i][0].start for i in np.nonzero(lungs)[0])
     below = label_counts(lab[:floor], n + 1)[1:] / np.maximum(sizes, 1)
     gas = np.nonzero(~lungs & (below > 0.5))[0]
@@ -62,14 +62,14 @@ def drop_gas_below_lungs(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
     return out
 
 
-def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+def fill_holes_3d(mask: np.ndarray | sitk.Image) -> np.ndarray:
     """Fill the background pockets of ``mask`` (face-connected) that do not reach the volume's border.
 
     SimpleITK's hole filling (morphological reconstruction from the border): the pockets a labelling of the
-    background finds, without a label volume.
+    background finds, without a label volume. ``mask``: a numpy mask or a 0/1 SimpleITK image.
     """
-    filled = sitk.BinaryFillhole(sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8)), False, 1)
-    return sitk.GetArrayFromImage(filled).astype(bool)
+    image = mask if isinstance(mask, sitk.Image) else sitk.GetImageFromArray(np.asarray(mask, dtype=np.uint8))
+    return sitk.GetArrayFromImage(sitk.BinaryFillhole(image, False, 1)).astype(bool)
 
 
 def clean_lung_mask(mask: np.ndarray, hu: np.ndarray | None = None) -> np.ndarray:
@@ -96,17 +96,12 @@ def _clean_lung_mask_in_box(mask: np.ndarray, hu: np.ndarray | None) -> np.ndarr
     if hu is not None:
         mask = drop_gas_below_lungs(mask, hu)
         mask &= ~_solid_slice_components(mask, hu)
-    lab, n = label_components(mask)
-    if n == 0:
+    labelled, sizes = components_by_size(mask)
+    if len(sizes) == 0:
         return mask
     del mask
-    sizes = label_counts(lab, n + 1)[1:]  # voxels per component (as ndimage.sum, faster)
-    order = np.argsort(sizes)[::-1][:2]
-    keep = np.zeros(n + 1, bool)
-    keep[[i + 1 for i in order if sizes[i] >= 0.1 * sizes[order[0]]]] = True
-    kept = keep[lab]
-    del lab
-    return fill_holes_3d(kept)
+    kept = int(np.count_nonzero(sizes[:2] >= 0.1 * sizes[0]))  # the largest, and the second if >= 10 % of it
+    return fill_holes_3d(sitk.BinaryThreshold(labelled, 1, kept, 1, 0))  # labels 1..kept: no label volume in numpy
 
 
 #: in-plane 4-connectivity only: one 3-D labelling gives every slice its own 2-D components

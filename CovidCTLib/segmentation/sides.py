@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.imaging.grid import block_factors, block_mean, upsample_nearest
+from CovidCTLib.imaging.grid import block_factors, block_mean, bounding_box, upsample_nearest
 from CovidCTLib.imaging.orientation import left_axis, oriented_target, superior_axis
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.volume import CTVolume
@@ -87,7 +87,7 @@ def split_mask(
     out = np.zeros(mask.shape, dtype=np.uint8)
     if not mask.any():
         return out
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box = bounding_box(mask)
     m = mask[box]
     lr_mid = midline - box[lr_axis].start
     shape = [1, 1, 1]
@@ -148,9 +148,11 @@ def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float 
     import SimpleITK as sitk
 
     factors = block_factors(ct.spacing_zyx, oriented_target(ct.image, SPLIT_GRID_MM), ct.shape)
-    mask_lr = block_mean(mask.astype(np.uint8), factors) >= 0.5
+    share = block_mean(mask, factors)
+    mask_lr = share >= 0.5
     if not mask_lr.any():
-        mask_lr = block_mean(mask.astype(np.uint8), factors) > 0
+        mask_lr = share > 0
+    del share
     spacing_lr = tuple(s * f for s, f in zip(ct.spacing_zyx, factors, strict=True))
     canon = CanonicalView(ct.image)
     hu = sitk.GetArrayViewFromImage(ct.image) if ct.intensity == "HU" else None
@@ -170,11 +172,13 @@ def split_right_left(lung_mask: np.ndarray, ct: CTVolume, max_erosion_mm: float 
             return sides_lr
         _, idx = ndimage.distance_transform_edt(sides_lr == 0, return_indices=True)
         return np.where(mask, sides_lr[tuple(idx)], 0).astype(np.uint8)
-    _, idx = ndimage.distance_transform_edt(sides_lr == 0, sampling=spacing_lr, return_indices=True)
-    nearest = sides_lr[tuple(idx)]
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    box = bounding_box(mask)
     box_lr = tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(box, factors, strict=True))
-    fine = upsample_nearest(nearest[box_lr], factors, mask.shape, fine_offset(box, box_lr, factors))
+    # every seed lies in the coarse box of the mask, so the nearest seed of a box voxel is found in the box
+    coarse = sides_lr[box_lr]
+    _, idx = ndimage.distance_transform_edt(coarse == 0, sampling=spacing_lr, return_indices=True)
+    nearest = coarse[tuple(idx)]
+    fine = upsample_nearest(nearest, factors, mask.shape, fine_offset(box, box_lr, factors))
     out[box] = np.where(mask[box], fine, 0)
     return out
 
