@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.imaging.grid import block_mean, upsample_nearest
+from CovidCTLib.imaging.grid import block_mean, bounding_box, label_counts, upsample_nearest
 from CovidCTLib.imaging.orientation import superior_axis
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.postprocess.masses import MassRule, mass_like_lesions
@@ -91,8 +91,9 @@ def _odd(size_mm: float, spacing_mm: float) -> int:
 
 
 def _box(mask: np.ndarray, margin: tuple[int, int, int], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin`` voxels, clipped to ``shape``."""
-    found = ndimage.find_objects(mask.astype(np.uint8))[0]
+    """Bounding box of ``mask`` (not empty) grown by ``margin`` voxels, clipped to ``shape``."""
+    found = bounding_box(mask)
+    assert found is not None
     return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(found, margin, shape, strict=True))
 
 
@@ -234,27 +235,31 @@ def gate_infection_hu(
 
     # every later rule keeps or drops whole lesions, so one labelling serves them all
     lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    voxels = label_counts(lab, n + 1)  # per label; a dropped lesion's count becomes 0
+    objects = ndimage.find_objects(lab)
 
     def drop(lesions: np.ndarray) -> float:
-        """Remove the lesions flagged per label (label 0 never) from ``gated`` and ``lab``; mL left."""
-        lesions[0] = False
-        removed = lesions[lab]
-        gated[removed] = 0
-        lab[removed] = 0
-        return float(np.count_nonzero(gated)) * voxel_ml
+        """Remove the lesions flagged per label (label 0 never) from ``gated`` and ``lab``, each in its own
+        box; mL left."""
+        for label in np.flatnonzero(lesions[1:] & (voxels[1:] > 0)) + 1:
+            where = objects[label - 1]
+            lesion = lab[where] == label
+            gated[where][lesion] = 0
+            lab[where][lesion] = 0
+            voxels[label] = 0
+        return float(voxels[1:].sum()) * voxel_ml
 
     after_border = after_fat = after_dome = after_dense = after_mass = after_size = after_density
     mass_like: list[dict[str, Any]] = []
     if n:
         band = upsample_nearest(border_band(hu_c, lung_c, coarse_spacing, params), factors, hu.shape)
         core = np.bincount(lab[~band].ravel(), minlength=n + 1).astype(float) * voxel_ml
-        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
+        size = voxels.astype(float) * voxel_ml
         after_border = drop(core < np.maximum(params.min_core_ml, params.min_core_share * size))
 
         smooth = ndimage.uniform_filter(hu_c, size=(1, 3, 3))
         fat = upsample_nearest((smooth >= params.fat_min_hu) & (smooth <= params.fat_max_hu), factors, hu.shape)
-        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float)
-        fat_share = np.bincount(lab[fat].ravel(), minlength=n + 1) / np.maximum(size, 1)
+        fat_share = np.bincount(lab[fat].ravel(), minlength=n + 1) / np.maximum(voxels.astype(float), 1)
         after_fat = drop(fat_share > params.max_fat_share)
 
         after_dome = drop(dome_lesions(lab, n, ct, lungs, box, params))
@@ -264,8 +269,7 @@ def gate_infection_hu(
         mass_like = locate_masses(found, lab, box, ct, lungs)
         after_mass = drop(masses)
 
-        size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml
-        after_size = drop(size < params.min_lesion_ml)
+        after_size = drop(voxels.astype(float) * voxel_ml < params.min_lesion_ml)
 
     out = np.zeros(infection.shape, dtype=np.uint8)
     out[box] = gated
