@@ -20,10 +20,12 @@ from CovidCTLib.models.runtime.seg_features import (
     SegFeatureClassifier,
     infection_taps,
     lung_encoder_maps,
+    make_head,
     pool_maps,
     slice_inputs,
 )
-from CovidCTLib.models.training.seg_feature_train import fit_logistic, mean_head, view_of
+from CovidCTLib.models.training.mlp_head import HeadEnsemble, fit_ensemble, fit_mlp
+from CovidCTLib.models.training.seg_feature_train import fit_logistic, install_head, mean_head, view_of
 from CovidCTLib.phantom import make_phantom
 
 
@@ -114,6 +116,56 @@ def test_mean_head_gives_the_mean_logit():
     assert np.allclose(mean_head([a, b]).logits(x), 0.5 * (a.logits(x) + b.logits(x)))
 
 
+def test_perceptron_head_learns_what_a_linear_head_cannot_and_is_seeded():
+    """An XOR of two features: a linear head stays near chance, the perceptron ensemble finds it; the same
+    seed gives the same weights; raw features of any scale are standardised inside."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(400, 6)) * np.array([1, 5, 1, 0.1, 1, 1]) + np.array([0, 20, 0, 3, 0, 0])
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 20)).astype(float)
+    train, test = slice(0, 300), slice(300, 400)
+    linear = fit_logistic(x[train], y[train], 1.0)
+    ens = HeadEnsemble([fit_mlp(x[train], y[train], 1.0, 16, seed=s, epochs=150, lr=0.01) for s in (0, 1, 2)])
+    assert roc_auc(y[test], linear.logits(x[test])) < 0.7
+    assert roc_auc(y[test], ens.logits(x[test])) > 0.9
+    again = fit_mlp(x[train], y[train], 1.0, 16, seed=0, epochs=150, lr=0.01)
+    assert np.array_equal(again.w1, ens.members[0].w1) and not np.array_equal(ens.members[1].w1, again.w1)
+    # the standardisation is inside the fit and folded into the first layer: far-off raw scales still train
+    scale, shift = np.array([3.0, 0.01, 7.0, 100.0, 0.5, 2.0]), np.array([5.0, -2.0, 1000.0, 0.0, 3.0, 1.0])
+    rescaled = fit_mlp(x[train] * scale + shift, y[train], 1.0, 16, seed=0, epochs=150, lr=0.01)
+    assert roc_auc(y[test], rescaled.logits(x[test] * scale + shift)) > 0.85
+    assert np.allclose(ens.logits(x), np.mean([m.logits(x) for m in ens.members], axis=0))
+
+
+def test_ensemble_head_in_the_network_gives_the_fitted_logits():
+    """The exported torch head (members stacked, float32) computes the numpy ensemble's mean logit."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(120, 7)) * 10 + 3
+    y = (x[:, 0] * x[:, 1] > 9).astype(float)
+    ens = fit_ensemble(x, y, 3.0, 8, (0, 1))
+    head = make_head(7, {"kind": "mlp-ensemble", "hidden": 8, "members": 2})
+    net = type("Net", (), {"head": head})()
+    install_head(net, ens)
+    with torch.no_grad():
+        torch_logits = head(torch.from_numpy(x).float())[:, 0].numpy()
+    assert np.allclose(torch_logits, ens.logits(x), atol=1e-3)
+    with pytest.raises(ValueError, match="unknown classifier head"):
+        make_head(7, {"kind": "forest"})
+
+
+def test_inner_cv_picks_the_perceptron_l2_strength_from_its_grid():
+    from CovidCTLib.models.data.classifier_data import Item
+    from CovidCTLib.models.training.seg_feature_train import ALPHA_GRID, MLP, choose_c
+
+    rng = np.random.default_rng(4)
+    n = 60
+    items = [Item(f"g{i // 3}-{i}.png", (i // 3) % 2, f"g{i // 3}") for i in range(n)]
+    labels = np.array([it.label for it in items], float)
+    feats = rng.normal(size=(2, n, 5)) + labels[None, :, None] * np.array([3.0, 0, 0, 0, 0])
+    value, scores = choose_c(feats, labels, items, np.arange(n), 0, recipe=MLP)
+    assert value in ALPHA_GRID and set(scores) == set(ALPHA_GRID)
+    assert all(0.75 < a <= 1.0 for a in scores.values())  # the signal feature is found in every setting
+
+
 def test_views_are_seeded_and_the_first_two_are_the_image_and_its_flip():
     g = np.arange(64 * 80, dtype=np.float32).reshape(64, 80) % 255
     assert np.array_equal(view_of(g, 0, 0, 3), g) and np.array_equal(view_of(g, 1, 0, 3), g[:, ::-1])
@@ -169,13 +221,14 @@ def test_training_writes_a_sealed_model_with_cross_validated_metrics(trained: Pa
 
     manifest = json.loads((trained / "model" / "covid-classifier" / "manifest.json").read_text())
     cv = manifest["metrics"]["grouped_5fold_cv"]
-    assert len(cv["folds"]) == 5 and all(f["c"] in (0.01, 0.03, 0.1) for f in cv["folds"])
+    assert len(cv["folds"]) == 5 and all(f["alpha"] in (1.0, 3.0, 10.0) for f in cv["folds"])
+    assert cv["head"] == "mlp" and manifest["version"] == "2.1.0"
     assert manifest["architecture"]["network"] == "seg-feature-classifier"
-    assert "seg-features" in manifest["training"]["command"] and manifest["calibration"]["method"] == "platt"
+    assert manifest["architecture"]["kwargs"]["head"] == {"kind": "mlp-ensemble", "hidden": 32, "members": 15}
+    assert "--head mlp" in manifest["training"]["command"] and manifest["calibration"]["method"] == "platt"
     state = torch.load(trained / "model" / "covid-classifier" / "covid-classifier.pt", weights_only=True)
-    assert (
-        state["head.weight"].dtype == torch.float32 and state["lung.model.0.conv.0.conv.weight"].dtype == torch.float16
-    )
+    assert state["head.w1"].shape[0] == 15 and state["head.w1"].dtype == torch.float32
+    assert state["lung.model.0.conv.0.conv.weight"].dtype == torch.float16
     # the frozen networks are exact copies of the installed segmentation networks
     lung, _ = _shipped_segmentation()
     assert torch.equal(

@@ -205,6 +205,15 @@ def test_crafted_builder_cannot_run_a_covidct_function(tmp_path: Path) -> None:
         ({"network": "unet", "kwargs": {"channels": "abc"}}, "list of"),
         ({"network": "efficientnet", "kwargs": {"model_name": "../../evil"}}, "allowed: efficientnet-b0"),
         ({"network": "unet", "kwargs": {"dropout": 5.0}}, "outside"),
+        ({"network": "seg-feature-classifier", "kwargs": {"head": {"kind": "os.system"}}}, "must name a head kind"),
+        ({"network": "seg-feature-classifier", "kwargs": {"head": {"kind": "mlp-ensemble", "hidden": 8}}}, "takes"),
+        (
+            {
+                "network": "seg-feature-classifier",
+                "kwargs": {"head": {"kind": "mlp-ensemble", "hidden": 8, "members": 10**6}},
+            },
+            "outside",
+        ),
     ],
 )
 def test_manifest_arguments_are_typed_and_validated(tmp_path: Path, architecture: dict, message: str) -> None:

@@ -90,6 +90,14 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
         )
     if action == "train":
         p.add_argument(
+            "--head",
+            choices=("mlp", "linear"),
+            default=None,
+            help="classifier --arch seg-features only: head on the pooled features: mlp (three one-hidden-layer "
+            "perceptrons per cross-validation fold, the 2.1.0 recipe; default) or linear (L2 logistic "
+            "regression, the 2.0.x recipe)",
+        )
+        p.add_argument(
             "--views",
             type=int,
             default=None,

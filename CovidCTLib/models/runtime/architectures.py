@@ -18,7 +18,8 @@ from CovidCTLib.errors import ModelError
 
 @dataclass(frozen=True)
 class Arg:
-    """One constructor argument: its kind (``int``, ``float``, ``str``, ``int-list``) and allowed values."""
+    """One constructor argument: its kind (``int``, ``float``, ``str``, ``int-list``, ``head``) and allowed
+    values."""
 
     kind: str
     low: float | None = None
@@ -30,6 +31,8 @@ class Arg:
     def check(self, network: str, name: str, value: Any) -> Any:
         """The validated value (a list becomes a tuple of ints); raises ModelError when it is not allowed."""
         where = f"model manifest: network '{network}' argument '{name}'"
+        if self.kind == "head":
+            return _check_head(network, name, value)
         if self.kind == "str":
             if not isinstance(value, str) or value not in self.choices:
                 raise ModelError(f"{where} is {value!r}; allowed: {', '.join(self.choices)}. Reinstall the model.")
@@ -50,6 +53,27 @@ class Arg:
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise ModelError(f"{where} = {value!r} is outside {self.low}..{self.high}. Reinstall the model.")
         return kind(value)
+
+
+#: classifier heads a manifest may describe, and the integer fields (with their ranges) each one takes
+HEAD_FIELDS: dict[str, dict[str, tuple[int, int]]] = {
+    "linear": {},
+    "mlp-ensemble": {"hidden": (1, 1024), "members": (1, 256)},
+}
+
+
+def _check_head(network: str, name: str, value: Any) -> dict[str, Any]:
+    """A classifier head description ``{"kind": ..., <its integer fields>}``, checked field by field."""
+    where = f"model manifest: network '{network}' argument '{name}'"
+    if not isinstance(value, dict) or value.get("kind") not in HEAD_FIELDS:
+        raise ModelError(f"{where} must name a head kind ({', '.join(HEAD_FIELDS)}), not {value!r}. Reinstall it.")
+    fields = HEAD_FIELDS[value["kind"]]
+    if set(value) != {"kind", *fields}:
+        raise ModelError(f"{where}: a {value['kind']} head takes {', '.join(['kind', *fields])}. Reinstall it.")
+    checked = {
+        key: Arg("int", low, high).check(network, f"{name}.{key}", value[key]) for key, (low, high) in fields.items()
+    }
+    return {"kind": value["kind"], **checked}
 
 
 def _attention_unet(**kwargs: Any) -> Any:
@@ -123,6 +147,7 @@ NETWORKS: dict[str, Network] = {
             "infection_channels": _FEATURES,
             "infection_res_units": Arg("int", 0, 4),
             "n_features": Arg("int", 1, 100000),
+            "head": Arg("head"),
         },
     ),
     "cyclegan-resnet": Network(  # issue 16: generator of the COVID synthesizer

@@ -164,15 +164,23 @@ def seg_feature_manifest(
     from CovidCTLib.models.runtime.seg_feature_inference import NETWORK
     from CovidCTLib.models.runtime.seg_features import STATS
 
+    head = info["kwargs"].get("head") or {"kind": "linear"}
+    mlp = head["kind"] == "mlp-ensemble"
+    head_text = (
+        f"an ensemble of {head.get('members')} one-hidden-layer perceptron heads ({head.get('hidden')} ReLU units; "
+        "the members of the five cross-validation folds)"
+        if mlp
+        else "logistic-regression head"
+    )
     return {
         "name": MODEL_NAME,
-        "version": "2.0.1",
+        "version": "2.1.0" if mlp else "2.0.1",
         "task": "classification",
         "description": "COVID-19 vs non-COVID axial CT slice classifier on the features of the lung and "
         "infection segmentation networks, pooled to a scan score",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "framework": f"torch {torch.__version__.split('+')[0]} + MONAI AttentionUnet / UNet encoders (frozen) "
-        "+ logistic-regression head",
+        f"+ {head_text}",
         "architecture": {"network": NETWORK, "kwargs": info["kwargs"]},
         "input": {"channels": 1, "size": info["lung_size"], "infection_size": info["infection_size"]},
         "normalization": "8-bit display range (HU: lung window [-1250, 250], rounded to 8 bits), min-max per "

@@ -2,8 +2,9 @@
 
 The shipped lung Attention U-Net and infection U-Net were trained on CT slices (HU volumes and 8-bit
 images) to find lungs, ground glass and consolidation. Their feature maps describe exactly what the slice
-classifier needs, so :class:`SegFeatureClassifier` holds frozen copies of both networks and a linear head on
-pooled statistics (mean, max, standard deviation over the map) of
+classifier needs, so :class:`SegFeatureClassifier` holds frozen copies of both networks and a head (2.1: an
+ensemble of small perceptrons, :class:`MLPEnsembleHead`; 2.0: one linear layer) on pooled statistics (mean,
+max, standard deviation over the map) of
 
 * the four encoder levels of the lung network (its decoder is not needed: the slice's lung mask is given),
 * all eight encoder and decoder levels of the infection network, run on the lung-box crop with the mask.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,8 +75,46 @@ def infection_taps(net: nn.Module) -> list[nn.Module]:
     return taps + ups[::-1]
 
 
+class MLPEnsembleHead(nn.Module):
+    """The mean logit of ``members`` one-hidden-layer ReLU perceptrons on the raw pooled features.
+
+    Parameters: ``w1`` (E, F, H), ``b1`` (E, H), ``w2`` (E, H), ``b2`` (E,), as
+    :meth:`CovidCTLib.models.training.mlp_head.HeadEnsemble.stacked` gives them (standardisation folded in).
+    """
+
+    def __init__(self, n_features: int, hidden: int, members: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.zeros(members, n_features, hidden))
+        self.b1 = nn.Parameter(torch.zeros(members, hidden))
+        self.w2 = nn.Parameter(torch.zeros(members, hidden))
+        self.b2 = nn.Parameter(torch.zeros(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, F) features -> (B, 1) mean logit of the members."""
+        h = torch.relu(torch.matmul(x.to(self.w1.dtype).unsqueeze(0), self.w1) + self.b1[:, None, :])  # (E, B, H)
+        logits = (h * self.w2[:, None, :]).sum(-1) + self.b2[:, None]  # (E, B)
+        return logits.mean(0)[:, None]
+
+
+HEAD_KINDS = ("linear", "mlp-ensemble")
+
+
+def make_head(n_features: int, spec: dict[str, Any] | None) -> nn.Module:
+    """The classifier head a manifest's ``architecture.kwargs.head`` describes (None: linear)."""
+    kind = (spec or {}).get("kind", "linear")
+    if kind == "linear":
+        return nn.Linear(n_features, 1)
+    if kind == "mlp-ensemble":
+        return MLPEnsembleHead(n_features, int(spec["hidden"]), int(spec["members"]))  # type: ignore[index]
+    raise ValueError(f"unknown classifier head {kind!r}; expected one of {', '.join(HEAD_KINDS)}")
+
+
 class SegFeatureClassifier(nn.Module):
-    """Frozen lung / infection segmentation networks + a linear head on their pooled feature maps."""
+    """Frozen lung / infection segmentation networks + a head on their pooled feature maps.
+
+    ``head``: None or ``{"kind": "linear"}`` (2.0.x), or ``{"kind": "mlp-ensemble", "hidden": H, "members": E}``
+    (:class:`MLPEnsembleHead`, 2.1.0).
+    """
 
     def __init__(
         self,
@@ -82,6 +122,7 @@ class SegFeatureClassifier(nn.Module):
         infection_channels: Sequence[int] = (16, 32, 64, 128, 256),
         infection_res_units: int = 1,
         n_features: int | None = None,
+        head: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.lung = attention_unet(1, 2, lung_channels)
@@ -90,7 +131,7 @@ class SegFeatureClassifier(nn.Module):
         count = self.feature_count()
         if n_features is not None and n_features != count:
             raise ValueError(f"the networks give {count} features, the head expects {n_features}")
-        self.head = nn.Linear(count, 1)
+        self.head = make_head(count, head)
 
     def feature_count(self) -> int:
         """Length of the pooled feature vector of these networks (one small forward pass)."""

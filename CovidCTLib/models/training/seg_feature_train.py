@@ -6,10 +6,12 @@
    networks give the pooled feature vector. Cached in ``OUT/features_<key>.npz`` (``--resume`` reuses it).
 2. Grouped 5-fold cross-validation (the folds of ``covidct train classifier``: by source group, seed
    ``--seed``): in each outer fold the L2 strength is chosen by an inner grouped 4-fold CV on the training
-   groups only, a logistic regression is fitted on all views of the training images and scored on the
-   original view of the held-out images. The table of the five folds is the honest estimate.
-3. The shipped head is the mean of the five fold heads (standardisation folded in: still one linear head,
-   i.e. the ensemble of the folds at the cost of one), Platt-calibrated on the out-of-fold logits.
+   groups only, the head is fitted on all views of the training images and scored on the original view of
+   the held-out images. The table of the five folds is the honest estimate. Heads (``--head``): ``mlp``
+   (default, 2.1.0): three seeded one-hidden-layer perceptrons per fold
+   (:mod:`~CovidCTLib.models.training.mlp_head`); ``linear`` (2.0.x): an L2 logistic regression.
+3. The shipped head is the ensemble of the five fold heads, Platt-calibrated on the out-of-fold logits: all
+   fifteen perceptrons (mean logit), or the mean of the linear heads (still one linear head).
 Research software, not a diagnosis.
 """
 
@@ -30,10 +32,18 @@ from scipy import ndimage
 from CovidCTLib.models.data.classifier_data import Item, grouped_kfold, list_dataset, read_image
 from CovidCTLib.models.evaluation.calibrate import fit_platt
 from CovidCTLib.models.evaluation.metrics import binary_metrics, roc_auc
-from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, batch_inputs
+from CovidCTLib.models.runtime.seg_features import SegFeatureClassifier, batch_inputs, make_head
+from CovidCTLib.models.training.mlp_head import HeadEnsemble, fit_ensemble
 
-#: L2 strengths tried by the inner cross-validation (sklearn's C: loss sum + ||w||^2 / (2 C)).
+#: L2 strengths tried by the inner cross-validation of the linear head (sklearn's C: loss sum + ||w||^2 / (2 C)).
 C_GRID = (0.01, 0.03, 0.1)
+#: L2 strengths tried for the perceptron head (``alpha``, as in :func:`~CovidCTLib.models.training.mlp_head.fit_mlp`)
+ALPHA_GRID = (1.0, 3.0, 10.0)
+#: hidden units of a perceptron member, and members (seeds) fitted per cross-validation fold
+MLP_HIDDEN = 32
+MLP_SEEDS_PER_FOLD = 3
+#: ``--head`` choices: ``mlp`` (the 2.1.0 recipe, default) or ``linear`` (2.0.x)
+HEADS = ("mlp", "linear")
 FEATURE_VERSION = "segfeat-v1"
 
 
@@ -270,38 +280,99 @@ class Aux:
 NO_AUX = Aux(np.zeros((0, 1)), np.zeros(0), 0.0)
 
 
-def _fit(feats: np.ndarray, idx: np.ndarray, labels: np.ndarray, aux: Aux, c: float) -> LinearHead:
-    """Fit on all views of the images ``idx`` (weight 1 per image) plus the aux rows."""
+def _rows(feats: np.ndarray, idx: np.ndarray, labels: np.ndarray, aux: Aux) -> tuple[np.ndarray, ...]:
+    """Training rows: all views of the images ``idx`` (weight 1 per image in all) plus the aux rows."""
     x, y = feats[:, idx].reshape(-1, feats.shape[-1]), np.tile(labels[idx], feats.shape[0])
     w = np.full(len(x), 1.0 / feats.shape[0])
     if len(aux.y) and aux.weight > 0:
         x, y = np.concatenate([x, aux.x]), np.concatenate([y, aux.y])
         w = np.concatenate([w, np.full(len(aux.y), aux.weight * len(idx) / 4 / len(aux.y))])
-    return fit_logistic(x, y, c, weights=w)
+    return x, y, w
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    """How a head is fitted: its kind, the L2 strengths the inner CV tries and the name of that parameter."""
+
+    kind: str
+    grid: tuple[float, ...]
+    param: str
+
+    def fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, value: float, seeds: tuple[int, ...]) -> Any:
+        """A linear head (``seeds`` unused) or an ensemble of one perceptron per seed."""
+        if self.kind == "linear":
+            return fit_logistic(x, y, value, weights=w)
+        return fit_ensemble(x, y, value, MLP_HIDDEN, seeds, w)
+
+
+LINEAR = HeadRecipe("linear", C_GRID, "c")
+MLP = HeadRecipe("mlp", ALPHA_GRID, "alpha")
+
+
+def recipe_of(name: str) -> HeadRecipe:
+    """``--head`` value -> recipe (refuses unknown names)."""
+    from CovidCTLib.errors import InputError
+
+    if name not in HEADS:
+        raise InputError(f"--head {name!r}: use one of {', '.join(HEADS)}.")
+    return MLP if name == "mlp" else LINEAR
+
+
+def _fit(
+    feats: np.ndarray,
+    idx: np.ndarray,
+    labels: np.ndarray,
+    aux: Aux,
+    value: float,
+    recipe: HeadRecipe = LINEAR,
+    seeds: tuple[int, ...] = (0,),
+) -> Any:
+    """Fit a head on all views of the images ``idx`` (weight 1 per image) plus the aux rows."""
+    return recipe.fit(*_rows(feats, idx, labels, aux), value, seeds)
 
 
 def choose_c(
-    feats: np.ndarray, labels: np.ndarray, items: list[Item], idx: np.ndarray, seed: int, aux: Aux = NO_AUX
+    feats: np.ndarray,
+    labels: np.ndarray,
+    items: list[Item],
+    idx: np.ndarray,
+    seed: int,
+    aux: Aux = NO_AUX,
+    recipe: HeadRecipe = LINEAR,
 ) -> tuple[float, dict]:
-    """The L2 strength with the best mean AUC of an inner grouped 4-fold CV over the images ``idx``."""
+    """The L2 strength with the best mean AUC of an inner grouped 4-fold CV over the images ``idx`` (a
+    perceptron head is one member of seed ``seed`` here); ties go to the stronger L2."""
     sub = [items[i] for i in idx]
     inner = grouped_kfold(sub, 4, seed + 1)
     scores: dict[float, float] = {}
-    for c in C_GRID:
+    for value in recipe.grid:
         aucs = []
         for fold in inner:
             te = idx[np.array(fold)]
             tr = np.setdiff1d(idx, te)
-            head = _fit(feats, tr, labels, aux, c)
+            head = _fit(feats, tr, labels, aux, value, recipe, (seed,))
             aucs.append(roc_auc(labels[te], head.logits(feats[0, te])))
-        scores[c] = float(np.mean(aucs))
-    return max(scores, key=lambda c: (scores[c], -c)), scores
+        scores[value] = float(np.mean(aucs))
+    stronger = (lambda v: -v) if recipe.param == "c" else (lambda v: v)
+    return max(scores, key=lambda v: (scores[v], stronger(v))), scores
+
+
+def fold_seeds(seed: int, fold: int) -> tuple[int, ...]:
+    """Seeds of the perceptron members of one outer fold (distinct across folds)."""
+    return tuple(1000 * seed + 10 * fold + s for s in range(MLP_SEEDS_PER_FOLD))
 
 
 def cross_validate(
-    feats: np.ndarray, labels: np.ndarray, items: list[Item], seed: int, k: int = 5, aux: Aux = NO_AUX
+    feats: np.ndarray,
+    labels: np.ndarray,
+    items: list[Item],
+    seed: int,
+    k: int = 5,
+    aux: Aux = NO_AUX,
+    recipe: HeadRecipe = LINEAR,
 ) -> dict[str, Any]:
-    """Nested grouped k-fold CV: per fold the inner choice of C, the fold head and its held-out metrics."""
+    """Nested grouped k-fold CV: per fold the inner choice of the L2 strength, the fold head and its held-out
+    metrics."""
     folds = grouped_kfold(items, k, seed)
     oof = np.zeros(len(items))
     oof_tta = np.zeros(len(items))
@@ -309,23 +380,27 @@ def cross_validate(
     for f, fold in enumerate(folds):
         te = np.array(sorted(fold))
         tr = np.setdiff1d(np.arange(len(items)), te)
-        c, inner = choose_c(feats, labels, items, tr, seed, aux)
-        head = _fit(feats, tr, labels, aux, c)
+        value, inner = choose_c(feats, labels, items, tr, seed, aux, recipe)
+        head = _fit(feats, tr, labels, aux, value, recipe, fold_seeds(seed, f))
         heads.append(head)
         oof[te] = head.logits(feats[0, te])
         oof_tta[te] = 0.5 * (head.logits(feats[0, te]) + head.logits(feats[1, te])) if feats.shape[0] > 1 else oof[te]
         m = binary_metrics(labels[te], 1 / (1 + np.exp(-oof[te])))
         m.update(
             fold=f,
-            c=c,
             inner_auc={str(k_): round(v, 4) for k_, v in inner.items()},
             auc_flip_tta=round(roc_auc(labels[te], oof_tta[te]), 4),
             groups=len({items[i].group for i in te}),
         )
+        m[recipe.param] = value
         rows.append(m)
-        _log(f"fold {f}: C {c} (inner {inner}) AUC {m['auc']:.3f} (flip TTA {m['auc_flip_tta']:.3f}) F1 {m['f1']:.3f}")
+        _log(
+            f"fold {f}: {recipe.param} {value} (inner {inner}) AUC {m['auc']:.3f} "
+            f"(flip TTA {m['auc_flip_tta']:.3f}) F1 {m['f1']:.3f}"
+        )
     aucs = np.array([r["auc"] for r in rows])
     return {
+        "head": recipe.kind,
         "folds": rows,
         "heads": heads,
         "oof_logits": oof,
@@ -336,6 +411,24 @@ def cross_validate(
         "auc_flip_tta_mean": round(float(np.mean([r["auc_flip_tta"] for r in rows])), 4),
         "pooled_oof_auc": round(roc_auc(labels, oof), 4),
     }
+
+
+def shipped_head(recipe: HeadRecipe, fold_heads: list[Any]) -> Any:
+    """The fold ensemble: the mean linear head, or every fold's perceptron members together."""
+    if recipe.kind == "linear":
+        return mean_head(fold_heads)
+    return HeadEnsemble([m for h in fold_heads for m in h.members])
+
+
+def install_head(net: SegFeatureClassifier, head: Any) -> None:
+    """Copy a fitted head (float64 numpy) into the network's head parameters."""
+    with torch.no_grad():
+        if isinstance(head, LinearHead):
+            net.head.weight.copy_(torch.from_numpy(head.weight[None]).float())
+            net.head.bias.fill_(head.bias)
+            return
+        for name, value in head.stacked().items():
+            getattr(net.head, name).copy_(torch.from_numpy(value).float())
 
 
 # ------------------------------------------------------------------------------ the command
@@ -355,6 +448,7 @@ def train_seg_feature_classifier(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     items = list_dataset(data)
     labels = np.array([it.label for it in items])
+    recipe = recipe_of(getattr(args, "head", None) or "mlp")
     net, info = build_network("cpu")
     feats = extract(items, net, info, views, seed, cache_dir=out)
     aux_spec = getattr(args, "aux_data", None)
@@ -370,14 +464,18 @@ def train_seg_feature_classifier(args: argparse.Namespace) -> dict[str, Any]:
             ax, ay = aux_features(net, info, aux_spec)
             np.savez_compressed(aux_cache, x=ax, y=ay)
         aux = Aux(ax, ay, aux_weight)
-    cv = cross_validate(feats, labels, items, seed, aux=aux)
-    head = mean_head(cv["heads"])
+    cv = cross_validate(feats, labels, items, seed, aux=aux, recipe=recipe)
+    head = shipped_head(recipe, cv["heads"])
     slope, intercept = fit_platt(1 / (1 + np.exp(-cv["oof_logits"])), labels)
-    with torch.no_grad():
-        net.head.weight.copy_(torch.from_numpy(head.weight[None]).float())
-        net.head.bias.fill_(head.bias)
+    if isinstance(head, HeadEnsemble):
+        info["kwargs"]["head"] = {"kind": "mlp-ensemble", "hidden": MLP_HIDDEN, "members": len(head.members)}
+        net.head = make_head(info["kwargs"]["n_features"], info["kwargs"]["head"])
+    install_head(net, head)
     metrics = {k: v for k, v in cv.items() if k not in ("heads", "oof_logits")}
-    command = f"covidct train classifier --arch seg-features --data {data} --out {out} --seed {seed} --views {views}"
+    command = (
+        f"covidct train classifier --arch seg-features --data {data} --out {out} --seed {seed} --views {views} "
+        f"--head {recipe.kind}"
+    )
     if aux_spec:
         command += f" --aux-data {aux_spec} --aux-weight {aux_weight:g}"
         metrics["aux_training_rows"] = {"covid": int(aux.y.sum()), "noncovid": int((aux.y == 0).sum())}
