@@ -263,3 +263,26 @@ def test_onnx_cache_switched_off_or_unwritable_still_runs(monkeypatch, tmp_path)
     monkeypatch.setenv(onnx_cache.ENV_DIR, str(tmp_path / "off"))
     assert onnx_backend.onnx_network(module, 1, 32, weights_sha256="c" * 64) is not None
     assert not (tmp_path / "off").exists()
+
+
+def test_slices_prepared_on_threads_equal_the_serial_preparation() -> None:
+    """map_slices: the same inputs, in order, with every slice normalised once into the inferer's store."""
+    from CovidCTLib.models.runtime.normalization import fit
+    from CovidCTLib.models.runtime.slice_inferer import SliceInferer
+    from CovidCTLib.phantom import make_phantom
+
+    ct = make_phantom(shape=(12, 64, 64), lesions=True, seed=2).ct
+    serial, threaded = SliceInferer(ct), SliceInferer(ct)
+    zs = list(range(ct.shape[0]))[::-1]
+    expected = [fit(serial.normalized(z), 48) for z in zs]
+    calls: list[int] = []
+
+    def prepare(z: int) -> np.ndarray:
+        calls.append(z)
+        return fit(threaded.normalized(z), 48)
+
+    got = threaded.map_slices(prepare, zs, threads=2)
+    assert sorted(calls) == sorted(zs) and len(got) == len(zs)
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))
+    assert sorted(threaded._normalized) == sorted(zs)
+    assert threaded.map_slices(lambda z: z * 2, zs, threads=1) == [z * 2 for z in zs]

@@ -234,7 +234,7 @@ def _lung_slices(
     model = get_model(model_name("lung"), device)
     arr = inferer.array
     size = model.input_size
-    inputs = [_fit(inferer.normalized(z), size)[None] for z in range(arr.shape[0])]
+    inputs = inferer.map_slices(lambda z: _fit(inferer.normalized(z), size)[None], range(arr.shape[0]))
     shapes = [s.shape for s in arr]
     lung_only = _predict_probs(model, inputs, shapes, reporter, "lungs", lambda p: reduce(p[0]), channels=(1,))
     return np.stack(lung_only)
@@ -286,7 +286,9 @@ def segment_infection_model(
     zs = [z for z in range(arr.shape[0]) if lung_o[z].any()]
     boxes = [lung_box(lung_o[z]) for z in zs]
     size = model.input_size
-    inputs = [infection_input(inferer.normalized(z), lung_o[z], box, size) for z, box in zip(zs, boxes, strict=True)]
+    inputs = inferer.map_slices(
+        lambda i: infection_input(inferer.normalized(zs[i]), lung_o[zs[i]], boxes[i], size), range(len(zs))
+    )
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     thr = infection_threshold(device)
     # labels as each slice leaves the network: the class probabilities of the scan are never held at once

@@ -7,12 +7,25 @@ normalised once; nothing is cached behind the caller's back.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import SimpleITK as sitk
 
 from CovidCTLib.errors import ModelError
 from CovidCTLib.models.runtime.normalization import normalize_slice, orient_lps
 from CovidCTLib.volume import CTVolume
+
+T = TypeVar("T")
+
+
+def _torch_threads() -> int:
+    """The intra-op thread count the networks run with (the analysis' ``--threads``)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 class SliceInferer:
@@ -35,6 +48,19 @@ class SliceInferer:
         if z not in self._normalized:
             self._normalized[z] = normalize_slice(self.array[z], self.ct.intensity, None, None).astype(np.float16)
         return self._normalized[z].astype(np.float32)
+
+    def map_slices(self, fn: Callable[[int], T], zs: Sequence[int], threads: int | None = None) -> list[T]:
+        """``[fn(z) for z in zs]`` on ``threads`` threads (default: the torch thread count), in order.
+
+        For the per-slice preparation of network inputs (CLAHE, resizing): numpy and scipy release the GIL in
+        their inner loops, so on two cores the slices are ready in a little over half the time. ``fn`` must
+        only read shared state (each slice's normalisation is stored under its own key).
+        """
+        workers = max(1, int(threads if threads is not None else _torch_threads()))
+        if workers == 1 or len(zs) < 2:
+            return [fn(z) for z in zs]
+        with ThreadPoolExecutor(max_workers=min(workers, len(zs)), thread_name_prefix="covidct-slices") as pool:
+            return list(pool.map(fn, zs))
 
     def to_ct_grid(self, array_lps: np.ndarray) -> np.ndarray:
         """A uint8 array on the oriented grid mapped back to the CT's own axis order."""
