@@ -71,6 +71,8 @@ def test_analyze_writes_every_output_with_input_geometry(analyzed, oblique_phant
         np.testing.assert_allclose(label.GetDirection(), reference.GetDirection(), atol=1e-5)
     lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / "lungs.nii.gz")))
     assert set(np.unique(lungs)) == {0, 1, 2}
+    note = sitk.ReadImage(str(outdir / "lungs.nii.gz")).GetMetaData("descrip")
+    assert "research only, not a diagnosis" in note and "classical" in note
     dice = (
         2
         * np.count_nonzero((lungs > 0) & (phantom.lungs > 0))
@@ -252,3 +254,16 @@ def test_model_method_names_every_model_version_in_the_report(tmp_path: Path) ->
     truth = phantom.lungs > 0
     dice = 2 * np.count_nonzero((result.lungs > 0) & truth) / (np.count_nonzero(result.lungs) + truth.sum())
     assert dice > 0.85
+    # every NIfTI output names, in its header, research use and the model that made it
+    from CovidCTLib.outputs import registry
+
+    for writer in (registry._labelmaps, registry._lobes, registry._heatmap):
+        writer(result, tmp_path, registry.OutputOptions())
+    for name, task in (
+        ("lungs", "lung"),
+        ("infection", "infection"),
+        ("lobes", "lung"),
+        ("covid_heatmap", "classifier"),
+    ):
+        note = sitk.ReadImage(str(tmp_path / f"{name}.nii.gz")).GetMetaData("descrip")
+        assert "research only, not a diagnosis" in note and models[task] in note and len(note) < 80

@@ -25,19 +25,29 @@ def _check_suffix(path: Path) -> None:
         )
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+#: bytes of the NIfTI header's ``descrip`` field (ITK writes the ``ITK_FileNotes`` metadata there)
+NOTE_BYTES = 80
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, overwrite: bool = False, note: str = "") -> Path:
     """Write ``image`` (geometry included) to ``path`` (.nii.gz, .nii, .nrrd or .mha), compressed.
 
-    Raises OutputExistsError when ``path`` exists and ``overwrite`` is False; on any failure the target is
-    untouched and no temporary file is left behind.
+    ``note``: provenance text stored in the file header (NIfTI ``descrip``, cut to :data:`NOTE_BYTES`; NRRD /
+    MHA ``ITK_FileNotes``). Raises OutputExistsError when ``path`` exists and ``overwrite`` is False; on any
+    failure the target is untouched and no temporary file is left behind.
     """
     target = Path(path)
     _check_suffix(target)
+    if note:
+        image = sitk.Image(image)  # the caller's image keeps its metadata
+        image.SetMetaData("ITK_FileNotes", note.encode("ascii", "replace").decode()[: NOTE_BYTES - 1])
     with atomic_path(target, overwrite) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=not target.name.lower().endswith(".nii"))
     return target
 
 
-def write_labelmap(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a ``(z, y, x)`` label array as uint8 with exactly the reference image's geometry."""
-    return write_image(labelmap_like(array, reference), path, overwrite)
+def write_labelmap(
+    array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False, note: str = ""
+) -> Path:
+    """Write a ``(z, y, x)`` label array as uint8 with exactly the reference image's geometry (and ``note``)."""
+    return write_image(labelmap_like(array, reference), path, overwrite, note)

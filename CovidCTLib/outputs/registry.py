@@ -70,8 +70,8 @@ class FileWriter:
 def _labelmaps(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.io.writers import write_labelmap
 
-    write_labelmap(result.lungs, result.ct.image, folder / "lungs.nii.gz", overwrite=True)
-    write_labelmap(result.infection, result.ct.image, folder / "infection.nii.gz", overwrite=True)
+    write_labelmap(result.lungs, result.ct.image, folder / "lungs.nii.gz", True, file_note(result, "lung"))
+    write_labelmap(result.infection, result.ct.image, folder / "infection.nii.gz", True, file_note(result, "infection"))
 
 
 def _segmentation(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -92,7 +92,7 @@ def _lobes(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.io.writers import write_labelmap
     from CovidCTLib.lobes.segments import lobe_layer_segments
 
-    write_labelmap(result.lobes, result.ct.image, folder / "lobes.nii.gz", overwrite=True)
+    write_labelmap(result.lobes, result.ct.image, folder / "lobes.nii.gz", True, file_note(result, "lobes"))
     write_layered_seg_nrrd(
         [result.lobes],
         lobe_layer_segments(0),
@@ -108,7 +108,9 @@ def _heatmap(result: Any, folder: Path, options: OutputOptions) -> None:
     from CovidCTLib.explain.heatmap import heatmap_image
     from CovidCTLib.io.writers import write_image
 
-    write_image(heatmap_image(result.heatmap, result.ct.image), folder / HEATMAP_FILE, overwrite=True)
+    write_image(
+        heatmap_image(result.heatmap, result.ct.image), folder / HEATMAP_FILE, True, file_note(result, "classifier")
+    )
 
 
 def _dicom_seg(result: Any, folder: Path, options: OutputOptions) -> None:
@@ -302,6 +304,16 @@ def write_outputs(
 BACKGROUND_WRITERS = ("labelmaps", "segmentation", "lobes", "heatmap", "dicom_seg", "points_csv")
 #: threads for them (their compression runs outside the GIL; with the reports' thread, 2 cores are kept busy)
 BACKGROUND_THREADS = 2
+
+
+def file_note(result: Any, task: str) -> str:
+    """The header note of a NIfTI output: research use, the CovidCT version and the model behind the file
+    (``task``: lung, infection, classifier, or lobes: the lung model they come from), within NIfTI's 80 bytes."""
+    versions = result.report.get("versions", {})
+    models = result.model_versions or {}
+    lungs = models.get("lung") or f"{result.method} lungs"
+    source = f"lobes of {lungs}" if task == "lobes" else models.get(task) or f"{result.method} method"
+    return f"CovidCT {versions.get('covidct', '')} research only, not a diagnosis; {source}"
 
 
 def seg_metadata(result: Any) -> dict[str, str]:
