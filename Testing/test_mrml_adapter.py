@@ -312,3 +312,33 @@ def test_lobes_node_overlays_an_oblique_volume_exactly(mrml):
         assert segment.GetName() == spec.name and spec.type.value in segment.GetTerminology()
         assert np.array_equal(segment_array(lobes, spec.key), (phantom.lobes == spec.label).astype(np.uint8))
     assert lobes.GetAttribute("CovidCT.InputVolume") == volume.GetID()
+
+
+def test_mass_like_lesions_become_a_locked_point_list_in_ras(mrml, phantoms, monkeypatch):
+    """The HU gate's mass-like lesions (report.json, LPS mm) land as one locked control point each, at the
+    RAS position of the centroid, named by size and lung; none listed -> no node; a failure removes it too."""
+    phantom = phantoms["oblique"]
+    volume = add_volume_from_image(mrml.scene, phantom.ct.image, "ct")
+    report = sample_report(phantom.lungs, phantom.infection, phantom.ct.voxel_volume_ml)
+    assert "masses" not in results_to_mrml(mrml.scene, volume, phantom.lungs, phantom.infection, report, surfaces=False)
+    assert mrml.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode").GetNumberOfItems() == 0
+    mass = {"volume_ml": 88.65, "solid_core_ml": 40.4, "core_diameter_mm": 64.1, "lung": "left"}
+    report["infection_gating"] = {"mass_like_lesions": [{**mass, "centroid_mm": [53.58, 200.2, -207.82]}]}
+    node = results_to_mrml(mrml.scene, volume, phantom.lungs, phantom.infection, report, surfaces=False)["masses"]
+    assert node.GetNumberOfControlPoints() == 1 and node.GetLocked()
+    position = [0.0, 0.0, 0.0]
+    node.GetNthControlPointPosition(0, position)
+    np.testing.assert_allclose(position, [-53.58, -200.2, -207.82], atol=1e-6)
+    assert node.GetNthControlPointLabel(0) == "mass-like 89 mL (left lung)"
+    assert "Not counted as infection" in node.GetNthControlPointDescription(0)
+    assert node.GetAttribute("CovidCT.InputVolume") == volume.GetID()
+
+    import CovidCTLib.mrml.adapter as adapter
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("surface conversion failed")
+
+    monkeypatch.setattr(adapter, "show_closed_surfaces", broken)
+    with pytest.raises(RuntimeError, match="surface"):
+        results_to_mrml(mrml.scene, volume, phantom.lungs, phantom.infection, report)
+    assert mrml.scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode").GetNumberOfItems() == 1  # only the earlier one

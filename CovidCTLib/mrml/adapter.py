@@ -16,6 +16,7 @@ from CovidCTLib.mrml.display import set_lung_window, show_in_views
 from CovidCTLib.mrml.geometry import image_from_volume_node
 from CovidCTLib.mrml.heatmap import add_heatmap_node, find_heat_color_node, heat_color_node, set_heatmap_visible
 from CovidCTLib.mrml.hierarchy import file_beside
+from CovidCTLib.mrml.masses import add_mass_markups
 from CovidCTLib.mrml.segmentation import add_lobes_node, add_segmentation_node, show_closed_surfaces
 from CovidCTLib.mrml.tables import add_lesions_table, add_statistics_table
 from CovidCTLib.volume import same_geometry
@@ -47,7 +48,8 @@ def results_to_mrml(
 ) -> dict[str, Any]:
     """Create the CovidCT nodes for one analysed volume; returns ``{"segmentation", "statistics", "lesions"}``
     (and ``"lobes"``, a second segmentation node, when ``lobes`` is given; ``"heatmap"``, a scalar volume
-    shown as the slice views' foreground, when ``heatmap`` is given).
+    shown as the slice views' foreground, when ``heatmap`` is given; ``"masses"``, a locked point list of the
+    mass-like lesions the HU gate did not count, when the report lists any).
 
     Args:
         lungs / infection: ``(z, y, x)`` uint8 labelmaps on the volume's grid (labels from ``labels.py``).
@@ -71,6 +73,11 @@ def results_to_mrml(
         created.append(statistics)
         lesions = add_lesions_table(scene, report, f"{base} lesions")
         created.append(lesions)
+        masses = add_mass_markups(scene, report, f"{base} mass-like lesions (not counted)")
+        if masses is not None:
+            created.append(masses)
+            if transform_id:
+                masses.SetAndObserveTransformNodeID(transform_id)
         lobes_node = None
         if lobes is not None:
             lobes_node = add_lobes_node(scene, volume_node, lobes, f"{base} lobes")
@@ -102,6 +109,8 @@ def results_to_mrml(
         nodes["lobes"] = lobes_node
     if heat_node is not None:
         nodes["heatmap"] = heat_node
+    if masses is not None:
+        nodes["masses"] = masses
     return nodes
 
 
