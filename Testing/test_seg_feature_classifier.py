@@ -154,14 +154,14 @@ def test_ensemble_head_in_the_network_gives_the_fitted_logits():
 
 def test_inner_cv_picks_the_perceptron_l2_strength_from_its_grid():
     from CovidCTLib.models.data.classifier_data import Item
-    from CovidCTLib.models.training.seg_feature_train import ALPHA_GRID, MLP, choose_c
+    from CovidCTLib.models.training.seg_feature_train import ALPHA_GRID, MLP, choose_l2
 
     rng = np.random.default_rng(4)
     n = 60
     items = [Item(f"g{i // 3}-{i}.png", (i // 3) % 2, f"g{i // 3}") for i in range(n)]
     labels = np.array([it.label for it in items], float)
     feats = rng.normal(size=(2, n, 5)) + labels[None, :, None] * np.array([3.0, 0, 0, 0, 0])
-    value, scores = choose_c(feats, labels, items, np.arange(n), 0, recipe=MLP)
+    value, scores = choose_l2(feats, labels, items, np.arange(n), 0, recipe=MLP)
     assert value in ALPHA_GRID and set(scores) == set(ALPHA_GRID)
     assert all(0.75 < a <= 1.0 for a in scores.values())  # the signal feature is found in every setting
 

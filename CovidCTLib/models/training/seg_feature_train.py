@@ -331,7 +331,7 @@ def _fit(
     return recipe.fit(*_rows(feats, idx, labels, aux), value, seeds)
 
 
-def choose_c(
+def choose_l2(
     feats: np.ndarray,
     labels: np.ndarray,
     items: list[Item],
@@ -380,7 +380,7 @@ def cross_validate(
     for f, fold in enumerate(folds):
         te = np.array(sorted(fold))
         tr = np.setdiff1d(np.arange(len(items)), te)
-        value, inner = choose_c(feats, labels, items, tr, seed, aux, recipe)
+        value, inner = choose_l2(feats, labels, items, tr, seed, aux, recipe)
         head = _fit(feats, tr, labels, aux, value, recipe, fold_seeds(seed, f))
         heads.append(head)
         oof[te] = head.logits(feats[0, te])
