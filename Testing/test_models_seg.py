@@ -278,6 +278,8 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
                 "0.5",
                 "--threads",
                 "1",
+                "--tversky",
+                "0.5,0.5",
             ]
         )
         == 0
@@ -285,6 +287,30 @@ def test_finetune_starts_from_shipped_model(tmp_path: Path) -> None:
     assert "initialised from model lung-attunet" in (out / "train.log").read_text()
     manifest = registry.read_manifest("lung-attunet", out / "model")
     assert manifest["training"]["init_from"] == "lung-attunet"
+    assert (
+        manifest["training"]["tversky_alpha_beta"] == [0.5, 0.5]
+        and "--tversky 0.5,0.5" in manifest["training"]["command"]
+    )
+
+
+def test_tversky_weights_are_parsed_and_checked() -> None:
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.cli import parse_tversky
+    from CovidCTLib.models.training.losses import focal_tversky_loss
+
+    assert parse_tversky(None) == (0.7, 0.3) and parse_tversky("0.5,0.5") == (0.5, 0.5)
+    for bad in ("0.5", "a,b", "0,1", "0.5,-1"):
+        with pytest.raises(InputError, match="--tversky"):
+            parse_tversky(bad)
+    # an over-segmenting prediction costs more when false positives weigh more
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[0, 2:6, 2:6] = 1
+    probs = torch.zeros(1, 2, 8, 8)
+    probs[0, 1, 1:7, 1:7] = 1.0
+    probs[0, 0] = 1.0 - probs[0, 1]
+    recall_weighted = focal_tversky_loss(probs, target, alpha=0.7, beta=0.3)
+    balanced = focal_tversky_loss(probs, target, alpha=0.5, beta=0.5)
+    assert float(balanced) > float(recall_weighted) > 0.0
 
 
 def test_lung_postprocess_drops_solid_organs_keeps_dense_lesions() -> None:

@@ -143,6 +143,13 @@ def _add_options(p: argparse.ArgumentParser, action: str) -> None:
             help="draw a slice in proportion to 1 + K x (share of its lung labelled infection): "
             "more consolidated-lung examples for the lung network (default 0: off)",
         )
+        p.add_argument(
+            "--tversky",
+            default=None,
+            metavar="ALPHA,BETA",
+            help="lung network: Focal Tversky weights of false negatives and false positives (default 0.7,0.3, "
+            "the published recall-weighted setting; 0.5,0.5 is a focal Dice loss)",
+        )
     else:
         p.add_argument(
             "--split",
@@ -172,6 +179,7 @@ def _command_line(args: argparse.Namespace) -> str:
         "source_weights",
         "lung_input",
         "lesion_emphasis",
+        "tversky",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -218,9 +226,23 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "source_weights": parse_source_weights(getattr(args, "source_weights", None)),
         "lung_input": getattr(args, "lung_input", None) or "truth",
         "lesion_emphasis": getattr(args, "lesion_emphasis", None) or 0.0,
+        "tversky": parse_tversky(getattr(args, "tversky", None)),
         "val_fraction": args.val_fraction if args.val_fraction is not None else 0.2,
         "command": _command_line(args),
     }
+
+
+def parse_tversky(text: str | None) -> tuple[float, float]:
+    """``ALPHA,BETA`` -> the Focal Tversky weights (default 0.7, 0.3); both must be positive."""
+    if not text:
+        return (0.7, 0.3)
+    try:
+        alpha, beta = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--tversky {text!r}: give two numbers, e.g. 0.7,0.3 or 0.5,0.5.") from None
+    if alpha <= 0 or beta <= 0:
+        raise InputError(f"--tversky {text!r}: both weights must be positive.")
+    return (alpha, beta)
 
 
 def _classifier(name: str) -> Any:

@@ -228,6 +228,7 @@ def train(
     source_weights: dict[str, float] | None = None,
     lung_input: str = "truth",
     lesion_emphasis: float = 0.0,
+    tversky: tuple[float, float] = (0.7, 0.3),
     limit: int | None = None,
     reporter: Reporter | None = None,
     command: str | None = None,
@@ -238,7 +239,8 @@ def train(
     sampling weight per data kind, overriding the task's default mix (``SOURCE_WEIGHTS``). ``lung_input`` (infection):
     ``truth`` feeds the reference lung masks of png256 data, ``predicted`` the installed lung model's masks,
     as at inference. ``lesion_emphasis``: draw slices with more labelled infection in their lung more often
-    (see ``_sampling_probs``). Returns a summary dictionary.
+    (see ``_sampling_probs``). ``tversky``: the lung loss's (alpha, beta) weights of false negatives and false
+    positives. Returns a summary dictionary.
     """
     if task not in ARCH:
         raise InputError(f"Unknown task {task!r}; use lung or infection.")
@@ -306,7 +308,7 @@ def train(
         x, y, mc = (t.to(dev) for t in batch)
         logits = m(x.contiguous(memory_format=torch.channels_last))
         if task == "lung":
-            return focal_tversky_loss(torch.softmax(logits.float(), 1), y)
+            return focal_tversky_loss(torch.softmax(logits.float(), 1), y, alpha=tversky[0], beta=tversky[1])
         return partial_label_infection_loss(logits, y, mc)
 
     spe = steps_per_epoch or max(10, len(train_set) // batch_size)
@@ -342,6 +344,7 @@ def train(
             "source_weights": {**SOURCE_WEIGHTS[task], **(source_weights or {})},
             "lung_input": lung_input if lung_input == "truth" else f"predicted by {_lung_model_tag()}",
             "lesion_emphasis": lesion_emphasis,
+            "tversky_alpha_beta": list(tversky) if task == "lung" else None,
             "epochs_run": summary["last_epoch"],
             "best_epoch": summary["best_epoch"],
             "data": data,
