@@ -96,17 +96,15 @@ class MLPEnsembleHead(nn.Module):
         return logits.mean(0)[:, None]
 
 
-HEAD_KINDS = ("linear", "mlp-ensemble")
-
-
 def make_head(n_features: int, spec: dict[str, Any] | None) -> nn.Module:
-    """The classifier head a manifest's ``architecture.kwargs.head`` describes (None: linear)."""
+    """The classifier head a manifest's ``architecture.kwargs.head`` describes (None: linear); the kinds and
+    their fields are validated with the manifest (``architectures.HEAD_FIELDS``)."""
     kind = (spec or {}).get("kind", "linear")
     if kind == "linear":
         return nn.Linear(n_features, 1)
     if kind == "mlp-ensemble":
         return MLPEnsembleHead(n_features, int(spec["hidden"]), int(spec["members"]))  # type: ignore[index]
-    raise ValueError(f"unknown classifier head {kind!r}; expected one of {', '.join(HEAD_KINDS)}")
+    raise ValueError(f"unknown classifier head {kind!r} (see architectures.HEAD_FIELDS)")
 
 
 class SegFeatureClassifier(nn.Module):
