@@ -47,10 +47,8 @@ from CovidCTLib.errors import InputError
 from CovidCTLib.imaging.grid import block_mean, bounding_box, label_counts, upsample_nearest
 from CovidCTLib.imaging.orientation import superior_axis
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
-from CovidCTLib.postprocess.masses import MassRule, mass_like_lesions
+from CovidCTLib.postprocess.masses import CONNECT_26, MassRule, mass_like_lesions
 from CovidCTLib.volume import CTVolume
-
-_CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
 #: Version of the gate's rules and defaults (stated in report.json ``infection_gating.version``).
 GATE_VERSION = "1.3.0"  # 1.3: mass-like lesions taken out and listed
@@ -234,7 +232,7 @@ def gate_infection_hu(
     after_density = float(np.count_nonzero(gated)) * voxel_ml
 
     # every later rule keeps or drops whole lesions, so one labelling serves them all
-    lab, n = ndimage.label(gated > 0, structure=_CONNECT_26)
+    lab, n = ndimage.label(gated > 0, structure=CONNECT_26)
     voxels = label_counts(lab, n + 1)  # per label; a dropped lesion's count becomes 0
     objects = ndimage.find_objects(lab)
 
@@ -265,7 +263,7 @@ def gate_infection_hu(
         after_dome = drop(dome_lesions(lab, n, ct, lungs, box, params))
         after_dense = drop(small_dense_foci(lab, n, hu, voxel_ml, params))
 
-        masses, found = mass_like_lesions(lab, n, hu, spacing, params.masses)
+        masses, found = mass_like_lesions(lab, voxels, objects, hu, spacing, params.masses)
         mass_like = locate_masses(found, lab, box, ct, lungs)
         after_mass = drop(masses)
 

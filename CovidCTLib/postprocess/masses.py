@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-_CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
+#: 26-connectivity: the lesions of the HU gate and the solid cores of this rule
+CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def describe_lesion(
     ``min_core_ml``."""
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     smooth = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 3, 3))
-    core_lab, n = ndimage.label(lesion & (smooth > rule.core_hu), structure=_CONNECT_26)
+    core_lab, n = ndimage.label(lesion & (smooth > rule.core_hu), structure=CONNECT_26)
     if not n:
         return None
     counts = np.bincount(core_lab.ravel(), minlength=n + 1)
@@ -122,18 +123,24 @@ def is_mass_like(description: dict[str, float] | None, rule: MassRule) -> bool:
 
 
 def mass_like_lesions(
-    lab: np.ndarray, n: int, hu: np.ndarray, spacing_zyx: tuple[float, ...], rule: MassRule
+    lab: np.ndarray,
+    counts: np.ndarray,
+    boxes: list[tuple[slice, ...] | None],
+    hu: np.ndarray,
+    spacing_zyx: tuple[float, ...],
+    rule: MassRule,
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Per label ``0 .. n`` of ``lab``: True for a mass-like lesion; and their descriptions (with ``label``
-    and ``bbox_voxel`` in ``lab``'s grid)."""
+    and ``bbox_voxel`` in ``lab``'s grid). ``counts``: voxels per label (``n + 1``; 0 for a removed lesion);
+    ``boxes``: ``ndimage.find_objects(lab)`` (the caller's, kept while it removes lesions)."""
+    n = len(counts) - 1
     flagged = np.zeros(n + 1, dtype=bool)
     found: list[dict[str, Any]] = []
     if not rule.enabled or not n:
         return flagged, found
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    counts = np.bincount(lab.ravel(), minlength=n + 1)
-    for label, box in enumerate(ndimage.find_objects(lab, max_label=n), start=1):
-        if box is None or counts[label] * voxel_ml < rule.min_core_ml:
+    for label, box in enumerate(boxes[:n], start=1):
+        if box is None or not counts[label] or counts[label] * voxel_ml < rule.min_core_ml:
             continue
         description = describe_lesion(lab[box] == label, np.asarray(hu)[box], spacing_zyx, rule)
         if is_mass_like(description, rule):
