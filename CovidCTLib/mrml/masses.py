@@ -12,7 +12,7 @@ import slicer
 MASS_COLOR = (1.0, 0.55, 0.0)
 
 
-def mass_like_lesions(report: dict[str, Any]) -> list[dict[str, Any]]:
+def listed_masses(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The mass-like lesions listed in a report.json (empty when none or when the gate did not run)."""
     gating = report.get("infection_gating") or {}
     return [m for m in gating.get("mass_like_lesions") or [] if len(m.get("centroid_mm") or []) == 3]
@@ -34,7 +34,7 @@ def point_description(mass: dict[str, Any]) -> str:
 
 def add_mass_markups(scene: slicer.vtkMRMLScene, report: dict[str, Any], name: str) -> Any | None:
     """A locked point list with one control point (RAS) per mass-like lesion, or None when there is none."""
-    masses = mass_like_lesions(report)
+    masses = listed_masses(report)
     if not masses:
         return None
     node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)

@@ -42,8 +42,6 @@ ALPHA_GRID = (1.0, 3.0, 10.0)
 #: hidden units of a perceptron member, and members (seeds) fitted per cross-validation fold
 MLP_HIDDEN = 32
 MLP_SEEDS_PER_FOLD = 3
-#: ``--head`` choices: ``mlp`` (the 2.1.0 recipe, default) or ``linear`` (2.0.x)
-HEADS = ("mlp", "linear")
 FEATURE_VERSION = "segfeat-v1"
 
 
@@ -292,11 +290,13 @@ def _rows(feats: np.ndarray, idx: np.ndarray, labels: np.ndarray, aux: Aux) -> t
 
 @dataclass(frozen=True)
 class HeadRecipe:
-    """How a head is fitted: its kind, the L2 strengths the inner CV tries and the name of that parameter."""
+    """How a head is fitted: its kind, the L2 strengths the inner CV tries, the name of that parameter and
+    whether a larger value regularises more (alpha) or less (C); the inner CV breaks ties towards more L2."""
 
     kind: str
     grid: tuple[float, ...]
     param: str
+    larger_is_stronger: bool
 
     def fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray, value: float, seeds: tuple[int, ...]) -> Any:
         """A linear head (``seeds`` unused) or an ensemble of one perceptron per seed."""
@@ -305,17 +305,19 @@ class HeadRecipe:
         return fit_ensemble(x, y, value, MLP_HIDDEN, seeds, w)
 
 
-LINEAR = HeadRecipe("linear", C_GRID, "c")
-MLP = HeadRecipe("mlp", ALPHA_GRID, "alpha")
+LINEAR = HeadRecipe("linear", C_GRID, "c", larger_is_stronger=False)
+MLP = HeadRecipe("mlp", ALPHA_GRID, "alpha", larger_is_stronger=True)
+#: ``--head`` choices: ``mlp`` (the 2.1.0 recipe, default) or ``linear`` (2.0.x)
+RECIPES = {r.kind: r for r in (MLP, LINEAR)}
 
 
 def recipe_of(name: str) -> HeadRecipe:
     """``--head`` value -> recipe (refuses unknown names)."""
     from CovidCTLib.errors import InputError
 
-    if name not in HEADS:
-        raise InputError(f"--head {name!r}: use one of {', '.join(HEADS)}.")
-    return MLP if name == "mlp" else LINEAR
+    if name not in RECIPES:
+        raise InputError(f"--head {name!r}: use one of {', '.join(RECIPES)}.")
+    return RECIPES[name]
 
 
 def _fit(
@@ -353,8 +355,8 @@ def choose_l2(
             head = _fit(feats, tr, labels, aux, value, recipe, (seed,))
             aucs.append(roc_auc(labels[te], head.logits(feats[0, te])))
         scores[value] = float(np.mean(aucs))
-    stronger = (lambda v: -v) if recipe.param == "c" else (lambda v: v)
-    return max(scores, key=lambda v: (scores[v], stronger(v))), scores
+    sign = 1.0 if recipe.larger_is_stronger else -1.0
+    return max(scores, key=lambda v: (scores[v], sign * v)), scores
 
 
 def fold_seeds(seed: int, fold: int) -> tuple[int, ...]:
