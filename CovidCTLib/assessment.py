@@ -39,10 +39,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from CovidCTLib.anatomy.peripheral import PeripheralMap, peripheral_mask
-from CovidCTLib.imaging.grid import block_max, block_mean
+from CovidCTLib.imaging.grid import block_max, block_mean, occupied_box
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.volume import CTVolume
 
@@ -96,7 +95,7 @@ def spatial_features(
         return {"peripheral_share": 0.0, "posterior_share": 0.0}
     pmap = peripheral or peripheral_mask(ct, lungs)
     peripheral_share = float(np.count_nonzero(inf & pmap.peripheral)) / float(np.count_nonzero(inf))
-    box = ndimage.find_objects((np.asarray(lungs) > 0).astype(np.uint8))[0]
+    box = occupied_box(np.asarray(lungs) > 0)
     lungs_b, inf_b = np.asarray(lungs)[box], inf[box]
     spacing = ct.spacing_zyx
     f = max(1, int(3.0 // max(min(spacing[1:]), 1e-3)))  # coarse in-plane grid of about 3 mm (speed)

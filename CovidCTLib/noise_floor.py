@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from CovidCTLib.imaging.grid import occupied_box
 from CovidCTLib.quantify import severity_from_percent
 
 
@@ -42,7 +43,7 @@ def remove_small_lesions(infection: np.ndarray, voxel_ml: float, min_lesion_ml: 
     out = np.asarray(infection).astype(np.uint8, copy=True)
     if min_lesion_ml <= 0 or not out.any():
         return out
-    found = ndimage.find_objects((out > 0).astype(np.uint8))[0]
+    found = occupied_box(out > 0)
     sub = out[found]
     lab, n = ndimage.label(sub > 0, structure=np.ones((3, 3, 3), dtype=bool))
     size = np.bincount(lab.ravel(), minlength=n + 1).astype(float) * voxel_ml

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from CovidCTLib.imaging.grid import bounding_box
+from CovidCTLib.imaging.grid import bounding_box, occupied_box
 from CovidCTLib.models.runtime import execution, fusion, inference, onnx_backend
 from CovidCTLib.models.runtime.networks import attention_unet, unet
 from CovidCTLib.models.runtime.registry import LoadedModel
@@ -194,7 +194,10 @@ def test_bounding_box_is_find_objects_box() -> None:
         count = int(rng.integers(1, 5))
         mask[tuple(rng.integers(0, s, size=count) for s in mask.shape)] = True
         assert bounding_box(mask) == ndi.find_objects(mask.astype(np.uint8))[0]
+        assert occupied_box(mask) == bounding_box(mask)
     assert bounding_box(np.zeros((3, 3, 3), bool)) is None
+    with pytest.raises(ValueError, match="empty"):
+        occupied_box(np.zeros((3, 3, 3), bool))
 
 
 def _onnx_probabilities(runner, size: int = 32) -> np.ndarray:

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from CovidCTLib.errors import InputError
-from CovidCTLib.imaging.grid import block_factors, block_mean, upsample_nearest
+from CovidCTLib.imaging.grid import block_factors, block_mean, occupied_box, upsample_nearest
 from CovidCTLib.imaging.orientation import oriented_target
 from CovidCTLib.labels import CONSOLIDATION, GGO
 from CovidCTLib.progress import Reporter
@@ -158,7 +158,7 @@ def segment_infection_classical(
     step = "infection"
     if reporter:
         reporter.update(step, 0.0, "Infection: density classes")
-    box = ndimage.find_objects(lung.astype(np.uint8))[0]
+    box = occupied_box(lung)
     hu = sitk.GetArrayViewFromImage(ct.image)[box]
     lung_b = lung[box]
     target = oriented_target(ct.image, th.coarse_spacing_mm)

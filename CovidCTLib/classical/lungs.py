@@ -39,7 +39,7 @@ from skimage.morphology import convex_hull_image, disk
 
 from CovidCTLib.errors import AnalysisError, InputError
 from CovidCTLib.imaging.airway import continue_airway
-from CovidCTLib.imaging.grid import block_factors, block_mean, fine_box_of, upsample_nearest
+from CovidCTLib.imaging.grid import block_factors, block_mean, fine_box_of, occupied_box, upsample_nearest
 from CovidCTLib.imaging.orientation import oriented_target
 from CovidCTLib.labels import LEFT_LUNG, RIGHT_LUNG
 from CovidCTLib.progress import Reporter
@@ -163,7 +163,7 @@ def _gas_pockets(
     for k in np.flatnonzero(sizes * voxel_ml >= params.gas_pocket_ml):
         if k == 0:
             continue
-        box = ndimage.find_objects((lab == k).astype(np.uint8))[0]
+        box = occupied_box(lab == k)
         box = tuple(slice(max(0, b.start - 4), min(n_, b.stop + 4)) for b, n_ in zip(box, lab.shape, strict=True))
         comp = lab[box] == k
         # a ring a few millimetres out: beyond the blurred gas edge, where the wall or lung lies
@@ -246,7 +246,7 @@ def _grow_airways(
     """Follow the bronchial lumen (very low HU) from the tracked airway for at most ``reach_mm``."""
     if not airway.any():
         return airway
-    box = ndimage.find_objects(airway.astype(np.uint8))[0]
+    box = occupied_box(airway)
     steps = max(1, int(round(reach_mm / min(spacing))))
     box = tuple(slice(max(0, s.start - steps), min(n, s.stop + steps)) for s, n in zip(box, airway.shape, strict=True))
     allowed = mask[box] & (hu[box] < lumen_hu)
@@ -405,7 +405,7 @@ def _fill_lung(
     """Fill holes and pleural dense lesions of one lung (canonical arrays)."""
     if not lung.any():
         return lung
-    box = ndimage.find_objects(lung.astype(np.uint8))[0]
+    box = occupied_box(lung)
     # margin in-plane so that the hull and the closing have room
     pad = 6
     box = (box[0],) + tuple(
@@ -547,7 +547,7 @@ def _refine_full_resolution(
         keep &= ~airway_lr
         out[keep] = extended[keep]
         return out
-    box_lr = ndimage.find_objects((extended > 0).astype(np.uint8))[0]
+    box_lr = occupied_box(extended > 0)
     fine_box = fine_box_of(box_lr, factors, hu.shape)
     rel = fine_offset(fine_box, box_lr, factors)
     ext_f = upsample_nearest(extended[box_lr], factors, hu.shape, rel)

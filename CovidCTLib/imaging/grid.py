@@ -119,3 +119,11 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
             return None
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
     return tuple(box)
+
+
+def occupied_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """:func:`bounding_box` of a mask the caller knows is not empty (ValueError if it is)."""
+    box = bounding_box(mask)
+    if box is None:
+        raise ValueError("occupied_box of an empty mask")
+    return box
