@@ -61,3 +61,21 @@ def test_classifier_gives_no_probability_without_lungs() -> None:
     ct = _body_without_lungs()
     with pytest.raises(AnalysisError, match="no lung found"):
         classifier.classify_scan(ct, np.zeros(ct.shape, np.uint8), device="cpu")
+
+
+def test_2d_lung_clean_up_fills_gaps_but_not_an_enclosed_organ() -> None:
+    """A vessel-sized gap of the network is filled; an organ seen enclosed in one slice (the liver dome) is not."""
+    from CovidCTLib.segmentation.postprocess import clean_lung_mask_2d
+
+    yy, xx = np.mgrid[:200, :200]
+    lung = (yy - 100) ** 2 / 80**2 + (xx - 100) ** 2 / 60**2 <= 1.0
+    dome = (yy - 110) ** 2 + (xx - 100) ** 2 <= 22**2  # ~10 % of the lung's area
+    vessel = (yy - 60) ** 2 + (xx - 100) ** 2 <= 3**2  # well under 1 %
+    speck = (yy - 5) ** 2 + (xx - 5) ** 2 <= 2**2
+    cleaned = clean_lung_mask_2d((lung & ~dome & ~vessel) | speck)
+    assert cleaned[vessel].all()
+    assert not cleaned[dome].any()
+    assert not cleaned[speck].any()
+    assert cleaned.sum() == (lung & ~dome).sum()
+    # every hole filled when the caller allows any size
+    assert clean_lung_mask_2d(lung & ~dome & ~vessel, max_hole_share=1.0)[dome].all()

@@ -155,11 +155,26 @@ def _sorted_by_component(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
     return values[np.lexsort((values, labels))].astype(np.float64)
 
 
-def clean_lung_mask_2d(mask: np.ndarray) -> np.ndarray:
-    """Drop specks smaller than 2 % of the largest lung component; fill holes."""
+MAX_HOLE_SHARE_2D = 0.01
+
+
+def clean_lung_mask_2d(mask: np.ndarray, max_hole_share: float = MAX_HOLE_SHARE_2D) -> np.ndarray:
+    """Drop specks smaller than 2 % of the largest lung component; fill the holes of at most ``max_hole_share``
+    of the lung's area.
+
+    A small hole is a gap of the network (a vessel); a large enclosed region of one axial slice is usually an
+    organ that bulges into the lung (the liver dome, the heart), which a slice alone cannot tell from an
+    enclosed consolidation, and the network, trained to include consolidation, left it out. (Volumes fill
+    their holes in 3-D, :func:`fill_holes_3d`, where such an organ is open below.)"""
     lab, n = ndi.label(mask)
     if n == 0:
         return mask
     sizes = ndi.sum(mask, lab, range(1, n + 1))
-    keep = [i + 1 for i in range(n) if sizes[i] >= 0.02 * sizes.max()]
-    return ndi.binary_fill_holes(np.isin(lab, keep))
+    kept = np.isin(lab, [i + 1 for i in range(n) if sizes[i] >= 0.02 * sizes.max()])
+    holes = ndi.binary_fill_holes(kept) & ~kept
+    hole_lab, n_holes = ndi.label(holes)
+    if n_holes == 0:
+        return kept
+    hole_sizes = np.bincount(hole_lab.ravel())
+    small = np.flatnonzero(hole_sizes <= max_hole_share * np.count_nonzero(kept))
+    return kept | np.isin(hole_lab, small[small > 0])

@@ -40,6 +40,10 @@ from CovidCTLib.volume import CTVolume
 MODEL_NAME = "covid-classifier"
 MODEL_VERSION = "1.0.0"
 WEIGHTS_FILE = "covid-classifier.pt"
+#: The lung region of a 2-D image for the classifier fills every hole of the network's mask (as when the
+#: 2.x classifiers were trained): a region for its features, where the lung segmentation of 2-D images
+#: leaves out large enclosed regions (``segmentation.postprocess.MAX_HOLE_SHARE_2D``).
+IMAGE_MASK_HOLE_SHARE = 1.0
 #: A slice counts as lung-containing when its lung area is at least this share of the slice ...
 MIN_SLICE_LUNG_FRACTION = 0.01
 #: ... and at least this share of the largest lung cross-section of the scan (drops apex/base slivers): the
@@ -462,7 +466,8 @@ def _classify_images_seg(
     for start in range(0, len(paths_or_arrays), 32):
         chunk = paths_or_arrays[start : start + 32]
         grays = [to_gray(i).astype(np.float32) if isinstance(i, np.ndarray) else read_image(i) for i in chunk]
-        scored = score_slices(loaded.model, loaded.manifest, loaded.device, grays, slice_lungs(grays, device))
+        masks = slice_lungs(grays, device, max_hole_share=IMAGE_MASK_HOLE_SHARE)
+        scored = score_slices(loaded.model, loaded.manifest, loaded.device, grays, masks)
         out += [float(p) for p in apply_calibration(scored.probabilities, loaded.manifest.get("calibration"))]
     return out
 

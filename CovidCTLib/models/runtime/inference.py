@@ -41,7 +41,7 @@ from CovidCTLib.models.runtime.normalization import (
 )
 from CovidCTLib.models.runtime.slice_inferer import SliceInferer
 from CovidCTLib.progress import Reporter
-from CovidCTLib.segmentation.postprocess import clean_lung_mask, clean_lung_mask_2d
+from CovidCTLib.segmentation.postprocess import MAX_HOLE_SHARE_2D, clean_lung_mask, clean_lung_mask_2d
 from CovidCTLib.segmentation.sides import split_right_left
 from CovidCTLib.volume import CTVolume
 
@@ -342,10 +342,16 @@ def slice_lung_probabilities(
     return [p[1] for p in _predict_probs(lung_model, lin, [g.shape for g in grays], reporter, "lungs")]
 
 
-def slice_lungs(grays: list[np.ndarray], device: str = "auto", reporter: Reporter | None = None) -> list[np.ndarray]:
-    """Lung masks (bool) of 8-bit greyscale images: the manifest threshold, then the 2-D clean-up."""
+def slice_lungs(
+    grays: list[np.ndarray],
+    device: str = "auto",
+    reporter: Reporter | None = None,
+    max_hole_share: float = MAX_HOLE_SHARE_2D,
+) -> list[np.ndarray]:
+    """Lung masks (bool) of 8-bit greyscale images: the manifest threshold, then the 2-D clean-up (holes of
+    up to ``max_hole_share`` of the lung filled, see :func:`clean_lung_mask_2d`)."""
     thr = lung_threshold(device)
-    return [clean_lung_mask_2d(p >= thr) for p in slice_lung_probabilities(grays, device, reporter)]
+    return [clean_lung_mask_2d(p >= thr, max_hole_share) for p in slice_lung_probabilities(grays, device, reporter)]
 
 
 @dataclass

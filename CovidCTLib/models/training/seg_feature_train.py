@@ -99,10 +99,12 @@ def build_network(device: str = "cpu") -> tuple[SegFeatureClassifier, dict[str, 
 
 
 def image_lung_masks(grays: list[np.ndarray], device: str = "cpu") -> list[np.ndarray]:
-    """2-D lung masks of 8-bit images from the installed lung network (its 2-D clean-up included)."""
+    """2-D lung masks of 8-bit images from the installed lung network (its 2-D clean-up, every hole filled:
+    :data:`IMAGE_MASK_HOLE_SHARE`, as at run time)."""
+    from CovidCTLib.models.runtime.classifier_inference import IMAGE_MASK_HOLE_SHARE
     from CovidCTLib.models.runtime.inference import slice_lungs
 
-    return slice_lungs(grays, device)
+    return slice_lungs(grays, device, max_hole_share=IMAGE_MASK_HOLE_SHARE)
 
 
 @torch.no_grad()
