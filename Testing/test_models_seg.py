@@ -570,3 +570,44 @@ def test_test_time_flips_average_mirrored_predictions() -> None:
     bad = LoadedModel("toy", net, {**manifest, "postprocess": {"test_time_flips": ["rot90"]}})
     with pytest.raises(ModelError, match="test_time_flips"):
         inference._predict_probs(bad, list(x), shapes)
+
+
+def test_soup_averages_a_runs_best_and_last_checkpoints(tmp_path: Path) -> None:
+    """`covidct soup` exports the element-wise mean of the run's checkpoints as a loadable, verified model."""
+    from CovidCTLib.errors import InputError
+    from CovidCTLib.models.cli import main
+    from CovidCTLib.models.runtime import registry
+    from CovidCTLib.models.training.checkpoints import save_checkpoint
+    from CovidCTLib.models.training.soup import average_states
+    from CovidCTLib.models.training.train_seg import build_model
+
+    if "lung" not in _shipped():
+        skip_or_fail("lung model not shipped")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    first, second = build_model("lung"), build_model("lung")
+    for p in second.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    template = registry.read_manifest("lung-attunet")
+    manifest = {k: v for k, v in template.items() if k not in ("sha256", "manifest_sha256", "postprocess")}
+    registry.save_model(second, run / "model" / "lung-attunet", manifest)
+    save_checkpoint({"model": first.state_dict(), "epoch": 2, "metrics": {}}, run / "best.pt")
+    save_checkpoint({"model": second.state_dict(), "epoch": 4}, run / "last.pt")
+    assert main(["soup", "lung", "--run", str(run)]) == 0
+    soup = registry.load_model("lung-attunet", "cpu", root=run / "soup")
+    assert soup.manifest["training"]["soup"]["epochs"] == [3, 5]
+    assert "threshold" not in soup.manifest.get("postprocess", {})  # to be chosen again by calibrate
+    a, b = first.state_dict(), second.state_dict()
+    for key, value in soup.module.state_dict().items():
+        if value.is_floating_point():
+            expected = (a[key].float() + b[key].float()) / 2
+            torch.testing.assert_close(value.float(), expected, atol=2e-3, rtol=2e-3)  # stored as float16
+        else:
+            assert torch.equal(value, b[key])
+    assert not torch.allclose(
+        soup.module.state_dict()["model.0.conv.0.conv.weight"].float(),
+        b["model.0.conv.0.conv.weight"].float(),
+        atol=1e-3,
+    )
+    with pytest.raises(InputError, match="different networks"):
+        average_states([{"w": torch.zeros(2)}, {"v": torch.zeros(2)}])

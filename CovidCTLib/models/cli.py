@@ -375,6 +375,32 @@ def _add_calibrate(subparsers: Any) -> None:
     p.set_defaults(handler=run_calibrate)
 
 
+def run_soup(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
+    """``covidct soup <task> --run DIR``: export the average of a finished run's best and last checkpoints."""
+    from pathlib import Path
+
+    from CovidCTLib.models.training.soup import soup_run
+
+    checkpoints = tuple(c.strip() for c in args.checkpoints.split(",") if c.strip())
+    written = soup_run(args.task, args.run, args.out, checkpoints)
+    folder = Path(args.out) if args.out else Path(args.run) / "soup" / written["name"]
+    print(
+        f"exported {folder} sha256 {written['sha256']} (epochs {written['training']['soup']['epochs']}); "
+        f"choose its threshold next: covidct calibrate {args.task} --data ... --model {folder}"
+    )
+    return 0
+
+
+def _add_soup(subparsers: Any) -> None:
+    text = "average the weights of a finished lung / infection run's best and last checkpoints (a uniform soup)"
+    p = subparsers.add_parser("soup", help=text, description=text + ". Research software, not for diagnosis.")
+    p.add_argument("task", choices=("lung", "infection"))
+    p.add_argument("--run", required=True, help="the run's --out folder (holds best.pt, last.pt, model/<name>)")
+    p.add_argument("--out", default=None, help="model folder to write (default <run>/soup/<name>)")
+    p.add_argument("--checkpoints", default="best.pt,last.pt", help="comma-separated checkpoint files of the run")
+    p.set_defaults(handler=run_soup)
+
+
 def register(subparsers: Any) -> None:
     """Add ``train``, ``finetune`` and ``evaluate`` to the ``covidct`` argparse sub-parsers."""
     for action, handler, text in (
@@ -386,6 +412,7 @@ def register(subparsers: Any) -> None:
         _add_options(p, action)
         p.set_defaults(handler=handler, seg_action=action)
     _add_calibrate(subparsers)
+    _add_soup(subparsers)
     from CovidCTLib.models.synth_cli import add_synthesize
 
     add_synthesize(subparsers)  # issue 16: covidct synthesize
