@@ -392,14 +392,3 @@ def slice_infection_probabilities(
     shapes = [(b[0].stop - b[0].start, b[1].stop - b[1].start) for b in boxes]
     iprobs = _predict_probs(inf_model, iin, shapes, reporter, "infection")
     return [SliceInfection(p, box, m, c) for p, box, m, c in zip(iprobs, boxes, lungs, crops, strict=True)]
-
-
-def model_info() -> dict[str, Any]:
-    """Manifests of the installed segmentation models (for reports)."""
-    info: dict[str, Any] = {}
-    for name in (model_name("lung"), model_name("infection")):
-        try:
-            info[name] = registry.read_manifest(name)
-        except ModelError:
-            continue
-    return info
