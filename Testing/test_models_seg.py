@@ -590,6 +590,7 @@ def test_soup_averages_a_runs_best_and_last_checkpoints(tmp_path: Path) -> None:
         torch.nn.init.normal_(p, std=0.05)
     template = registry.read_manifest("lung-attunet")
     manifest = {k: v for k, v in template.items() if k not in ("sha256", "manifest_sha256", "postprocess")}
+    manifest["postprocess"] = {"threshold": 0.5, "calibration": {"split": "train"}, "test_time_flips": ["h"]}
     registry.save_model(second, run / "model" / "lung-attunet", manifest)
     save_checkpoint({"model": first.state_dict(), "epoch": 2, "metrics": {}}, run / "best.pt")
     save_checkpoint({"model": second.state_dict(), "epoch": 4}, run / "last.pt")
@@ -597,6 +598,7 @@ def test_soup_averages_a_runs_best_and_last_checkpoints(tmp_path: Path) -> None:
     soup = registry.load_model("lung-attunet", "cpu", root=run / "soup")
     assert soup.manifest["training"]["soup"]["epochs"] == [3, 5]
     assert "threshold" not in soup.manifest.get("postprocess", {})  # to be chosen again by calibrate
+    assert soup.manifest["postprocess"] == {"test_time_flips": ["h"]}  # other settings stay
     a, b = first.state_dict(), second.state_dict()
     for key, value in soup.module.state_dict().items():
         if value.is_floating_point():

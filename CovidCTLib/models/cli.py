@@ -377,13 +377,10 @@ def _add_calibrate(subparsers: Any) -> None:
 
 def run_soup(args: argparse.Namespace, cancel: Any = None) -> int:  # noqa: ARG001
     """``covidct soup <task> --run DIR``: export the average of a finished run's best and last checkpoints."""
-    from pathlib import Path
-
     from CovidCTLib.models.training.soup import soup_run
 
     checkpoints = tuple(c.strip() for c in args.checkpoints.split(",") if c.strip())
-    written = soup_run(args.task, args.run, args.out, checkpoints)
-    folder = Path(args.out) if args.out else Path(args.run) / "soup" / written["name"]
+    folder, written = soup_run(args.task, args.run, args.out, checkpoints)
     print(
         f"exported {folder} sha256 {written['sha256']} (epochs {written['training']['soup']['epochs']}); "
         f"choose its threshold next: covidct calibrate {args.task} --data ... --model {folder}"

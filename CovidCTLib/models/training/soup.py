@@ -38,11 +38,12 @@ def average_states(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 def soup_run(
     task: str, run_dir: str | Path, out: str | Path | None = None, checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS
-) -> dict[str, Any]:
+) -> tuple[Path, dict[str, Any]]:
     """Export the soup of ``run_dir``'s ``checkpoints`` as a model folder (default ``<run>/soup/<name>``).
 
     The manifest is the run's exported one (``<run>/model/<name>``) with ``training.soup`` added; its
-    threshold must be chosen again (``covidct calibrate``). Returns the manifest as written."""
+    threshold must be chosen again (``covidct calibrate``), other post-processing settings (test-time flips)
+    stay. Returns the folder and the manifest as written."""
     from CovidCTLib.models.training.train_seg import MODEL_NAMES, build_model
 
     if task not in MODEL_NAMES:
@@ -64,6 +65,10 @@ def soup_run(
             "rule": "uniform average of the weights and BatchNorm statistics (integer buffers from the last)",
         },
     }
-    for key in ("sha256", "manifest_sha256", "postprocess"):
+    for key in ("sha256", "manifest_sha256"):
         manifest.pop(key, None)
-    return registry.save_model(model, Path(out) if out else run / "soup" / name, manifest)
+    settings = {k: v for k, v in manifest.pop("postprocess", {}).items() if k not in ("threshold", "calibration")}
+    if settings:
+        manifest["postprocess"] = settings
+    folder = Path(out) if out else run / "soup" / name
+    return folder, registry.save_model(model, folder, manifest)
